@@ -1,0 +1,309 @@
+"""One node's figures: small puts and gets, batch gets, large puts, zero-copy gets, footprint.
+
+Starts real node processes (``python -m objstore.node``) and real client
+processes, and prints one JSON object.  Ratios are measured in the same run
+as their reference (numpy's single-threaded copy) because the machine is
+shared and noisy.
+
+    python bench/local.py                 # everything (about a minute)
+    python bench/local.py --only small    # small | large | footprint
+    python bench/local.py --objects 200000  # fewer objects for the footprint
+
+Client loops: figures are given with the client on asyncio's default loop and
+on uvloop (the node always runs uvloop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+import objstore
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+# --------------------------------------------------------------------------- nodes
+class Node:
+    def __init__(self, memory: str, prefault: str | None = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="osb-", dir="/tmp")
+        self.socket = os.path.join(self.dir, "node.sock")
+        args = [sys.executable, "-m", "objstore.node", "--head", "--memory", memory,
+                "--socket", self.socket, "--fallback-dir", self.dir, "--log-level", "warning"]
+        if prefault is not None:
+            args += ["--prefault", prefault]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.start_s = time.perf_counter() - t0
+        if not line:
+            raise SystemExit("node did not start")
+        self.ready = json.loads(line)
+
+    def rss(self) -> dict[str, int]:
+        out = {}
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith(("RssAnon", "RssFile", "RssShmem", "VmRSS")):
+                    k, v = line.split(":")
+                    out[k] = int(v.split()[0]) * 1024
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def _loop_runner(kind: str):
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
+# --------------------------------------------------------------------------- small objects
+async def _small(socket: str, n: int) -> dict[str, float]:
+    data = b"x" * 100
+    async with objstore.connect(socket) as c:
+        for _ in range(500):
+            await c.put(data)
+        t = time.perf_counter()
+        refs = [await c.put(data) for _ in range(n)]
+        puts = n / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for r in refs:
+            await c.get(r)
+        gets_own = n / (time.perf_counter() - t)
+        t = time.perf_counter()
+        await c.get(refs)
+        batch_own = n / (time.perf_counter() - t)
+        # Objects put by another process: the other process holds them alive.
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--_producer", socket, str(n),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        other = [objstore.ObjectRef.from_hex(h) for h in json.loads(line)]
+        t = time.perf_counter()
+        for r in other:
+            await c.get(r)
+        gets_other = n / (time.perf_counter() - t)
+        async with objstore.connect(socket, warm=False) as c2:
+            t = time.perf_counter()
+            await c2.get(other)
+            batch_other = n / (time.perf_counter() - t)
+        proc.stdin = None
+        proc.terminate()
+        await proc.wait()
+    return {
+        "puts_per_s": round(puts),
+        "gets_per_s_own": round(gets_own),
+        "gets_per_s_other_process": round(gets_other),
+        "batch_get_objects_per_s_own": round(batch_own),
+        "batch_get_objects_per_s_other_process": round(batch_other),
+    }
+
+
+def _producer(socket: str, n: int) -> None:
+    async def run() -> None:
+        async with objstore.connect(socket, warm=False) as c:
+            refs = [await c.put(b"y" * 100) for _ in range(n)]
+            sys.stdout.write(json.dumps([r.hex() for r in refs]) + "\n")
+            sys.stdout.flush()
+            await asyncio.sleep(3600)
+
+    asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- large objects
+def _numpy_copy(nbytes: int, repeat: int = 5) -> float:
+    src = np.ones(nbytes, np.uint8)
+    dst = np.empty_like(src)
+    dst[:] = 0  # touch
+    best = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best.append(time.perf_counter() - t)
+    return nbytes / statistics.median(best) / 1e9
+
+
+async def _large(socket: str, nbytes: int, repeat: int) -> dict[str, Any]:
+    arr = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
+    async with objstore.connect(socket) as c:
+        t = time.perf_counter()
+        first = await c.put(arr)
+        first_s = time.perf_counter() - t
+        await c.delete(first)
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            ref = await c.put(arr)
+            times.append(time.perf_counter() - t)
+            await c.delete(ref)
+        # Loop responsiveness during a large put: worst gap of a 1 ms ticker.
+        gaps: list[float] = []
+        stop = False
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not stop:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        tk = asyncio.create_task(ticker())
+        ref = await c.put(arr)
+        stop = True
+        await tk
+        await c.delete(ref)
+    return {
+        "payload_bytes": nbytes,
+        "first_put_gbps": round(nbytes / first_s / 1e9, 2),
+        "put_gbps_median": round(nbytes / statistics.median(times) / 1e9, 2),
+        "max_loop_gap_ms_during_put": round(max(gaps) * 1000, 2) if gaps else None,
+    }
+
+
+async def _zero_copy_get(socket: str, nbytes: int, repeat: int) -> dict[str, Any]:
+    arr = np.ones(nbytes // 8, np.float64)
+    async with objstore.connect(socket) as c:
+        ref = await c.put(arr)
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            v = await c.get(ref)
+            times.append(time.perf_counter() - t)
+            del v
+        async with objstore.connect(socket, warm=False) as c2:
+            other = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                v = await c2.get(ref)
+                other.append(time.perf_counter() - t)
+                del v
+                await asyncio.sleep(0)
+            held = await c2.get(ref)
+            again = []
+            for _ in range(repeat):
+                t = time.perf_counter()
+                v = await c2.get(ref)
+                again.append(time.perf_counter() - t)
+                del v
+            del held
+        await c.delete(ref)
+    return {
+        "object_bytes": nbytes,
+        "get_us_median_own": round(statistics.median(times) * 1e6, 1),
+        "get_us_median_other_client_first_view": round(statistics.median(other) * 1e6, 1),
+        "get_us_median_other_client_while_mapped": round(statistics.median(again) * 1e6, 1),
+    }
+
+
+# --------------------------------------------------------------------------- footprint
+def _filler(socket: str, n: int) -> None:
+    """Put n small objects with pipelined requests, report, hold them until stdin closes."""
+
+    async def run() -> None:
+        async with objstore.connect(socket, warm=False) as c:
+            data = b"z" * 100
+            t = time.perf_counter()
+            batch = 2000
+            for i in range(0, n, batch):
+                await asyncio.gather(*(c.put(data) for _ in range(min(batch, n - i))))
+            rate = n / (time.perf_counter() - t)
+            sys.stdout.write(json.dumps({"rate": rate}) + "\n")
+            sys.stdout.flush()
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    import uvloop
+
+    uvloop.run(run())
+
+
+def footprint(n: int) -> dict[str, Any]:
+    node = Node("1GiB", prefault="0")
+    time.sleep(0.5)
+    idle = node.rss()
+    filler = subprocess.Popen(
+        [sys.executable, __file__, "--_filler", node.socket, str(n)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    assert filler.stdout is not None and filler.stdin is not None
+    rate = json.loads(filler.stdout.readline())["rate"]
+    time.sleep(0.5)
+    full = node.rss()
+    filler.stdin.close()
+    filler.wait(60)
+    node.stop()
+    private = lambda r: r["RssAnon"] + r["RssFile"]  # noqa: E731
+    return {
+        "start_to_ready_s": round(node.start_s, 3),
+        "idle_rss_mib": round(idle["VmRSS"] / MiB, 1),
+        "idle_rss_private_mib": round(private(idle) / MiB, 1),
+        "objects": n,
+        "pipelined_puts_per_s": round(rate),
+        "node_bytes_per_object": round((private(full) - private(idle)) / n, 1),
+    }
+
+
+# --------------------------------------------------------------------------- main
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["small", "large", "footprint"])
+    p.add_argument("--small", type=int, default=10_000, help="small objects per figure")
+    p.add_argument("--large", default="256MiB", help="large payload size")
+    p.add_argument("--objects", type=int, default=1_000_000, help="objects for the footprint")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--_producer", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--_filler", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._producer:
+        _producer(args._producer[0], int(args._producer[1]))
+        return
+    if args._filler:
+        _filler(args._filler[0], int(args._filler[1]))
+        return
+    from objstore.config import parse_size
+
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    if args.only in (None, "small"):
+        node = Node("1GiB")
+        for kind in ("asyncio", "uvloop"):
+            out[f"small_100B_client_{kind}"] = _loop_runner(kind)(_small(node.socket, args.small))
+        node.stop()
+    if args.only in (None, "large"):
+        nbytes = parse_size(args.large)
+        ref_gbps = _numpy_copy(nbytes)
+        node = Node("2GiB")
+        large = _loop_runner("uvloop")(_large(node.socket, nbytes, args.repeat))
+        node.stop()
+        large["numpy_copy_gbps"] = round(ref_gbps, 2)
+        large["first_put_vs_numpy"] = round(large["first_put_gbps"] / ref_gbps, 2)
+        large["put_vs_numpy"] = round(large["put_gbps_median"] / ref_gbps, 2)
+        out["large_put"] = large
+        node = Node("2GiB", prefault="0")
+        out["zero_copy_get_1GiB"] = _loop_runner("uvloop")(_zero_copy_get(node.socket, GiB, 21))
+        node.stop()
+    if args.only in (None, "footprint"):
+        out["footprint"] = footprint(args.objects)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,849 @@
+"""The async client: ``objstore.connect()``, put, get, wait, delete.
+
+A client talks to its node over a Unix socket (length-prefixed protobuf
+frames, pipelined by request id) and maps the node's arena itself, so reads
+are zero-copy:
+
+* ``put`` of a small value sends it inside one request; a larger one reserves
+  room (one round trip), is copied straight into shared memory by threads
+  (off the event loop), then sealed.
+* ``get`` of an object this client put, or still holds a view of, needs no
+  round trip; others take one round trip per call, however many refs.
+* A zero-copy result (a numpy array, a ``memoryview``) keeps its object pinned
+  on the node until the last Python reference to it is gone: a
+  ``weakref.finalize`` on the view's base tells the node, in batches.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextvars
+import mmap
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from objstore.config import default_socket_path
+from objstore.errors import (
+    GetTimeoutError,
+    NodeUnavailableError,
+    ObjectStoreError,
+    ProtocolError,
+)
+from objstore.ids import new_object_id, object_id_from_hex
+from objstore.plasma.arena import populate
+from objstore.protocol import (
+    HEADER,
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    encode_frame,
+    error_to_exception,
+    pb,
+)
+from objstore.serialization import Serialized, deserialize, has_views, serialize
+
+__all__ = ["Client", "ObjectRef", "connect"]
+
+# Results smaller than this are copied out of shared memory rather than pinned:
+# a copy of a few KiB costs less than the bookkeeping of a pinned view.
+_COPY_BELOW = 16 * 1024
+_CONNECT_TIMEOUT = 10.0
+
+_current: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
+    "objstore_client", default=None
+)
+
+
+class ObjectRef:
+    """A reference to an object in the store: small, hashable, picklable.
+
+    ``ref.hex()`` and ``ObjectRef.from_hex(s)`` round-trip it.  ``await ref``
+    gets the value through the client of the enclosing ``async with
+    objstore.connect()`` block.
+    """
+
+    __slots__ = ("_id", "__weakref__")
+
+    def __init__(self, object_id: bytes) -> None:
+        if not isinstance(object_id, bytes) or len(object_id) != 20:
+            raise ValueError("an ObjectRef wraps a 20-byte object id")
+        self._id = object_id
+
+    @property
+    def binary(self) -> bytes:
+        """The 20-byte id."""
+        return self._id
+
+    def hex(self) -> str:
+        """The id as 40 hex characters."""
+        return self._id.hex()
+
+    @classmethod
+    def from_hex(cls, text: str) -> ObjectRef:
+        """Parse :meth:`hex` output; ``ValueError`` for anything else."""
+        return cls(object_id_from_hex(text))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id.hex()})"
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (ObjectRef, (self._id,))
+
+    def __await__(self) -> Any:
+        client = _current.get()
+        if client is None:
+            raise ObjectStoreError(
+                "`await ref` needs an enclosing `async with objstore.connect()`; "
+                "use `await client.get(ref)` otherwise"
+            )
+        return client.get(self).__await__()
+
+
+class _Cached:
+    """What this client knows of an object it maps."""
+
+    __slots__ = ("segment", "offset", "size", "meta", "views", "store_pins", "owned", "valid")
+
+    def __init__(
+        self, segment: int, offset: int, size: int, meta: bytes, owned: bool, store_pins: int
+    ) -> None:
+        self.segment = segment
+        self.offset = offset
+        self.size = size
+        self.meta = meta
+        # Live zero-copy holders over this object in this process.
+        self.views = 0
+        # Pins the node holds for this client (not counting ownership).
+        self.store_pins = store_pins
+        self.owned = owned
+        # False once the node said the object was deleted.
+        self.valid = True
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        try:
+            for frame in client._decoder.feed(data):
+                client._on_reply(pb.Reply.FromString(frame))
+        except Exception as exc:  # garbage from the node: nothing more can be trusted
+            client._fail(ProtocolError(f"bad frame from the node: {exc}"))
+            assert self.transport is not None
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._fail(
+            NodeUnavailableError(
+                f"connection to the node at {self.client.socket_path} was lost"
+                + (f": {exc}" if exc else "")
+            )
+        )
+
+
+class Client:
+    """A connection to the local node.  Make one with :func:`connect`."""
+
+    def __init__(self, socket_path: str, warm: bool = True) -> None:
+        self.socket_path = socket_path
+        self._warm = warm
+        self.node_id = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(1 << 30)
+        self._next_id = 1
+        self._pending: dict[int, asyncio.Future[pb.Reply]] = {}
+        self._segments: dict[int, mmap.mmap] = {}
+        self._cache: dict[bytes, _Cached] = {}
+        self._dead: list[bytes] = []
+        self._dead_lock = threading.Lock()
+        self._flush_scheduled = False
+        self._release_batch: list[bytes] = []
+        self._closed_exc: BaseException | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._inline_max = 64 * 1024
+        self._parallel_min = 4 * 1024 * 1024
+        self._threads = 1
+        self._max_frame = 64 * 1024 * 1024
+        self._token: contextvars.Token[Client | None] | None = None
+        self._map_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ connection
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._map_lock = asyncio.Lock()
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                sock, reply, fd = await _handshake(loop, self.socket_path, 0)
+        except TimeoutError as exc:
+            raise NodeUnavailableError(
+                f"the node at {self.socket_path} did not answer within {_CONNECT_TIMEOUT}s"
+            ) from exc
+        try:
+            self.node_id = reply.node_id
+            self._inline_max = reply.inline_max_bytes
+            self._parallel_min = reply.parallel_copy_min_bytes
+            self._threads = max(1, reply.copy_threads)
+            self._max_frame = reply.max_frame_bytes or self._max_frame
+            self._segments[0] = _map(fd, reply.segment_size)
+            if self._warm and reply.warm_bytes:
+                mm0 = self._segments[0]
+                threading.Thread(
+                    target=_warm, args=(mm0, reply.warm_bytes), name="objstore-warm", daemon=True
+                ).start()
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.close(fd)
+        transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=sock)
+        self._transport = transport
+
+    async def close(self) -> None:
+        """Close the connection.  Views already handed out stay valid."""
+        if self._transport is not None:
+            self._flush_releases()
+            self._transport.close()
+            self._transport = None
+        self._fail(NodeUnavailableError("the client was closed"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        # Mappings are not closed: live views may still point into them, and they
+        # go away with the last of those views.
+        self._segments.clear()
+
+    async def __aenter__(self) -> Client:
+        self._token = _current.set(self)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._token is not None:
+            try:
+                _current.reset(self._token)
+            except ValueError:  # exited in another context
+                _current.set(None)
+            self._token = None
+        await self.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._closed_exc is None:
+            self._closed_exc = exc
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _check_open(self) -> asyncio.Transport:
+        if self._transport is None or self._closed_exc is not None:
+            raise self._closed_exc or NodeUnavailableError("the client is not connected")
+        return self._transport
+
+    # ------------------------------------------------------------------ requests
+    def _send_request(self, req: pb.Request) -> asyncio.Future[pb.Reply]:
+        transport = self._check_open()
+        assert self._loop is not None
+        req_id = self._next_id
+        self._next_id = req_id + 1
+        req.id = req_id
+        fut: asyncio.Future[pb.Reply] = self._loop.create_future()
+        self._pending[req_id] = fut
+        if self._release_batch:
+            self._flush_releases()
+        data = req.SerializeToString()
+        if len(data) > self._max_frame:
+            del self._pending[req_id]
+            raise ObjectStoreError(
+                f"request of {len(data)} bytes is over the node's frame limit of {self._max_frame}"
+            )
+        transport.write(HEADER.pack(len(data)) + data)
+        return fut
+
+    async def _call(self, req: pb.Request) -> pb.Reply:
+        fut = self._send_request(req)
+        try:
+            reply = await fut
+        except asyncio.CancelledError:
+            self._pending.pop(req.id, None)
+            raise
+        if reply.HasField("error"):
+            raise error_to_exception(reply.error)
+        return reply
+
+    def _on_reply(self, reply: pb.Reply) -> None:
+        if reply.id == 0:
+            if reply.HasField("invalidate"):
+                self._on_invalidate(reply.invalidate.object_ids)
+            return
+        fut = self._pending.pop(reply.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+        elif fut is None and reply.HasField("get"):
+            # The get was cancelled after the node pinned the objects: give them back.
+            self._release_batch.extend(o.object_id for o in reply.get.objects)
+            self._schedule_flush()
+
+    # ------------------------------------------------------------------ mappings
+    async def _segment(self, segment: int) -> mmap.mmap:
+        mm = self._segments.get(segment)
+        if mm is not None:
+            return mm
+        assert self._map_lock is not None and self._loop is not None
+        async with self._map_lock:
+            mm = self._segments.get(segment)
+            if mm is not None:
+                return mm
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                sock, reply, fd = await _handshake(self._loop, self.socket_path, segment)
+            sock.close()
+            try:
+                mm = _map(fd, reply.segment_size)
+            finally:
+                os.close(fd)
+            self._segments[segment] = mm
+            return mm
+
+    # ------------------------------------------------------------------ views and pins
+    def _make_holder(self, oid: bytes, entry: _Cached) -> np.ndarray:
+        mm = self._segments[entry.segment]
+        holder = np.frombuffer(mm, np.uint8, count=entry.size, offset=entry.offset)
+        holder.flags.writeable = False
+        entry.views += 1
+        weakref.finalize(holder, self._view_dead, oid)
+        return holder
+
+    def _view_dead(self, oid: bytes) -> None:
+        # May run in any thread, at any point (garbage collection): only queue.
+        with self._dead_lock:
+            self._dead.append(oid)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            if threading.get_ident() == getattr(loop, "_thread_id", None):
+                loop.call_soon(self._process_dead)
+            else:
+                loop.call_soon_threadsafe(self._process_dead)
+        except RuntimeError:  # loop closed meanwhile
+            pass
+
+    def _process_dead(self) -> None:
+        with self._dead_lock:
+            dead, self._dead = self._dead, []
+            self._flush_scheduled = False
+        cache = self._cache
+        for oid in dead:
+            entry = cache.get(oid)
+            if entry is None:
+                continue
+            entry.views -= 1
+            if entry.views <= 0:
+                self._maybe_release(oid, entry)
+        self._flush_releases()
+
+    def _maybe_release(self, oid: bytes, entry: _Cached) -> None:
+        """Give pins back once no view is left (owned objects stay until deleted)."""
+        if entry.views > 0:
+            return
+        if entry.owned and entry.valid:
+            if entry.store_pins:
+                self._release_batch.extend([oid] * entry.store_pins)
+                entry.store_pins = 0
+            return
+        del self._cache[oid]
+        n = entry.store_pins + (1 if entry.owned else 0)
+        if n:
+            self._release_batch.extend([oid] * n)
+        if entry.segment != 0:
+            mm = self._segments.pop(entry.segment, None)
+            if mm is not None:
+                try:
+                    mm.close()
+                except BufferError:
+                    pass
+
+    def _schedule_flush(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon(self._flush_releases)
+
+    def _flush_releases(self) -> None:
+        if not self._release_batch:
+            return
+        batch, self._release_batch = self._release_batch, []
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        req = pb.Request(id=0)
+        req.release.object_ids.extend(batch)
+        transport.write(encode_frame(req.SerializeToString()))
+
+    def _on_invalidate(self, ids: Iterable[bytes]) -> None:
+        for oid in ids:
+            entry = self._cache.get(oid)
+            if entry is None or not entry.valid:
+                continue
+            entry.valid = False
+            self._maybe_release(oid, entry)
+        self._flush_releases()
+
+    def _value(self, oid: bytes, entry: _Cached) -> Any:
+        mm = self._segments[entry.segment]
+        off, size = entry.offset, entry.size
+        if size < _COPY_BELOW:
+            payload = memoryview(mm[off : off + size])
+            return deserialize(entry.meta, payload)
+        view = memoryview(mm)[off : off + size]
+        try:
+            if not has_views(entry.meta, view):
+                return deserialize(entry.meta, view)
+            return deserialize(entry.meta, view, lambda: self._make_holder(oid, entry))
+        finally:
+            view.release()
+
+    # ------------------------------------------------------------------ put
+    async def put(self, value: Any, name: str | None = None) -> ObjectRef:
+        """Store a value; returns its :class:`ObjectRef`.
+
+        ``name`` makes the object findable by name and keeps it alive after this
+        client disconnects, until it is deleted; a taken name raises
+        :class:`~objstore.errors.ObjectExistsError`.
+        """
+        self._check_open()
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"a name is a non-empty str, got {name!r}")
+        ser = serialize(value)
+        oid = new_object_id()
+        if ser.size <= self._inline_max:
+            req = pb.Request()
+            body = req.put_inline
+            body.object_id = oid
+            body.data = ser.to_bytes()
+            body.metadata = ser.meta
+            if name:
+                body.name = name
+            reply = await self._call(req)
+            self._cache[oid] = _Cached(
+                reply.put.segment, reply.put.offset, ser.size, ser.meta, True, 0
+            )
+            return ObjectRef(oid)
+        req = pb.Request()
+        body2 = req.create
+        body2.object_id = oid
+        body2.data_size = ser.size
+        body2.metadata = ser.meta
+        if name:
+            body2.name = name
+        reply = await self._call(req)
+        segment, offset = reply.put.segment, reply.put.offset
+        try:
+            mm = await self._segment(segment)
+            await self._write(mm, offset, ser)
+            seal = pb.Request()
+            seal.seal.object_id = oid
+            await self._call(seal)
+        except BaseException:
+            self._abort(oid)
+            raise
+        self._cache[oid] = _Cached(segment, offset, ser.size, ser.meta, True, 0)
+        return ObjectRef(oid)
+
+    def _abort(self, oid: bytes) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        req = pb.Request(id=0)
+        req.abort.object_id = oid
+        transport.write(encode_frame(req.SerializeToString()))
+
+    async def _write(self, mm: mmap.mmap, offset: int, ser: Serialized) -> None:
+        """Copy a payload into shared memory, off the event loop."""
+        assert self._loop is not None
+        dst = memoryview(mm)[offset : offset + ser.size]
+        try:
+            if ser.size < self._parallel_min or self._threads == 1:
+                await self._loop.run_in_executor(self._pool(), _copy_all, mm, offset, ser, dst)
+                return
+            jobs = _split(ser, self._threads)
+            futs = [
+                self._loop.run_in_executor(self._pool(), _copy_ranges, mm, offset, dst, job)
+                for job in jobs
+            ]
+            await asyncio.gather(*futs)
+        finally:
+            dst.release()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._threads, thread_name_prefix="objstore-copy"
+            )
+        return self._executor
+
+    # ------------------------------------------------------------------ get
+    async def get(
+        self, refs: ObjectRef | str | Sequence[ObjectRef], timeout: float | None = None
+    ) -> Any:
+        """The value of a ref, a list of values for a list of refs, or the value of a name.
+
+        Waits for objects not sealed yet; raises
+        :class:`~objstore.errors.GetTimeoutError` after ``timeout`` seconds
+        (``None``: wait as long as it takes).
+        """
+        if isinstance(refs, ObjectRef):
+            return (await self._get_many([refs._id], None, timeout))[0]
+        if isinstance(refs, str):
+            if not refs:
+                raise ValueError("a name is a non-empty str")
+            return (await self._get_many([], refs, timeout))[0]
+        if isinstance(refs, (list, tuple)):
+            ids = []
+            for r in refs:
+                if not isinstance(r, ObjectRef):
+                    raise TypeError(f"get takes ObjectRefs, a list of them, or a name; got {r!r}")
+                ids.append(r._id)
+            return await self._get_many(ids, None, timeout)
+        raise TypeError(
+            f"get takes an ObjectRef, a list of ObjectRefs, or a name; got {type(refs).__name__}"
+        )
+
+    async def _get_many(self, ids: list[bytes], name: str | None, timeout: float | None) -> list[Any]:
+        self._check_open()
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, got {timeout}")
+        cache = self._cache
+        results: list[Any] = [None] * len(ids)
+        missing: list[int] = []
+        for i, oid in enumerate(ids):
+            entry = cache.get(oid)
+            if entry is not None and entry.valid:
+                results[i] = self._value(oid, entry)
+            else:
+                missing.append(i)
+        if not missing and name is None:
+            return results
+        req = pb.Request()
+        body = req.get
+        # One request for every id not mapped here yet (duplicates asked once).
+        want = list(dict.fromkeys(ids[i] for i in missing))
+        body.object_ids.extend(want)
+        if name is not None:
+            body.name = name
+        body.timeout_ms = -1 if timeout is None else int(timeout * 1000)
+        try:
+            if timeout is None:
+                reply = await self._call(req)
+            else:
+                # The node enforces the timeout; this bound covers a node that is stuck.
+                async with asyncio.timeout(timeout + 5.0):
+                    reply = await self._call(req)
+        except TimeoutError as exc:
+            if isinstance(exc, GetTimeoutError):
+                raise
+            raise GetTimeoutError(f"get timed out after {timeout}s") from exc
+        got: dict[bytes, _Cached] = {}
+        for info in reply.get.objects:
+            oid = info.object_id
+            entry = cache.get(oid)
+            if entry is None or not entry.valid:
+                entry = _Cached(info.segment, info.offset, info.data_size, info.metadata, False, 0)
+                cache[oid] = entry
+            entry.store_pins += 1
+            got[oid] = entry
+        try:
+            for entry in got.values():
+                if entry.segment not in self._segments:
+                    await self._segment(entry.segment)
+            for i in missing:
+                oid = ids[i]
+                results[i] = self._value(oid, got[oid])
+            if name is not None:
+                oid = reply.get.objects[-1].object_id
+                results.append(self._value(oid, got[oid]))
+        finally:
+            for oid, entry in got.items():
+                self._maybe_release(oid, entry)
+            self._flush_releases()
+        return results if name is None else results[-1:]
+
+    # ------------------------------------------------------------------ wait / delete / misc
+    async def wait(
+        self,
+        refs: Sequence[ObjectRef],
+        num_returns: int = 1,
+        timeout: float | None = None,
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        """Wait until ``num_returns`` of ``refs`` are ready (or ``timeout``); returns (ready, pending)."""
+        refs = list(refs)
+        if not all(isinstance(r, ObjectRef) for r in refs):
+            raise TypeError("wait takes a list of ObjectRefs")
+        if len(set(refs)) != len(refs):
+            raise ValueError("wait takes distinct ObjectRefs")
+        if not 0 <= num_returns <= len(refs):
+            raise ValueError(f"num_returns must be in 0..{len(refs)}, got {num_returns}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, got {timeout}")
+        cache = self._cache
+        local = {r for r in refs if (e := cache.get(r._id)) is not None and e.valid}
+        if len(local) >= num_returns:
+            ready = [r for r in refs if r in local][: max(num_returns, len(local))]
+            return ready, [r for r in refs if r not in local]
+        req = pb.Request()
+        body = req.wait
+        body.object_ids.extend(r._id for r in refs)
+        body.num_returns = num_returns
+        body.timeout_ms = -1 if timeout is None else int(timeout * 1000)
+        reply = await self._call(req)
+        ready_ids = set(reply.wait.ready)
+        return [r for r in refs if r._id in ready_ids], [r for r in refs if r._id not in ready_ids]
+
+    async def delete(self, refs: ObjectRef | str | Sequence[ObjectRef]) -> int:
+        """Delete objects (by ref, list of refs, or name); returns how many were deleted.
+
+        Memory is freed once no process holds a view of them.
+        """
+        req = pb.Request()
+        body = req.delete
+        if isinstance(refs, ObjectRef):
+            body.object_ids.append(refs._id)
+        elif isinstance(refs, str):
+            if not refs:
+                raise ValueError("a name is a non-empty str")
+            body.name = refs
+        else:
+            for r in refs:
+                if not isinstance(r, ObjectRef):
+                    raise TypeError(f"delete takes ObjectRefs, a list of them, or a name; got {r!r}")
+                body.object_ids.append(r._id)
+        reply = await self._call(req)
+        return reply.delete.deleted
+
+    async def contains(self, ref: ObjectRef) -> bool:
+        """Whether the node holds a sealed copy of the object."""
+        req = pb.Request()
+        req.contains.object_id = ref._id
+        return (await self._call(req)).contains.present
+
+    async def stats(self) -> dict[str, Any]:
+        """The node's counters (memory, objects, clients)."""
+        req = pb.Request()
+        req.stats.SetInParent()
+        st = (await self._call(req)).stats
+        out: dict[str, Any] = {
+            f.name: getattr(st, f.name) for f in st.DESCRIPTOR.fields
+        }
+        out["node_id"] = st.node_id.hex()
+        return out
+
+    async def list_objects(self, limit: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Objects on the node (at most ``limit``; 0: all) and the total count."""
+        req = pb.Request()
+        req.list_objects.limit = limit
+        lst = (await self._call(req)).list_objects
+        out = [
+            {
+                "object_id": o.object_id.hex(),
+                "size": o.data_size,
+                "state": o.state,
+                "name": o.name,
+                "primary": o.primary,
+                "pins": o.pins,
+                "segment": o.segment,
+                "format": o.metadata.decode(errors="replace"),
+            }
+            for o in lst.objects
+        ]
+        return out, lst.total
+
+
+def _warm(mm: mmap.mmap, nbytes: int) -> None:
+    """Fill this process's page tables for the arena's warm start (background thread)."""
+    step = 64 << 20
+    try:
+        for pos in range(0, nbytes, step):
+            if not populate(mm, pos, min(nbytes, pos + step), write=False):
+                return
+    except (OSError, ValueError, BufferError):  # closed meanwhile: nothing to warm
+        return
+
+
+def _map(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def _copy_all(mm: mmap.mmap, base: int, ser: Serialized, dst: memoryview) -> None:
+    _copy_ranges(mm, base, dst, [(p, o, 0, len(p)) for p, o in zip(ser.parts, ser.offsets)])
+
+
+def _copy_ranges(
+    mm: mmap.mmap, base: int, dst: memoryview, jobs: list[tuple[memoryview, int, int, int]]
+) -> None:
+    """Copy ``part[a:b]`` to ``dst[off+a : off+b]`` for each job, faulting pages in first."""
+    for part, off, a, b in jobs:
+        if b - a >= 1 << 20:
+            populate(mm, base + off + a, base + off + b, write=False)
+            np.copyto(
+                np.frombuffer(dst, np.uint8, count=b - a, offset=off + a),
+                np.frombuffer(part, np.uint8, count=b - a, offset=a),
+            )
+        else:
+            dst[off + a : off + b] = part[a:b]
+
+
+def _split(ser: Serialized, n: int) -> list[list[tuple[memoryview, int, int, int]]]:
+    """Split the payload's parts into ``n`` jobs of about equal bytes."""
+    total = sum(len(p) for p in ser.parts)
+    share = -(-total // n)
+    share = (share + 4095) & ~4095
+    jobs: list[list[tuple[memoryview, int, int, int]]] = [[] for _ in range(n)]
+    j = 0
+    room = share
+    for part, off in zip(ser.parts, ser.offsets):
+        pos, end = 0, len(part)
+        while pos < end:
+            take = min(room, end - pos)
+            jobs[j].append((part, off, pos, pos + take))
+            pos += take
+            room -= take
+            if room == 0 and j < n - 1:
+                j += 1
+                room = share
+    return [job for job in jobs if job]
+
+
+async def _handshake(
+    loop: asyncio.AbstractEventLoop, path: str, segment: int
+) -> tuple[socket.socket, pb.HelloReply, int]:
+    """Connect, send Hello, and receive the reply with its file descriptor."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        try:
+            await loop.sock_connect(sock, path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise NodeUnavailableError(
+                f"no node is serving {path} ({exc.strerror}); start one with "
+                f"`python -m objstore.node --head` or pass socket=/$OBJSTORE_SOCKET"
+            ) from exc
+        except OSError as exc:
+            raise NodeUnavailableError(f"cannot connect to {path}: {exc.strerror}") from exc
+        hello = pb.Hello(version=PROTOCOL_VERSION, segment=segment, pid=os.getpid())
+        await loop.sock_sendall(sock, encode_frame(hello.SerializeToString()))
+        data, fds = await _recv_with_fds(loop, sock)
+        reply = pb.HelloReply.FromString(data)
+        if reply.HasField("error"):
+            for fd in fds:
+                os.close(fd)
+            raise error_to_exception(reply.error)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError(f"the node sent {len(fds)} file descriptors, expected 1")
+        return sock, reply, fds[0]
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _recv_with_fds(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket
+) -> tuple[bytes, list[int]]:
+    """Read exactly one frame (the hello reply) and the fds sent with it."""
+    buf = bytearray()
+    fds: list[int] = []
+    need = HEADER.size
+    have_header = False
+    while True:
+        while len(buf) < need:
+            try:
+                data, ancdata, _, _ = sock.recvmsg(
+                    need - len(buf), socket.CMSG_SPACE(4 * 4)
+                )
+            except (BlockingIOError, InterruptedError):
+                fut = loop.create_future()
+                loop.add_reader(sock.fileno(), fut.set_result, None)
+                try:
+                    await fut
+                finally:
+                    loop.remove_reader(sock.fileno())
+                continue
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    arr = array.array("i")
+                    arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
+                    fds.extend(arr)
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                raise NodeUnavailableError("the node closed the connection during the handshake")
+            buf += data
+        if have_header:
+            return bytes(buf[HEADER.size :]), fds
+        (size,) = HEADER.unpack_from(buf, 0)
+        if size > 1 << 20:
+            for fd in fds:
+                os.close(fd)
+            raise ProtocolError(f"hello reply of {size} bytes is implausible")
+        need = HEADER.size + size
+        have_header = True
+
+
+class _Connector:
+    """What :func:`connect` returns: ``await`` it, or use it with ``async with``."""
+
+    def __init__(self, socket_path: str | None, warm: bool) -> None:
+        self._path = socket_path or os.environ.get("OBJSTORE_SOCKET") or default_socket_path()
+        self._warm = warm
+        self._client: Client | None = None
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    async def _open(self) -> Client:
+        client = Client(self._path, self._warm)
+        await client._connect()
+        return client
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._open()
+        return await self._client.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._client is not None
+        await self._client.__aexit__(*exc)
+
+
+def connect(socket: str | None = None, *, warm: bool = True) -> _Connector:
+    """Connect to the local node.
+
+    ``async with objstore.connect() as client: ...`` or
+    ``client = await objstore.connect()`` (then ``await client.close()``).
+    The socket is ``socket``, else ``$OBJSTORE_SOCKET``, else the default path.
+    ``warm`` fills this process's page tables for the node's prefaulted part of
+    the arena in a background thread, so that the first large puts copy at
+    full speed; short-lived tools pass ``warm=False``.
+    """
+    return _Connector(socket, warm)
+

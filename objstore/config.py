@@ -1,0 +1,367 @@
+"""One frozen, validated configuration object for a node and its clients.
+
+Values come, each later layer winning, from the defaults below, an optional
+TOML file, ``OBJSTORE_<SECTION>_<FIELD>`` environment variables (for example
+``OBJSTORE_PLASMA_MEMORY=2GiB``) and command-line flags.  Every field has a
+validator; a bad value raises :class:`~objstore.errors.ConfigError` naming the
+setting, so a node stops at start with a clear message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from objstore.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "PlasmaConfig",
+    "TransferConfig",
+    "DirectoryConfig",
+    "SpillConfig",
+    "NodeConfig",
+    "parse_size",
+    "format_size",
+    "default_socket_path",
+    "physical_memory",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": KiB,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": MiB,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": GiB,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": TiB,
+}
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | str, setting: str = "size") -> int:
+    """Parse ``2GiB``, ``512MiB``, ``1.5GB`` or plain bytes into an int of bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{setting}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{setting}: a size cannot be negative, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ConfigError(f"{setting}: expected a size such as 512MiB, got {value!r}")
+    text = value.strip()
+    if text.startswith("-"):
+        raise ConfigError(f"{setting}: a size cannot be negative, got {value!r}")
+    match = _SIZE_RE.match(text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ConfigError(
+            f"{setting}: cannot read {value!r} as a size (use bytes or a unit: KiB, MiB, GiB, TiB, KB, MB, GB)"
+        )
+    number = float(match.group(1)) if "." in match.group(1) else int(match.group(1))
+    return int(number * _UNITS[match.group(2).lower()])
+
+
+def format_size(n: float) -> str:
+    """Format a byte count for people: ``1.5 GiB``."""
+    for unit, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_socket_path() -> str:
+    """The node socket used when neither ``--socket`` nor ``$OBJSTORE_SOCKET`` names one."""
+    return os.path.join(tempfile.gettempdir(), f"objstore-{os.getuid()}", "node.sock")
+
+
+def _positive(name: str, v: Any) -> None:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{name}: must be a positive number, got {v!r}")
+
+
+def _non_negative(name: str, v: Any) -> None:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+        raise ConfigError(f"{name}: must be zero or more, got {v!r}")
+
+
+def _fraction(name: str, v: Any) -> None:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
+        raise ConfigError(f"{name}: must be a fraction in (0, 1], got {v!r}")
+
+
+def _one_of(*choices: str) -> Callable[[str, Any], None]:
+    def check(name: str, v: Any) -> None:
+        if v not in choices:
+            raise ConfigError(f"{name}: must be one of {', '.join(choices)}; got {v!r}")
+
+    return check
+
+
+def _port(name: str, v: Any) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 65535:
+        raise ConfigError(f"{name}: must be a TCP port in 0..65535, got {v!r}")
+
+
+def _str(name: str, v: Any) -> None:
+    if not isinstance(v, str):
+        raise ConfigError(f"{name}: must be a string, got {v!r}")
+
+
+def _opt_str(name: str, v: Any) -> None:
+    if v is not None and not isinstance(v, str):
+        raise ConfigError(f"{name}: must be a string, got {v!r}")
+
+
+def _setting(default: Any, check: Callable[[str, Any], None], doc: str, size: bool = False) -> Any:
+    return field(default=default, metadata={"check": check, "doc": doc, "size": size})
+
+
+@dataclass(frozen=True)
+class PlasmaConfig:
+    """The node's shared-memory store."""
+
+    # Arena size in bytes; 0 means 30% of physical memory, as Ray does.
+    memory: int = _setting(0, _non_negative, "arena size in bytes (0: 30% of RAM)", size=True)
+    # Unix socket clients connect to; "" means $OBJSTORE_SOCKET, then the default path.
+    socket: str = _setting("", _str, "client socket path")
+    # Directory for file-backed fallback allocations when the arena is full; "" means the temp dir.
+    fallback_dir: str = _setting("", _str, "directory for fallback allocations")
+    # Most bytes the fallback may hold at once; 0 disables the fallback.
+    fallback_max_bytes: int = _setting(64 * GiB, _non_negative, "fallback capacity", size=True)
+    # Bytes of the arena faulted in by a background thread right after start.
+    prefault_bytes: int = _setting(1 * GiB, _non_negative, "arena bytes faulted in at start", size=True)
+    # Payloads up to this size travel inside the put request (one round trip).
+    inline_max_bytes: int = _setting(64 * KiB, _positive, "largest inline payload", size=True)
+    # Payloads from this size are copied by several threads at once.
+    parallel_copy_min_bytes: int = _setting(4 * MiB, _positive, "smallest parallel copy", size=True)
+    # Threads that copy one large payload into the arena (0: one per core).
+    copy_threads: int = _setting(0, _non_negative, "copy threads per large put (0: cores)")
+    # Largest local protocol frame accepted; larger ones close the connection.
+    max_frame_bytes: int = _setting(64 * MiB, _positive, "largest protocol frame", size=True)
+    # How many ids of deleted objects the node remembers to answer "deleted" rather than wait.
+    deleted_memory: int = _setting(4096, _non_negative, "deleted ids remembered")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Moving objects between nodes (used from the transfer issue on)."""
+
+    chunk_size: int = _setting(5 * MiB, _positive, "bytes per transfer chunk", size=True)
+    max_bytes_in_flight: int = _setting(256 * MiB, _positive, "bytes in flight per node", size=True)
+    pull_timeout_s: float = _setting(10.0, _positive, "timeout per pull attempt")
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    """The object directory (served by the head node)."""
+
+    store: str = _setting("sqlite", _str, "durable store: sqlite or redis://host:port/db")
+    state_dir: str = _setting("", _str, "where the head keeps durable state")
+    heartbeat_s: float = _setting(1.0, _positive, "seconds between heartbeats")
+    node_timeout_s: float = _setting(10.0, _positive, "silence after which a node is dead")
+
+
+@dataclass(frozen=True)
+class SpillConfig:
+    """Spilling primary copies to external storage (used from the spill issue on)."""
+
+    url: str = _setting("", _str, "spill target: a directory or s3://bucket/prefix")
+    threshold: float = _setting(0.8, _fraction, "primary bytes fraction that starts spilling")
+    min_spilling_size: int = _setting(100 * MiB, _positive, "smallest fused spill file", size=True)
+    max_fused_object_count: int = _setting(2000, _positive, "most objects per spill file")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The node process."""
+
+    head: bool = _setting(False, lambda n, v: None, "run the directory server too")
+    host: str = _setting("127.0.0.1", _str, "address the node listens on")
+    port: int = _setting(0, _port, "object manager port (0: any free port)")
+    directory_port: int = _setting(0, _port, "directory port on the head (0: any free port)")
+    directory: str | None = _setting(None, _opt_str, "HOST:PORT of the head's directory")
+    log_format: str = _setting("console", _one_of("console", "json"), "stderr log format")
+    log_level: str = _setting("info", _one_of("debug", "info", "warning", "error"), "log level")
+    # The node logs "event loop blocked" when a tick of its loop comes this late (0: off).
+    loop_lag_warn_ms: float = _setting(250.0, _non_negative, "loop stall that is logged")
+
+
+_SECTIONS: dict[str, type] = {
+    "plasma": PlasmaConfig,
+    "transfer": TransferConfig,
+    "directory": DirectoryConfig,
+    "spill": SpillConfig,
+    "node": NodeConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a node needs, in sections.  Build with :meth:`load`."""
+
+    plasma: PlasmaConfig = field(default_factory=PlasmaConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    spill: SpillConfig = field(default_factory=SpillConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+    def __post_init__(self) -> None:
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            for f in dataclasses.fields(section):
+                f.metadata["check"](f"{name}.{f.name}", getattr(section, f.name))
+        memory = self.plasma.memory
+        if memory:
+            if memory < 1 * MiB:
+                raise ConfigError(f"plasma.memory: at least 1 MiB, got {format_size(memory)}")
+            limit = physical_memory()
+            if memory > limit:
+                raise ConfigError(
+                    f"plasma.memory: {format_size(memory)} is more than this machine's "
+                    f"{format_size(limit)} of memory"
+                )
+        if self.transfer.chunk_size > self.transfer.max_bytes_in_flight:
+            raise ConfigError("transfer.chunk_size: larger than transfer.max_bytes_in_flight")
+
+    # -- derived values -------------------------------------------------
+    @property
+    def memory_bytes(self) -> int:
+        """The arena size in bytes, with the 30%-of-RAM default applied (64-byte multiple)."""
+        n = self.plasma.memory or int(physical_memory() * 0.3)
+        return n - n % 4096
+
+    @property
+    def socket_path(self) -> str:
+        """The client socket path, defaults applied."""
+        return self.plasma.socket or os.environ.get("OBJSTORE_SOCKET") or default_socket_path()
+
+    # -- construction ---------------------------------------------------
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """Return a copy with some fields of some sections changed (validated)."""
+        return _build(self, sections)
+
+    @classmethod
+    def load(
+        cls,
+        toml_path: str | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Config:
+        """Defaults, then ``toml_path``, then ``OBJSTORE_*`` variables, then ``overrides``."""
+        cfg = cls()
+        if toml_path:
+            try:
+                with open(toml_path, "rb") as fh:
+                    data = tomllib.load(fh)
+            except OSError as exc:
+                raise ConfigError(f"config file {toml_path}: {exc.strerror}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {toml_path}: {exc}") from exc
+            cfg = _build(cfg, data)
+        cfg = _build(cfg, _from_env(os.environ if env is None else env))
+        if overrides:
+            cfg = _build(cfg, overrides)
+        return cfg
+
+    @classmethod
+    def for_test(cls, **sections: Mapping[str, Any]) -> Config:
+        """Tiny sizes so that multi-chunk, fallback and spill paths run in fast tests."""
+        base = cls().replace(
+            plasma={
+                "memory": 64 * MiB,
+                "prefault_bytes": 0,
+                "inline_max_bytes": 4 * KiB,
+                "parallel_copy_min_bytes": 256 * KiB,
+                "fallback_max_bytes": 256 * MiB,
+            },
+            transfer={"chunk_size": 64 * KiB, "max_bytes_in_flight": 1 * MiB, "pull_timeout_s": 2.0},
+            spill={"min_spilling_size": 1 * MiB},
+        )
+        return base.replace(**sections) if sections else base
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Every setting with its value, for logs and ``--help-config``."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+
+
+def _convert(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
+    """Bring a value from TOML, the environment or a flag to the field's type."""
+    if f.metadata.get("size"):
+        return parse_size(value, name)
+    default = f.default
+    if isinstance(value, str):
+        if isinstance(default, bool):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool):
+            try:
+                return int(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: expected a whole number, got {value!r}") from exc
+        if isinstance(default, float):
+            try:
+                return float(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: expected a number, got {value!r}") from exc
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _build(cfg: Config, data: Mapping[str, Any]) -> Config:
+    changes: dict[str, Any] = {}
+    for section_name, values in data.items():
+        if section_name not in _SECTIONS:
+            raise ConfigError(f"unknown config section {section_name!r} (known: {', '.join(_SECTIONS)})")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config section {section_name!r} must be a table")
+        section = getattr(cfg, section_name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        updates = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown setting {section_name}.{key} (known: {', '.join(fields)})"
+                )
+            updates[key] = _convert(f"{section_name}.{key}", fields[key], value)
+        changes[section_name] = dataclasses.replace(section, **updates)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        if not key.startswith("OBJSTORE_") or key == "OBJSTORE_SOCKET":
+            continue
+        rest = key[len("OBJSTORE_") :].lower()
+        section, _, name = rest.partition("_")
+        if section in _SECTIONS and name:
+            out.setdefault(section, {})[name] = value
+    return out

@@ -1,0 +1,70 @@
+"""Every error a user of objstore can catch.
+
+All of them derive from :class:`ObjectStoreError`; where a builtin helps a
+caller (``TimeoutError``, ``ValueError``) it is mixed in.  Foreign errors
+(``OSError``, protobuf decode errors, grpclib errors) are translated at the
+boundary with ``raise X(...) from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ObjectStoreError",
+    "ObjectStoreFullError",
+    "OutOfDiskError",
+    "ObjectNotFoundError",
+    "ObjectExistsError",
+    "ObjectLostError",
+    "GetTimeoutError",
+    "NodeUnavailableError",
+    "ProtocolError",
+    "ConfigError",
+    "SerializationError",
+]
+
+
+class ObjectStoreError(Exception):
+    """Root of every objstore error."""
+
+
+class ObjectStoreFullError(ObjectStoreError, MemoryError):
+    """No room for an object: not in the arena after eviction, nor in the fallback."""
+
+
+class OutOfDiskError(ObjectStoreError, OSError):
+    """The disk that backs fallback allocations or spill files is full."""
+
+
+class ObjectNotFoundError(ObjectStoreError, KeyError):
+    """No object with this id or name (never created, deleted, or its owner left)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message plain.
+        return str(self.args[0]) if self.args else ""
+
+
+class ObjectExistsError(ObjectStoreError, ValueError):
+    """An object with this name (or id) exists already."""
+
+
+class ObjectLostError(ObjectStoreError):
+    """Every copy of the object is gone and it cannot be restored."""
+
+
+class GetTimeoutError(ObjectStoreError, TimeoutError):
+    """A get or wait did not complete within its timeout."""
+
+
+class NodeUnavailableError(ObjectStoreError, ConnectionError):
+    """The node cannot be reached, or the connection to it was lost."""
+
+
+class ProtocolError(ObjectStoreError):
+    """A peer sent a frame that does not follow the protocol."""
+
+
+class ConfigError(ObjectStoreError, ValueError):
+    """A setting has a bad value; the message names the setting."""
+
+
+class SerializationError(ObjectStoreError, TypeError):
+    """A value cannot be serialized (or a stored payload cannot be read back)."""

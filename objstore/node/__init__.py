@@ -1,0 +1,5 @@
+"""The node process: ``python -m objstore.node``."""
+
+from objstore.node.node import Node
+
+__all__ = ["Node"]

@@ -1,0 +1,650 @@
+"""The object table of one node: create, seal, abort, get, release, delete.
+
+:class:`PlasmaStore` owns the arena, the allocator, the fallback segments and
+every object's entry.  It runs on the node's event loop; everything here is
+synchronous bookkeeping except the waits (a get of an object not sealed yet)
+and making room (which may evict, and later spill), so a request that needs
+neither never suspends.
+
+Ownership and pins
+------------------
+* The client that creates an object *owns* it: the object lives while that
+  client is connected, or until it is deleted.  A named object outlives its
+  owner's connection and lives until it is deleted.
+* Every other client that gets an object holds a *pin* on it (counted per
+  client) until it tells the store it has no view left (``release``).  The
+  owner's own views are covered by its ownership.
+* Memory is returned to the allocator only when the object is deleted (or
+  aborted), has no owner and no pins: a zero-copy view can never see its
+  bytes reused.
+* Objects put on this node are *primary* copies and are never evicted.
+  Secondary copies (pulled from other nodes, from the transfer issue on) with
+  no owner and no pins are *evictable*, in LRU order, through
+  :class:`~objstore.plasma.eviction.EvictionPolicy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from objstore.config import Config, format_size
+from objstore.errors import (
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStoreError,
+    ObjectStoreFullError,
+    OutOfDiskError,
+)
+from objstore.ids import OBJECT_ID_SIZE
+from objstore.plasma.allocator import Allocator
+from objstore.plasma.arena import Arena, FallbackSegment, Segment
+from objstore.plasma.eviction import EvictionPolicy
+from objstore.plasma.lifecycle import ObjectEvent, ObjectState, transition
+
+__all__ = ["PlasmaStore", "ClientState", "ObjectEntry", "Location", "SpillHook"]
+
+log = structlog.get_logger("objstore.plasma.store")
+
+_CREATING = ObjectState.CREATING
+_SEALED = ObjectState.SEALED
+_DELETED = ObjectState.DELETED
+
+# The spill manager (a later issue) plugs in here: asked for `nbytes` of room,
+# it spills primary copies and returns how many bytes it freed.
+SpillHook = Callable[[int], Awaitable[int]]
+
+
+class ClientState:
+    """What the store knows about one connected client."""
+
+    __slots__ = ("client_id", "pid", "owned", "stale", "pinned", "invalidate", "closed")
+
+    def __init__(
+        self, client_id: int, invalidate: Callable[[list[bytes]], None], pid: int = 0
+    ) -> None:
+        self.client_id = client_id
+        self.pid = pid
+        # Ids this client created, in creation order.  An id stays here after the
+        # object is deleted; entries are checked against `ObjectEntry.owner` on use.
+        self.owned: list[bytes] = []
+        # How many ids in `owned` no longer name an object this client owns.
+        self.stale = 0
+        # object id -> pins this client holds (every id here has this client in
+        # the entry's `pinners` with the same count).
+        self.pinned: dict[bytes, int] = {}
+        # Called with ids of deleted objects this client holds (owner or pins).
+        self.invalidate = invalidate
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<client {self.client_id} pid={self.pid}>"
+
+
+class ObjectEntry:
+    """One object in the table (kept small: a node holds millions)."""
+
+    __slots__ = ("state", "segment", "offset", "size", "meta", "owner", "pinners", "primary")
+
+    def __init__(
+        self,
+        segment: int,
+        offset: int,
+        size: int,
+        meta: bytes,
+        owner: ClientState | None,
+        primary: bool,
+    ) -> None:
+        self.state = _CREATING
+        self.segment = segment
+        self.offset = offset
+        self.size = size
+        self.meta = meta
+        self.owner = owner
+        # None, or client -> pin count (only clients other than the owner).
+        self.pinners: dict[ClientState, int] | None = None
+        self.primary = primary
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a sealed object's bytes are."""
+
+    object_id: bytes
+    segment: int
+    offset: int
+    size: int
+    meta: bytes
+
+
+class PlasmaStore:
+    """The node's object table, arena and fallback segments."""
+
+    def __init__(self, config: Config, spill_hook: SpillHook | None = None) -> None:
+        self.config = config
+        pc = config.plasma
+        self.capacity = config.memory_bytes
+        self.arena = Arena(self.capacity)
+        self.allocator = Allocator(self.capacity)
+        self.eviction = EvictionPolicy()
+        self.fallback_dir = pc.fallback_dir or tempfile.gettempdir()
+        self.fallback_max = pc.fallback_max_bytes
+        self.fallback_used = 0
+        self._next_segment = 1
+        # segment id -> fallback segment; each holds exactly one object.
+        self.segments: dict[int, Segment] = {0: self.arena}
+        # Every live object (CREATING, SEALED or DELETED-but-still-held).
+        self.objects: dict[bytes, ObjectEntry] = {}
+        # name -> object id and back; every id here is in `objects` and not DELETED.
+        self.names: dict[str, bytes] = {}
+        self.names_by_id: dict[bytes, str] = {}
+        # object id -> futures of gets waiting for it to be sealed.
+        self._seal_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._deleted: OrderedDict[bytes, None] = OrderedDict()
+        self._deleted_max = pc.deleted_memory
+        # Canonical metadata values, so a million objects share a handful of bytes objects.
+        self._metas: dict[bytes, bytes] = {}
+        self.spill_hook = spill_hook
+        self.pinned_bytes = 0
+        # Objects in state CREATING, and DELETED ones still held (kept, not counted).
+        self.n_creating = 0
+        self.n_deleted = 0
+        self.evictions = 0
+        self.puts = 0
+        self.gets = 0
+        self.started = time.monotonic()
+        self._fallback_warned = False
+
+    # ------------------------------------------------------------------ helpers
+    def close(self) -> None:
+        """Release every segment (the node is shutting down)."""
+        for waiters in self._seal_waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.cancel()
+        self._seal_waiters.clear()
+        for seg in list(self.segments.values()):
+            seg.close()
+        self.segments.clear()
+        self.objects.clear()
+
+    def _canonical_meta(self, meta: bytes) -> bytes:
+        canon = self._metas.get(meta)
+        if canon is None:
+            if len(self._metas) < 1024:
+                self._metas[meta] = meta
+            return meta
+        return canon
+
+    def _remember_deleted(self, object_id: bytes) -> None:
+        if self._deleted_max <= 0:
+            return
+        self._deleted[object_id] = None
+        if len(self._deleted) > self._deleted_max:
+            self._deleted.popitem(last=False)
+
+    def _check_id(self, object_id: bytes) -> None:
+        if len(object_id) != OBJECT_ID_SIZE:
+            raise ObjectStoreError(
+                f"object ids are {OBJECT_ID_SIZE} bytes, got {len(object_id)}"
+            )
+
+    @property
+    def used(self) -> int:
+        """Bytes allocated in the arena."""
+        return self.allocator.used
+
+    def location(self, object_id: bytes, entry: ObjectEntry) -> Location:
+        """The location of an entry, for replies."""
+        return Location(object_id, entry.segment, entry.offset, entry.size, entry.meta)
+
+    def view(self, entry: ObjectEntry) -> memoryview:
+        """A writable view of an entry's bytes in the node's own mapping."""
+        seg = self.segments[entry.segment]
+        return memoryview(seg.mm)[entry.offset : entry.offset + entry.size]
+
+    # ------------------------------------------------------------------ create
+    def _allocate_now(self, size: int) -> tuple[int, int] | None:
+        """Arena space, evicting secondary copies if that makes room."""
+        offset = self.allocator.allocate(size)
+        if offset is not None:
+            return 0, offset
+        need = self.allocator.allocated_size(size)
+        if self.eviction.evictable_bytes:
+            victims = self.eviction.choose_victims(need - self.allocator.free_bytes)
+            for oid in victims:
+                self._evict(oid)
+            offset = self.allocator.allocate(size)
+            if offset is not None:
+                return 0, offset
+            # Fragmentation: evict everything evictable before giving up.
+            for oid in self.eviction.choose_victims(self.eviction.evictable_bytes):
+                self._evict(oid)
+            offset = self.allocator.allocate(size)
+            if offset is not None:
+                return 0, offset
+        return None
+
+    async def _make_room(self, size: int) -> tuple[int, int]:
+        """Slow path of create: eviction, then spilling, then the disk fallback."""
+        got = self._allocate_now(size)
+        if got is not None:
+            return got
+        if self.spill_hook is not None:
+            freed = await self.spill_hook(self.allocator.allocated_size(size))
+            if freed:
+                got = self._allocate_now(size)
+                if got is not None:
+                    return got
+        return self._allocate_fallback(size)
+
+    def _allocate_fallback(self, size: int) -> tuple[int, int]:
+        if size + self.fallback_used > self.fallback_max:
+            raise self._full_error(size)
+        segment_id = self._next_segment
+        try:
+            seg = FallbackSegment.create(segment_id, self.fallback_dir, size)
+        except OutOfDiskError as exc:
+            raise ObjectStoreFullError(f"{self._full_error(size)}; {exc}") from exc
+        self._next_segment += 1
+        self.segments[segment_id] = seg
+        self.fallback_used += seg.size
+        if not self._fallback_warned:
+            self._fallback_warned = True
+            log.warning(
+                "arena full: using file-backed fallback allocations",
+                directory=self.fallback_dir,
+                size=size,
+            )
+        return segment_id, 0
+
+    def _full_error(self, size: int) -> ObjectStoreFullError:
+        return ObjectStoreFullError(
+            f"no room for an object of {format_size(size)} ({size} bytes): the arena holds "
+            f"{format_size(self.capacity)} with {format_size(self.allocator.used)} in use "
+            f"({format_size(self.pinned_bytes)} pinned, largest free block "
+            f"{format_size(self.allocator.largest_free)}), and the fallback holds "
+            f"{format_size(self.fallback_used)} of {format_size(self.fallback_max)}"
+        )
+
+    def _precheck_create(self, object_id: bytes, name: str, client: ClientState | None) -> None:
+        self._check_id(object_id)
+        if object_id in self.objects:
+            raise ObjectExistsError(f"object {object_id.hex()} exists already")
+        if name:
+            taken = self.names.get(name)
+            if taken is not None:
+                raise ObjectExistsError(f"the name {name!r} is taken by object {taken.hex()}")
+        if client is not None and client.closed:
+            raise ObjectStoreError("client disconnected")
+
+    def create_now(
+        self,
+        object_id: bytes,
+        size: int,
+        meta: bytes,
+        client: ClientState | None,
+        name: str = "",
+        primary: bool = True,
+    ) -> ObjectEntry | None:
+        """Create without waiting; None when room must be made first (see :meth:`create`)."""
+        self._precheck_create(object_id, name, client)
+        if size < 0:
+            raise ObjectStoreError(f"an object size cannot be negative, got {size}")
+        got = self._allocate_now(size)
+        if got is None:
+            return None
+        return self._register(object_id, got, size, meta, client, name, primary)
+
+    async def create(
+        self,
+        object_id: bytes,
+        size: int,
+        meta: bytes,
+        client: ClientState | None,
+        name: str = "",
+        primary: bool = True,
+    ) -> ObjectEntry:
+        """Reserve ``size`` bytes for a new object in state CREATING."""
+        entry = self.create_now(object_id, size, meta, client, name, primary)
+        if entry is not None:
+            return entry
+        got = await self._make_room(size)
+        try:
+            # Checks again: the world may have changed while room was made.
+            self._precheck_create(object_id, name, client)
+        except BaseException:
+            self._release_space(got[0], got[1], size)
+            raise
+        return self._register(object_id, got, size, meta, client, name, primary)
+
+    def _register(
+        self,
+        object_id: bytes,
+        got: tuple[int, int],
+        size: int,
+        meta: bytes,
+        client: ClientState | None,
+        name: str,
+        primary: bool,
+    ) -> ObjectEntry:
+        segment, offset = got
+        entry = ObjectEntry(segment, offset, size, self._canonical_meta(meta), client, primary)
+        self.objects[object_id] = entry
+        self.n_creating += 1
+        if client is not None:
+            client.owned.append(object_id)
+        if name:
+            self.names[name] = object_id
+            self.names_by_id[object_id] = name
+        return entry
+
+    def _release_space(self, segment: int, offset: int, size: int) -> None:
+        if segment == 0:
+            self.allocator.free(offset, size)
+        else:
+            seg = self.segments.pop(segment)
+            self.fallback_used -= seg.size
+            seg.close()
+
+    # ------------------------------------------------------------------ seal / abort
+    def seal(self, object_id: bytes, client: ClientState | None) -> ObjectEntry:
+        """Make a CREATING object immutable and visible; wake waiting gets."""
+        entry = self.objects.get(object_id)
+        if entry is None:
+            raise ObjectNotFoundError(f"cannot seal unknown object {object_id.hex()}")
+        if client is not None and entry.owner is not client:
+            raise ObjectStoreError(f"object {object_id.hex()} was created by another client")
+        entry.state = transition(entry.state, ObjectEvent.SEAL, object_id)
+        self.n_creating -= 1
+        self.puts += 1
+        if not entry.primary:
+            self._maybe_evictable(object_id, entry)
+        waiters = self._seal_waiters.pop(object_id, None)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        return entry
+
+    def put_inline(
+        self, object_id: bytes, data: bytes, meta: bytes, client: ClientState, name: str = ""
+    ) -> ObjectEntry | None:
+        """Create, copy and seal a small payload; None when room must be made first."""
+        entry = self.create_now(object_id, len(data), meta, client, name)
+        if entry is None:
+            return None
+        self._write_and_seal(object_id, entry, data, client)
+        return entry
+
+    async def put_inline_slow(
+        self, object_id: bytes, data: bytes, meta: bytes, client: ClientState, name: str = ""
+    ) -> ObjectEntry:
+        """:meth:`put_inline` when room had to be made."""
+        entry = await self.create(object_id, len(data), meta, client, name)
+        self._write_and_seal(object_id, entry, data, client)
+        return entry
+
+    def _write_and_seal(
+        self, object_id: bytes, entry: ObjectEntry, data: bytes, client: ClientState
+    ) -> None:
+        if data:
+            self.segments[entry.segment].mm[entry.offset : entry.offset + len(data)] = data
+        self.seal(object_id, client)
+
+    def abort(self, object_id: bytes, client: ClientState | None) -> None:
+        """Drop a CREATING object and reclaim its memory at once."""
+        entry = self.objects.get(object_id)
+        if entry is None:
+            return
+        if client is not None and entry.owner is not client:
+            raise ObjectStoreError(f"object {object_id.hex()} was created by another client")
+        transition(entry.state, ObjectEvent.ABORT, object_id)
+        self._drop(object_id, entry)
+
+    # ------------------------------------------------------------------ get / release
+    def lookup_name(self, name: str) -> bytes:
+        """The id of a named object."""
+        oid = self.names.get(name)
+        if oid is None:
+            raise ObjectNotFoundError(f"no object is named {name!r}")
+        return oid
+
+    def get_now(self, object_id: bytes) -> ObjectEntry | None:
+        """The sealed entry, or None if it is not sealed here (yet)."""
+        entry = self.objects.get(object_id)
+        if entry is not None:
+            if entry.state is _SEALED:
+                return entry
+            if entry.state is _DELETED:
+                raise ObjectNotFoundError(f"object {object_id.hex()} was deleted")
+            return None
+        if object_id in self._deleted:
+            raise ObjectNotFoundError(f"object {object_id.hex()} was deleted")
+        self._check_id(object_id)
+        return None
+
+    async def wait_sealed(self, object_id: bytes) -> ObjectEntry:
+        """Wait until the object is sealed here (the caller bounds it with a timeout)."""
+        while True:
+            entry = self.get_now(object_id)
+            if entry is not None:
+                return entry
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters = self._seal_waiters.setdefault(object_id, [])
+            waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if not fut.done() or fut.cancelled():
+                    lst = self._seal_waiters.get(object_id)
+                    if lst is not None:
+                        try:
+                            lst.remove(fut)
+                        except ValueError:
+                            pass
+                        if not lst:
+                            del self._seal_waiters[object_id]
+
+    def pin(self, object_id: bytes, entry: ObjectEntry, client: ClientState) -> None:
+        """Record that ``client`` holds a view of the object (owners need none)."""
+        self.gets += 1
+        if entry.owner is client:
+            return
+        pinners = entry.pinners
+        if pinners is None:
+            entry.pinners = pinners = {}
+            self.pinned_bytes += entry.size
+            if not entry.primary:
+                self.eviction.remove(object_id)
+        pinners[client] = pinners.get(client, 0) + 1
+        client.pinned[object_id] = client.pinned.get(object_id, 0) + 1
+
+    def release(self, object_id: bytes, client: ClientState) -> None:
+        """``client`` holds one view fewer (or, as owner of a deleted object, none)."""
+        entry = self.objects.get(object_id)
+        if entry is None:
+            client.pinned.pop(object_id, None)
+            return
+        count = client.pinned.get(object_id)
+        if count:
+            self._unpin(object_id, entry, client, 1)
+        elif entry.owner is client and entry.state is _DELETED:
+            entry.owner = None
+            self._maybe_free(object_id, entry)
+
+    def _unpin(self, object_id: bytes, entry: ObjectEntry, client: ClientState, n: int) -> None:
+        count = client.pinned.get(object_id, 0) - n
+        if count > 0:
+            client.pinned[object_id] = count
+            assert entry.pinners is not None
+            entry.pinners[client] = count
+            return
+        client.pinned.pop(object_id, None)
+        pinners = entry.pinners
+        if pinners is not None:
+            pinners.pop(client, None)
+            if not pinners:
+                entry.pinners = None
+                self.pinned_bytes -= entry.size
+        self._maybe_free(object_id, entry)
+        if object_id in self.objects and not entry.primary:
+            self._maybe_evictable(object_id, entry)
+
+    def _maybe_evictable(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if (
+            entry.state is _SEALED
+            and entry.owner is None
+            and entry.pinners is None
+            and object_id not in self.eviction
+        ):
+            self.eviction.add(object_id, self.allocator.allocated_size(entry.size))
+
+    def _evict(self, object_id: bytes) -> None:
+        entry = self.objects[object_id]
+        # Invariant: only sealed, unowned, unpinned secondary copies are in the policy.
+        entry.state = transition(entry.state, ObjectEvent.DELETE, object_id)
+        self.evictions += 1
+        self._drop(object_id, entry)
+
+    # ------------------------------------------------------------------ delete
+    def delete(self, object_id: bytes) -> bool:
+        """Delete an object: no new gets; memory returns once no client holds it."""
+        entry = self.objects.get(object_id)
+        if entry is None or entry.state is _DELETED:
+            return False
+        if entry.state is _CREATING:
+            raise ObjectStoreError(
+                f"object {object_id.hex()} is still being written; delete it once it is sealed"
+            )
+        entry.state = transition(entry.state, ObjectEvent.DELETE, object_id)
+        self.n_deleted += 1
+        name = self.names_by_id.pop(object_id, None)
+        if name is not None:
+            del self.names[name]
+        self.eviction.remove(object_id)
+        self._remember_deleted(object_id)
+        holders: list[ClientState] = []
+        if entry.owner is not None:
+            holders.append(entry.owner)
+            entry.owner.stale += 1
+        if entry.pinners:
+            holders.extend(entry.pinners)
+        for client in holders:
+            if not client.closed:
+                client.invalidate([object_id])
+        self._maybe_free(object_id, entry)
+        return True
+
+    def _maybe_free(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if entry.state is _DELETED and entry.owner is None and entry.pinners is None:
+            entry.state = transition(entry.state, ObjectEvent.RELEASE_LAST, object_id)
+            self.n_deleted -= 1
+            self._drop(object_id, entry)
+
+    def _drop(self, object_id: bytes, entry: ObjectEntry) -> None:
+        del self.objects[object_id]
+        if entry.state is _CREATING:
+            self.n_creating -= 1
+        name = self.names_by_id.pop(object_id, None)
+        if name is not None:
+            del self.names[name]
+        if entry.pinners is not None:
+            self.pinned_bytes -= entry.size
+            entry.pinners = None
+        self._release_space(entry.segment, entry.offset, entry.size)
+
+    # ------------------------------------------------------------------ clients
+    def disconnect(self, client: ClientState) -> None:
+        """A client went away: release its pins now; its objects go in :meth:`reap`."""
+        client.closed = True
+        for object_id, count in list(client.pinned.items()):
+            entry = self.objects.get(object_id)
+            if entry is None:
+                continue
+            self._unpin(object_id, entry, client, count)
+        client.pinned.clear()
+
+    async def reap(self, client: ClientState, batch: int = 2000) -> None:
+        """Abort a gone client's unsealed objects and free its unnamed ones.
+
+        Runs in batches that yield to the event loop, so a client that leaves a
+        million objects behind does not stall everyone else.
+        """
+        owned, client.owned = client.owned, []
+        aborted = freed = 0
+        for start in range(0, len(owned), batch):
+            for object_id in owned[start : start + batch]:
+                entry = self.objects.get(object_id)
+                if entry is None or entry.owner is not client:
+                    continue
+                if entry.state is _CREATING:
+                    transition(entry.state, ObjectEvent.ABORT, object_id)
+                    self._drop(object_id, entry)
+                    aborted += 1
+                    continue
+                entry.owner = None
+                if entry.state is _DELETED:
+                    self._maybe_free(object_id, entry)
+                elif object_id not in self.names_by_id:
+                    self.delete(object_id)
+                    freed += 1
+            if start + batch < len(owned):
+                await asyncio.sleep(0)
+        if aborted or freed:
+            log.info(
+                "client gone", client=client.client_id, pid=client.pid, aborted=aborted, freed=freed
+            )
+
+    def compact_owned(self, client: ClientState) -> None:
+        """Drop ids of objects the client no longer owns from its list.
+
+        Called when at least half the list is stale, so its cost is amortized
+        over the deletions that made it stale.
+        """
+        objects = self.objects
+        client.owned = [
+            oid for oid in client.owned if (e := objects.get(oid)) is not None and e.owner is client
+        ]
+        client.stale = 0
+
+    # ------------------------------------------------------------------ introspection
+    def contains(self, object_id: bytes) -> bool:
+        """Whether a sealed copy is here."""
+        entry = self.objects.get(object_id)
+        return entry is not None and entry.state is _SEALED
+
+    def iter_objects(self, limit: int = 0) -> Iterable[tuple[bytes, ObjectEntry]]:
+        """Objects in the table, at most ``limit`` (0: all)."""
+        for i, item in enumerate(self.objects.items()):
+            if limit and i >= limit:
+                return
+            yield item
+
+    def stats(self) -> dict[str, int | float]:
+        """Counters for ``status`` and logs."""
+        creating = self.n_creating
+        sealed = len(self.objects) - creating - self.n_deleted
+        return {
+            "capacity": self.capacity,
+            "used": self.allocator.used,
+            "fallback_used": self.fallback_used,
+            "pinned_bytes": self.pinned_bytes,
+            "objects": len(self.objects),
+            "sealed": sealed,
+            "creating": creating,
+            "evictable_bytes": self.eviction.evictable_bytes,
+            "evictions": self.evictions,
+            "largest_free": self.allocator.largest_free,
+            "puts": self.puts,
+            "gets": self.gets,
+            "uptime_s": time.monotonic() - self.started,
+            "pid": os.getpid(),
+        }

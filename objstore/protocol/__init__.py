@@ -1,0 +1,131 @@
+"""The local protocol: length-prefixed protobuf frames on a Unix socket.
+
+Every frame is a 4-byte little-endian length and that many bytes of a
+serialized ``Request`` (client to node) or ``Reply`` (node to client); see
+``proto/objstore/local/v1/local.proto``.  This module holds the framing, the
+incremental decoder both ends use, and the mapping between error codes on the
+wire and the exceptions of :mod:`objstore.errors`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from objstore import errors
+from objstore._proto.local import local_pb2 as pb
+
+__all__ = [
+    "pb",
+    "PROTOCOL_VERSION",
+    "HEADER",
+    "encode_frame",
+    "FrameDecoder",
+    "error_to_exception",
+    "exception_to_error",
+]
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct("<I")
+_pack_header = HEADER.pack
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Prefix a serialized message with its length."""
+    return _pack_header(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into frames; raises ``ProtocolError`` on an oversized one.
+
+    Feed it what the socket gives (``feed``), then iterate the complete frames.
+    It keeps at most one partial frame, so its memory is bounded by
+    ``max_frame`` plus one read.
+    """
+
+    __slots__ = ("_buf", "_max")
+
+    def __init__(self, max_frame: int) -> None:
+        self._buf = bytearray()
+        self._max = max_frame
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Add bytes and yield every frame now complete, in order."""
+        buf = self._buf
+        if not buf:
+            # Fast path: parse straight out of `data` without copying it first.
+            view = memoryview(data)
+            pos, end = 0, len(data)
+            while end - pos >= 4:
+                (size,) = HEADER.unpack_from(view, pos)
+                if size > self._max:
+                    raise errors.ProtocolError(
+                        f"frame of {size} bytes is larger than the limit of {self._max}"
+                    )
+                if end - pos - 4 < size:
+                    break
+                yield bytes(view[pos + 4 : pos + 4 + size])
+                pos += 4 + size
+            if pos < end:
+                buf += view[pos:]
+            return
+        buf += data
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > self._max:
+                raise errors.ProtocolError(
+                    f"frame of {size} bytes is larger than the limit of {self._max}"
+                )
+            if end - pos - 4 < size:
+                break
+            yield bytes(buf[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+        del buf[:pos]
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not yet complete."""
+        return len(self._buf)
+
+
+_CODE_TO_EXC: dict[int, type[errors.ObjectStoreError]] = {
+    pb.ERROR_CODE_STORE_FULL: errors.ObjectStoreFullError,
+    pb.ERROR_CODE_OUT_OF_DISK: errors.OutOfDiskError,
+    pb.ERROR_CODE_NOT_FOUND: errors.ObjectNotFoundError,
+    pb.ERROR_CODE_EXISTS: errors.ObjectExistsError,
+    pb.ERROR_CODE_LOST: errors.ObjectLostError,
+    pb.ERROR_CODE_TIMEOUT: errors.GetTimeoutError,
+    pb.ERROR_CODE_PROTOCOL: errors.ProtocolError,
+    pb.ERROR_CODE_INVALID: errors.ObjectStoreError,
+    pb.ERROR_CODE_UNAVAILABLE: errors.NodeUnavailableError,
+}
+# Order matters: subclasses before their bases.
+_EXC_TO_CODE: list[tuple[type[BaseException], int]] = [
+    (errors.ObjectStoreFullError, pb.ERROR_CODE_STORE_FULL),
+    (errors.OutOfDiskError, pb.ERROR_CODE_OUT_OF_DISK),
+    (errors.ObjectNotFoundError, pb.ERROR_CODE_NOT_FOUND),
+    (errors.ObjectExistsError, pb.ERROR_CODE_EXISTS),
+    (errors.ObjectLostError, pb.ERROR_CODE_LOST),
+    (errors.GetTimeoutError, pb.ERROR_CODE_TIMEOUT),
+    (errors.ProtocolError, pb.ERROR_CODE_PROTOCOL),
+    (errors.NodeUnavailableError, pb.ERROR_CODE_UNAVAILABLE),
+]
+
+
+def error_to_exception(err: pb.Error) -> errors.ObjectStoreError:
+    """The exception a client raises for an error reply."""
+    cls = _CODE_TO_EXC.get(err.code, errors.ObjectStoreError)
+    return cls(err.message)
+
+
+def exception_to_error(exc: BaseException, out: pb.Error) -> None:
+    """Fill an error reply from an exception raised while serving a request."""
+    for cls, code in _EXC_TO_CODE:
+        if isinstance(exc, cls):
+            out.code = code  # type: ignore[assignment]
+            break
+    else:
+        out.code = pb.ERROR_CODE_INVALID
+    out.message = str(exc)

@@ -1,0 +1,166 @@
+"""How values become bytes in shared memory, and come back without copies.
+
+Two formats, named by the object's metadata:
+
+* ``RAW`` (``b"objstore/raw"``): the value was ``bytes``, ``bytearray`` or a
+  ``memoryview``; the payload is its bytes.  Pickle keeps ``bytes`` in-band
+  even with protocol 5, so raw payloads get their own tag and come back as a
+  read-only ``memoryview``.
+* ``PICKLE5`` (``b"objstore/pickle5"``): pickle protocol 5 with out-of-band
+  buffers.  The payload starts with a header::
+
+      u32 nbufs | u32 reserved | u64 pickle_len | nbufs x (u64 offset, u64 len)
+
+  then the pickle stream, then every out-of-band buffer at a 64-byte aligned
+  offset (numpy arrays come back aligned).  On read the buffers are slices of
+  one read-only numpy array over the shared mapping, so arrays are rebuilt
+  without a copy.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from objstore.errors import SerializationError
+
+__all__ = [
+    "RAW",
+    "PICKLE5",
+    "Serialized",
+    "serialize",
+    "deserialize",
+    "HEADER",
+]
+
+RAW = b"objstore/raw"
+PICKLE5 = b"objstore/pickle5"
+
+HEADER = struct.Struct("<IIQ")
+_BUF = struct.Struct("<QQ")
+_ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) & ~(_ALIGN - 1)
+
+
+@dataclass(slots=True)
+class Serialized:
+    """A value laid out for the store: ``parts`` go at ``offsets`` in a payload of ``size`` bytes."""
+
+    meta: bytes
+    size: int
+    parts: list[memoryview]
+    offsets: list[int]
+
+    def to_bytes(self) -> bytes:
+        """The whole payload as one bytes object (for small inline puts)."""
+        if len(self.parts) == 1 and self.offsets[0] == 0 and len(self.parts[0]) == self.size:
+            return self.parts[0].tobytes()
+        out = bytearray(self.size)
+        for part, off in zip(self.parts, self.offsets):
+            out[off : off + len(part)] = part
+        return bytes(out)
+
+    def write_into(self, dst: memoryview) -> None:
+        """Copy the payload into ``dst`` (at least ``size`` bytes) in this thread."""
+        for part, off in zip(self.parts, self.offsets):
+            dst[off : off + len(part)] = part
+
+
+def _as_bytes_view(value: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(value)
+    if not view.contiguous:
+        return memoryview(view.tobytes())
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def serialize(value: Any) -> Serialized:
+    """Lay a value out for the store; raises :class:`SerializationError` if it cannot be."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        view = _as_bytes_view(value)
+        return Serialized(RAW, len(view), [view], [0])
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize a value of type {type(value).__name__}: {exc}"
+        ) from exc
+    raws: list[memoryview] = []
+    for buf in buffers:
+        try:
+            raws.append(buf.raw())
+        except BufferError:  # not contiguous: numpy normally pickles those in-band
+            raws.append(memoryview(bytes(buf)))
+    header_len = HEADER.size + _BUF.size * len(raws)
+    pos = header_len + len(stream)
+    offsets: list[int] = []
+    for raw in raws:
+        pos = _align(pos)
+        offsets.append(pos)
+        pos += raw.nbytes
+    header = bytearray(header_len)
+    HEADER.pack_into(header, 0, len(raws), 0, len(stream))
+    for i, (off, raw) in enumerate(zip(offsets, raws)):
+        _BUF.pack_into(header, HEADER.size + i * _BUF.size, off, raw.nbytes)
+    parts = [memoryview(bytes(header)), memoryview(stream), *raws]
+    return Serialized(PICKLE5, pos, parts, [0, header_len, *offsets])
+
+
+def deserialize(
+    meta: bytes,
+    payload: memoryview | bytes,
+    make_holder: Callable[[], np.ndarray] | None = None,
+) -> Any:
+    """Rebuild a value from its payload.
+
+    ``payload`` is a read-only view of the object's bytes.  ``make_holder``,
+    when given, returns a read-only uint8 array over the same bytes whose
+    lifetime pins the object; zero-copy results (raw payloads, out-of-band
+    buffers) are built on it.  Without it, results are copies.
+    """
+    if meta == RAW:
+        if make_holder is None:
+            return memoryview(bytes(payload))
+        return memoryview(make_holder())
+    if meta == PICKLE5:
+        nbufs, _, plen = HEADER.unpack_from(payload, 0)
+        header_len = HEADER.size + _BUF.size * nbufs
+        if header_len + plen > len(payload):
+            raise SerializationError("stored payload is shorter than its header says")
+        stream = payload[header_len : header_len + plen]
+        try:
+            if nbufs == 0:
+                return pickle.loads(stream)
+            spans: Sequence[tuple[int, int]] = [
+                _BUF.unpack_from(payload, HEADER.size + i * _BUF.size) for i in range(nbufs)
+            ]
+            if make_holder is None:
+                bufs: list[Any] = [bytes(payload[o : o + n]) for o, n in spans]
+            else:
+                holder = make_holder()
+                bufs = [holder[o : o + n] for o, n in spans]
+            return pickle.loads(stream, buffers=bufs)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(f"cannot unpickle a stored value: {exc}") from exc
+    raise SerializationError(f"unknown serialization format {meta!r}")
+
+
+def has_views(meta: bytes, payload: memoryview | bytes) -> bool:
+    """Whether reading this payload zero-copy would hand out views (else: copy it)."""
+    if meta == RAW:
+        return True
+    if meta == PICKLE5:
+        return HEADER.unpack_from(payload, 0)[0] > 0
+    return False

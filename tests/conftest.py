@@ -1,0 +1,131 @@
+"""Shared fixtures: real node processes on this machine.
+
+``node_factory`` starts ``python -m objstore.node`` processes, waits for their
+ready line and stops them with SIGTERM, checking that they exit 0 and that
+their event loop never stalled (the node logs ``event loop blocked`` when it
+does; see ``node.loop_lag_warn_ms``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT = 15.0
+
+
+@dataclass
+class NodeProcess:
+    """A running node started by the tests."""
+
+    proc: subprocess.Popen[bytes]
+    socket: str
+    ready: dict[str, object]
+    stderr_path: Path
+    args: list[str] = field(default_factory=list)
+    allow_loop_stall: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"node did not stop within {timeout}s:\n{self.stderr()[-4000:]}")
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _short_tmp() -> str:
+    # Unix socket paths are limited to 107 bytes: keep them short.
+    return tempfile.mkdtemp(prefix="os-", dir="/tmp")
+
+
+def start_node(*extra: str, memory: str = "128MiB", env: dict[str, str] | None = None,
+               socket_path: str | None = None, expect_ready: bool = True) -> NodeProcess:
+    """Start a node process and wait for its ready line."""
+    d = _short_tmp()
+    sock = socket_path or os.path.join(d, "node.sock")
+    stderr_path = Path(d) / "node.stderr"
+    args = [sys.executable, "-m", "objstore.node", "--head", "--memory", memory,
+            "--socket", sock, "--prefault", "0", "--fallback-dir", d, *extra]
+    full_env = dict(os.environ)
+    full_env.setdefault("OBJSTORE_NODE_LOOP_LAG_WARN_MS", "250")
+    if env:
+        full_env.update(env)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"),
+                            stdin=subprocess.DEVNULL, env=full_env)
+    node = NodeProcess(proc, sock, {}, stderr_path, args)
+    if not expect_ready:
+        return node
+    deadline = time.monotonic() + READY_TIMEOUT
+    assert proc.stdout is not None
+    line = b""
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if r:
+            line = proc.stdout.readline()
+            break
+        if proc.poll() is not None:
+            break
+    if not line:
+        node.kill()
+        raise AssertionError(f"node did not become ready:\n{node.stderr()[-4000:]}")
+    node.ready = json.loads(line)
+    assert node.ready["event"] == "ready"
+    return node
+
+
+@pytest.fixture
+def node_factory() -> Iterator[type]:
+    """Start nodes with ``node_factory(...)``; all are stopped (and checked) at teardown."""
+    started: list[NodeProcess] = []
+
+    def factory(*extra: str, **kw: object) -> NodeProcess:
+        n = start_node(*extra, **kw)  # type: ignore[arg-type]
+        started.append(n)
+        return n
+
+    yield factory  # type: ignore[misc]
+    problems = []
+    for n in started:
+        if n.proc.poll() is None:
+            code = n.stop()
+            if code != 0:
+                problems.append(f"node exited {code}:\n{n.stderr()[-3000:]}")
+        if not n.allow_loop_stall and "event loop blocked" in n.stderr():
+            problems.append(f"node event loop stalled:\n{n.stderr()[-3000:]}")
+        if "Traceback" in n.stderr():
+            problems.append(f"node logged a traceback:\n{n.stderr()[-3000:]}")
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.fixture
+def node(node_factory: type) -> NodeProcess:
+    """A fresh 128 MiB node."""
+    return node_factory()  # type: ignore[call-arg]

@@ -24,7 +24,7 @@ import os
 import socket
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -172,6 +172,8 @@ class Client:
         self._decoder = FrameDecoder(1 << 30)
         self._next_id = 1
         self._pending: dict[int, asyncio.Future[pb.Reply]] = {}
+        # request id -> what to do with the reply of a request whose caller was cancelled.
+        self._orphans: dict[int, Callable[[pb.Reply], None]] = {}
         self._segments: dict[int, mmap.mmap] = {}
         self._cache: dict[bytes, _Cached] = {}
         self._dead: list[bytes] = []
@@ -179,6 +181,8 @@ class Client:
         self._flush_scheduled = False
         self._release_batch: list[bytes] = []
         self._closed_exc: BaseException | None = None
+        # Zero-copy holders alive in this process (all objects).
+        self._live_views = 0
         self._executor: ThreadPoolExecutor | None = None
         self._inline_max = 64 * 1024
         self._parallel_min = 4 * 1024 * 1024
@@ -220,17 +224,26 @@ class Client:
         self._transport = transport
 
     async def close(self) -> None:
-        """Close the connection.  Views already handed out stay valid."""
-        if self._transport is not None:
-            self._flush_releases()
-            self._transport.close()
-            self._transport = None
+        """Close the client.  Views already handed out stay valid.
+
+        No new requests are accepted.  While zero-copy views from this client
+        are alive, the connection stays open so the node keeps their memory
+        (and this client's unnamed objects); it closes when the last view dies.
+        """
         self._fail(NodeUnavailableError("the client was closed"))
+        self._flush_releases()
+        if self._live_views <= 0:
+            self._close_transport()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
-        # Mappings are not closed: live views may still point into them, and they
-        # go away with the last of those views.
+
+    def _close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        # Mappings are not closed: live views may still point into them, and
+        # they go away with the last of those views.
         self._segments.clear()
 
     async def __aenter__(self) -> Client:
@@ -279,12 +292,20 @@ class Client:
         transport.write(HEADER.pack(len(data)) + data)
         return fut
 
-    async def _call(self, req: pb.Request) -> pb.Reply:
+    async def _call(
+        self, req: pb.Request, on_orphan: Callable[[pb.Reply], None] | None = None
+    ) -> pb.Reply:
+        """Send a request and wait for its reply.
+
+        If the caller is cancelled first, ``on_orphan`` gets the reply when it
+        comes (to undo what the node did: release pins, abort a create).
+        """
         fut = self._send_request(req)
         try:
             reply = await fut
         except asyncio.CancelledError:
-            self._pending.pop(req.id, None)
+            if self._pending.pop(req.id, None) is not None and on_orphan is not None:
+                self._orphans[req.id] = on_orphan
             raise
         if reply.HasField("error"):
             raise error_to_exception(reply.error)
@@ -296,11 +317,13 @@ class Client:
                 self._on_invalidate(reply.invalidate.object_ids)
             return
         fut = self._pending.pop(reply.id, None)
-        if fut is not None and not fut.done():
-            fut.set_result(reply)
-        elif fut is None and reply.HasField("get"):
-            # The get was cancelled after the node pinned the objects: give them back.
-            self._release_batch.extend(o.object_id for o in reply.get.objects)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(reply)
+            return
+        orphan = self._orphans.pop(reply.id, None)
+        if orphan is not None and not reply.HasField("error"):
+            orphan(reply)
             self._schedule_flush()
 
     # ------------------------------------------------------------------ mappings
@@ -329,6 +352,7 @@ class Client:
         holder = np.frombuffer(mm, np.uint8, count=entry.size, offset=entry.offset)
         holder.flags.writeable = False
         entry.views += 1
+        self._live_views += 1
         weakref.finalize(holder, self._view_dead, oid)
         return holder
 
@@ -356,6 +380,7 @@ class Client:
             self._flush_scheduled = False
         cache = self._cache
         for oid in dead:
+            self._live_views -= 1
             entry = cache.get(oid)
             if entry is None:
                 continue
@@ -363,6 +388,8 @@ class Client:
             if entry.views <= 0:
                 self._maybe_release(oid, entry)
         self._flush_releases()
+        if self._live_views <= 0 and self._closed_exc is not None:
+            self._close_transport()
 
     def _maybe_release(self, oid: bytes, entry: _Cached) -> None:
         """Give pins back once no view is left (owned objects stay until deleted)."""
@@ -444,7 +471,7 @@ class Client:
             body.metadata = ser.meta
             if name:
                 body.name = name
-            reply = await self._call(req)
+            reply = await self._call(req, lambda _r: self._delete_orphan(oid))
             self._cache[oid] = _Cached(
                 reply.put.segment, reply.put.offset, ser.size, ser.meta, True, 0
             )
@@ -456,7 +483,7 @@ class Client:
         body2.metadata = ser.meta
         if name:
             body2.name = name
-        reply = await self._call(req)
+        reply = await self._call(req, lambda _r: self._abort(oid))
         segment, offset = reply.put.segment, reply.put.offset
         try:
             mm = await self._segment(segment)
@@ -470,6 +497,16 @@ class Client:
         self._cache[oid] = _Cached(segment, offset, ser.size, ser.meta, True, 0)
         return ObjectRef(oid)
 
+    def _delete_orphan(self, oid: bytes) -> None:
+        """An inline put whose caller was cancelled landed: delete it (nobody has its ref)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        req = pb.Request(id=0)
+        req.delete.object_ids.append(oid)
+        transport.write(encode_frame(req.SerializeToString()))
+        # The node will push an invalidation for it; nothing is cached yet.
+
     def _abort(self, oid: bytes) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -479,19 +516,30 @@ class Client:
         transport.write(encode_frame(req.SerializeToString()))
 
     async def _write(self, mm: mmap.mmap, offset: int, ser: Serialized) -> None:
-        """Copy a payload into shared memory, off the event loop."""
-        assert self._loop is not None
+        """Copy a payload into shared memory, off the event loop.
+
+        Copy threads cannot be stopped: if the put is cancelled, this waits for
+        them to finish before letting the caller abort (and the node reuse the
+        memory), so a cancelled put never writes into someone else's object.
+        """
         dst = memoryview(mm)[offset : offset + ser.size]
+        pool = self._pool()
+        if ser.size < self._parallel_min or self._threads == 1:
+            cfs = [pool.submit(_copy_all, mm, offset, ser, dst)]
+        else:
+            cfs = [pool.submit(_copy_ranges, mm, offset, dst, job) for job in _split(ser, self._threads)]
         try:
-            if ser.size < self._parallel_min or self._threads == 1:
-                await self._loop.run_in_executor(self._pool(), _copy_all, mm, offset, ser, dst)
-                return
-            jobs = _split(ser, self._threads)
-            futs = [
-                self._loop.run_in_executor(self._pool(), _copy_ranges, mm, offset, dst, job)
-                for job in jobs
-            ]
-            await asyncio.gather(*futs)
+            await asyncio.gather(*(asyncio.wrap_future(cf) for cf in cfs))
+        except BaseException:
+            for cf in cfs:
+                cf.cancel()
+            for cf in cfs:
+                while not cf.done():
+                    try:
+                        await asyncio.shield(asyncio.wrap_future(cf))
+                    except BaseException:  # noqa: S112 - keep waiting; the first error is re-raised
+                        continue
+            raise
         finally:
             dst.release()
 
@@ -554,11 +602,11 @@ class Client:
         body.timeout_ms = -1 if timeout is None else int(timeout * 1000)
         try:
             if timeout is None:
-                reply = await self._call(req)
+                reply = await self._call(req, self._release_orphan_get)
             else:
                 # The node enforces the timeout; this bound covers a node that is stuck.
                 async with asyncio.timeout(timeout + 5.0):
-                    reply = await self._call(req)
+                    reply = await self._call(req, self._release_orphan_get)
         except TimeoutError as exc:
             if isinstance(exc, GetTimeoutError):
                 raise
@@ -587,6 +635,10 @@ class Client:
                 self._maybe_release(oid, entry)
             self._flush_releases()
         return results if name is None else results[-1:]
+
+    def _release_orphan_get(self, reply: pb.Reply) -> None:
+        """A get whose caller was cancelled was answered: give the node its pins back."""
+        self._release_batch.extend(o.object_id for o in reply.get.objects)
 
     # ------------------------------------------------------------------ wait / delete / misc
     async def wait(
@@ -626,22 +678,31 @@ class Client:
         """
         req = pb.Request()
         body = req.delete
+        body.SetInParent()
         if isinstance(refs, ObjectRef):
             body.object_ids.append(refs._id)
         elif isinstance(refs, str):
             if not refs:
                 raise ValueError("a name is a non-empty str")
             body.name = refs
-        else:
+        elif isinstance(refs, (list, tuple)):
+            if not refs:
+                return 0
             for r in refs:
                 if not isinstance(r, ObjectRef):
                     raise TypeError(f"delete takes ObjectRefs, a list of them, or a name; got {r!r}")
                 body.object_ids.append(r._id)
+        else:
+            raise TypeError(
+                f"delete takes an ObjectRef, a list of ObjectRefs, or a name; got {type(refs).__name__}"
+            )
         reply = await self._call(req)
         return reply.delete.deleted
 
     async def contains(self, ref: ObjectRef) -> bool:
         """Whether the node holds a sealed copy of the object."""
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"contains takes an ObjectRef, got {type(ref).__name__}")
         req = pb.Request()
         req.contains.object_id = ref._id
         return (await self._call(req)).contains.present

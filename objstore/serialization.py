@@ -19,6 +19,8 @@ Two formats, named by the object's metadata:
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import struct
 from collections.abc import Callable, Sequence
@@ -83,6 +85,46 @@ def _as_bytes_view(value: bytes | bytearray | memoryview) -> memoryview:
     return view
 
 
+def _rebuild_time_array(buf: Any, dtype: str, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
+    flat = np.frombuffer(buf, dtype=np.int64).view(np.dtype(dtype))
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _reduce_ndarray(arr: np.ndarray) -> Any:
+    """Pickle numpy arrays so that every plain-data array goes out of band.
+
+    numpy itself keeps arrays that are not contiguous, and datetime64 /
+    timedelta64 arrays, in-band (they would come back as writable copies);
+    here they are made contiguous, and time arrays travel as int64 buffers.
+    """
+    if arr.dtype.hasobject:
+        return arr.__reduce_ex__(5)
+    fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        arr = np.ascontiguousarray(arr)
+    if arr.dtype.kind in "mM":
+        flat = arr.ravel(order="F" if fortran else "C").view(np.int64)
+        return _rebuild_time_array, (
+            pickle.PickleBuffer(flat),
+            arr.dtype.str,
+            arr.shape,
+            fortran,
+        )
+    return arr.__reduce_ex__(5)
+
+
+_DISPATCH = dict(copyreg.dispatch_table)
+_DISPATCH[np.ndarray] = _reduce_ndarray
+
+
+def _dumps(value: Any, buffers: list[pickle.PickleBuffer]) -> bytes:
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=5, buffer_callback=buffers.append)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(value)
+    return out.getvalue()
+
+
 def serialize(value: Any) -> Serialized:
     """Lay a value out for the store; raises :class:`SerializationError` if it cannot be."""
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -90,7 +132,7 @@ def serialize(value: Any) -> Serialized:
         return Serialized(RAW, len(view), [view], [0])
     buffers: list[pickle.PickleBuffer] = []
     try:
-        stream = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        stream = _dumps(value, buffers)
     except Exception as exc:
         raise SerializationError(
             f"cannot serialize a value of type {type(value).__name__}: {exc}"

@@ -184,6 +184,12 @@ class PlasmaServer:
             pc = self.config.plasma
             fd = -1
             if msg.version != PROTOCOL_VERSION:
+                log.warning(
+                    "handshake failed: protocol version not served",
+                    version=msg.version,
+                    served=PROTOCOL_VERSION,
+                    pid=msg.pid,
+                )
                 reply.error.code = pb.ERROR_CODE_PROTOCOL
                 reply.error.message = (
                     f"protocol version {msg.version} is not served here (node speaks {PROTOCOL_VERSION})"
@@ -272,6 +278,13 @@ class _Connection(asyncio.Protocol):
         log.debug("client connected", client=self.client.client_id, pid=self.client.pid)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.decoder.pending and not self._closed:
+            log.warning(
+                "protocol error: connection closed inside a frame",
+                client=self.client.client_id,
+                pid=self.client.pid,
+                pending_bytes=self.decoder.pending,
+            )
         self._closed = True
         self.server.connections.discard(self)
         for task in list(self.tasks):

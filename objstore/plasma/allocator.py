@@ -1,23 +1,16 @@
 """Offsets inside the arena: a segregated-fit allocator that tracks only free extents.
 
 Nothing is recorded per live allocation (the arena may hold millions of objects):
-the caller hands the size back to :meth:`Allocator.free`.  Internally sizes and
-offsets are in *units* of ``alignment`` bytes, and a free extent is known by its
-END, because allocating from the front of an extent leaves its end, and so its
-place in every index, unchanged.  Free extents are indexed three ways:
-
-* ``_by_end``: end -> start;
-* ``_blocks``/``_maxes``: the ends in ascending order, cut into blocks of a few
-  hundred (a two-level sorted list searched with :mod:`bisect`), to find the
-  extent after a freed block and so detect double frees;
-* ``_bins``: TLSF-style size classes (8 per power of two), each a min-heap of
-  ends with lazy deletion, with ``_counts`` and a ``_bitmap`` of non-empty classes
-  to find the first class that can serve a request in O(1).
-
-An allocation takes the lowest-addressed extent of the first class whose members
-all fit, after a look at a few extents of the request's own class; only if that
-finds nothing is the own class scanned in full, so ``allocate`` returns None
-exactly when no free extent fits.
+the caller hands the size back to :meth:`Allocator.free`.  Sizes and offsets are
+kept in units of ``alignment`` bytes, and a free extent is known by its END:
+allocating from the front of an extent then leaves its place in every index alone.
+Free extents are found by end in a dict (end -> start), in a two-level sorted list
+of ends (bisect; finds the extent after a freed block, which catches double frees),
+and in TLSF-style size classes (8 per power of two; lazy min-heaps of ends plus a
+bitmap of the non-empty classes).  An allocation takes the lowest-addressed extent
+of the first class whose members all fit, after a look at a few extents of the
+request's own class; that class is scanned in full only before giving up, so
+``allocate`` returns None exactly when no free extent fits.
 """
 
 from __future__ import annotations
@@ -66,8 +59,8 @@ class Allocator:
     * ``_free`` is the sum of the free sizes; ``_counts[c]`` is the number of free
       extents in class ``c``, and bit ``c`` of ``_bitmap`` is set iff it is non-zero.
     * Every free extent of class ``c`` has an entry (its end) in the heap ``_bins[c]``;
-      other entries are stale (extent gone or resized) and are skipped or dropped
-      lazily.  A heap is emptied when its count drops to zero.
+      other entries are stale (extent gone, or now in another class), dropped lazily
+      or used only if the extent they name still fits.  Count zero: heap emptied.
     * ``_largest`` is the largest free size, or -1 when it must be recomputed.
     """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -20,6 +21,13 @@ from objstore.plasma import allocator as allocator_module
 from objstore.plasma.allocator import DEFAULT_ALIGNMENT, Allocator
 
 A = DEFAULT_ALIGNMENT
+
+
+def take(a: Allocator, size: int) -> int:
+    """``a.allocate(size)``, which must succeed."""
+    off = a.allocate(size)
+    assert off is not None
+    return off
 
 
 def complement(live: dict[int, int], capacity: int, alignment: int) -> list[tuple[int, int]]:
@@ -81,14 +89,14 @@ def test_alignment_of_offsets_and_sizes(alignment: int) -> None:
         blocks.append((off, Allocator.allocated_size(size, alignment)))
     assert a.used == sum(sz for _, sz in blocks)
     blocks.sort()
-    for (o1, s1), (o2, _) in zip(blocks, blocks[1:]):
+    for (o1, s1), (o2, _) in itertools.pairwise(blocks):
         assert o1 + s1 <= o2
 
 
 def test_size_zero_gets_a_distinct_block() -> None:
     a = Allocator(4 * A)
-    offsets = [a.allocate(0) for _ in range(4)]
-    assert sorted(offsets) == [0, A, 2 * A, 3 * A]  # type: ignore[type-var]
+    offsets = [take(a, 0) for _ in range(4)]
+    assert sorted(offsets) == [0, A, 2 * A, 3 * A]
     assert a.used == 4 * A
     assert a.allocate(0) is None
     a.free(2 * A, 0)
@@ -109,10 +117,9 @@ def test_exact_fit_of_whole_arena() -> None:
 
 def test_none_when_full_or_too_fragmented() -> None:
     a = Allocator(10 * A)
-    offs = [a.allocate(A) for _ in range(10)]
+    offs = [take(a, A) for _ in range(10)]
     assert a.allocate(1) is None
     for off in offs[::2]:  # free every other block: 5 free units, none adjacent
-        assert off is not None
         a.free(off, A)
     assert a.free_bytes == 5 * A
     assert a.largest_free == A
@@ -141,7 +148,7 @@ def test_bad_allocate_and_free_arguments() -> None:
 
 def test_double_free_detection() -> None:
     a = Allocator(100 * A)
-    x, y, z = (a.allocate(10 * A) for _ in range(3))
+    x, y, z = (take(a, 10 * A) for _ in range(3))
     assert (x, y, z) == (0, 10 * A, 20 * A)
     a.free(y, 10 * A)
     before = a.extents()
@@ -170,9 +177,9 @@ def test_double_free_detection() -> None:
 def _three_blocks() -> tuple[Allocator, list[int]]:
     """An arena of 5 blocks of 2 units, all allocated, and their offsets."""
     a = Allocator(10 * A)
-    offs = [a.allocate(2 * A) for _ in range(5)]
+    offs = [take(a, 2 * A) for _ in range(5)]
     assert offs == [0, 2 * A, 4 * A, 6 * A, 8 * A]
-    return a, offs  # type: ignore[return-value]
+    return a, offs
 
 
 def test_free_without_neighbours() -> None:
@@ -213,7 +220,7 @@ def test_coalesce_both() -> None:
 
 def test_prefers_low_offsets() -> None:
     a = Allocator(1 << 20)
-    offs = [a.allocate(1000) for _ in range(100)]
+    offs = [take(a, 1000) for _ in range(100)]
     a.free(offs[3], 1000)  # a hole of 16 units near the start, and a big tail
     assert a.allocate(900) == offs[3]
     a.free(offs[10], 1000)
@@ -222,37 +229,40 @@ def test_prefers_low_offsets() -> None:
 
 
 def test_fitting_extent_beyond_the_bounded_scan_is_found() -> None:
-    # Eleven holes of 16 units (class 16 also covers 17 units) and, last, one of 17:
-    # a 17-unit request must find the last one, not give up.
-    a = Allocator(11 * 17 * A + 18 * A)
+    # Eleven holes of 16 units (class 16 also covers 17 units), then two of 17:
+    # a 17-unit request must find the lower of the last two, not give up.
+    a = Allocator(11 * 17 * A + 2 * 18 * A)
     holes = []
     for _ in range(11):
-        holes.append(a.allocate(16 * A))
+        holes.append(take(a, 16 * A))
         assert a.allocate(A) is not None
-    last = a.allocate(17 * A)
-    assert a.allocate(A) is not None and a.free_bytes == 0
-    for off in holes:
-        a.free(off, 16 * A)  # type: ignore[arg-type]
-    a.free(last, 17 * A)  # type: ignore[arg-type]
+    last = []
+    for _ in range(2):
+        last.append(take(a, 17 * A))
+        assert a.allocate(A) is not None
+    assert a.free_bytes == 0
+    for off in [*holes, *last][::-1]:
+        a.free(off, 16 * A if off in holes else 17 * A)
     assert a.largest_free == 17 * A
-    assert a.allocate(17 * A) == last
+    assert a.allocate(17 * A) == last[0]
+    assert a.allocate(17 * A) == last[1]
     assert a.allocate(17 * A) is None
     assert a.allocate(16 * A) == 0
 
 
 def test_largest_free_tracks_changes() -> None:
     a = Allocator(1000 * A)
-    x = a.allocate(600 * A)
+    x = take(a, 600 * A)
     assert a.largest_free == 400 * A
-    y = a.allocate(400 * A)
+    y = take(a, 400 * A)
     assert a.largest_free == 0
-    a.free(x, 600 * A)  # type: ignore[arg-type]
+    a.free(x, 600 * A)
     assert a.largest_free == 600 * A
-    z = a.allocate(100 * A)
+    z = take(a, 100 * A)
     assert a.largest_free == 500 * A
-    a.free(y, 400 * A)  # type: ignore[arg-type]
+    a.free(y, 400 * A)
     assert a.largest_free == 900 * A
-    a.free(z, 100 * A)  # type: ignore[arg-type]
+    a.free(z, 100 * A)
     assert a.largest_free == 1000 * A
     assert "Allocator(" in repr(a)
 
@@ -329,7 +339,7 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert off == pos, "overlap or lost bytes"
             pos = off + size
         assert pos == a.capacity
-        for (o1, s1), (o2, _) in zip(ext, ext[1:]):
+        for (o1, s1), (o2, _) in itertools.pairwise(ext):
             assert o1 + s1 < o2, "adjacent free extents were not merged"
         used = sum(self.need(s) for s in self.live.values())
         assert a.used == used
@@ -375,8 +385,7 @@ def test_churn_matches_model(load: int, monkeypatch: pytest.MonkeyPatch) -> None
         else:
             hi = rng.choice([300, 3000, 3000, 20_000])
             size = rng.randint(0, hi)
-            off = a.allocate(size)
-            assert off is not None
+            off = take(a, size)
             live[off] = size
             order.append(off)
         if step % 1500 == 0:
@@ -396,15 +405,14 @@ def test_200k_live_allocations_then_free_in_random_order() -> None:
     rng = random.Random(7)
     sizes = [rng.randint(0, 512) for _ in range(n)]
     a = Allocator(n * 512 + (1 << 20))
-    offsets = [a.allocate(size) for size in sizes]
-    assert None not in offsets
+    offsets = [take(a, size) for size in sizes]
     assert a.used == sum(Allocator.allocated_size(s) for s in sizes)
     assert len(set(offsets)) == n
     order = list(range(n))
     rng.shuffle(order)
     peak = 0
     for k, i in enumerate(order):
-        a.free(offsets[i], sizes[i])  # type: ignore[arg-type]
+        a.free(offsets[i], sizes[i])
         if k % 1000 == 0:
             peak = max(peak, a.free_extents)
     assert peak > 10_000  # many separate holes were tracked on the way

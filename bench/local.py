@@ -93,22 +93,23 @@ async def _small(socket: str, n: int) -> dict[str, float]:
         # Objects put by another process: the other process holds them alive.
         proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--_producer", socket, str(n),
-            stdout=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE, limit=1 << 24,
         )
-        assert proc.stdout is not None
-        line = await proc.stdout.readline()
-        other = [objstore.ObjectRef.from_hex(h) for h in json.loads(line)]
-        t = time.perf_counter()
-        for r in other:
-            await c.get(r)
-        gets_other = n / (time.perf_counter() - t)
-        async with objstore.connect(socket, warm=False) as c2:
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            other = [objstore.ObjectRef.from_hex(h) for h in json.loads(line)]
             t = time.perf_counter()
-            await c2.get(other)
-            batch_other = n / (time.perf_counter() - t)
-        proc.stdin = None
-        proc.terminate()
-        await proc.wait()
+            for r in other:
+                await c.get(r)
+            gets_other = n / (time.perf_counter() - t)
+            async with objstore.connect(socket, warm=False) as c2:
+                t = time.perf_counter()
+                await c2.get(other)
+                batch_other = n / (time.perf_counter() - t)
+        finally:
+            proc.kill()
+            await proc.wait()
     return {
         "puts_per_s": round(puts),
         "gets_per_s_own": round(gets_own),
@@ -124,7 +125,8 @@ def _producer(socket: str, n: int) -> None:
             refs = [await c.put(b"y" * 100) for _ in range(n)]
             sys.stdout.write(json.dumps([r.hex() for r in refs]) + "\n")
             sys.stdout.flush()
-            await asyncio.sleep(3600)
+            # Hold the objects (they live while this client is connected) until told.
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
     asyncio.run(run())
 
@@ -251,7 +253,7 @@ def footprint(n: int) -> dict[str, Any]:
     filler.stdin.close()
     filler.wait(60)
     node.stop()
-    private = lambda r: r["RssAnon"] + r["RssFile"]  # noqa: E731
+    private = lambda r: r["RssAnon"] + r["RssFile"]
     return {
         "start_to_ready_s": round(node.start_s, 3),
         "idle_rss_mib": round(idle["VmRSS"] / MiB, 1),

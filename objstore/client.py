@@ -26,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self, cast
 
 import numpy as np
 
@@ -139,14 +139,15 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # uvloop's transports are not asyncio.Transport subclasses, but implement it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         client = self.client
         try:
             for frame in client._decoder.feed(data):
                 client._on_reply(pb.Reply.FromString(frame))
-        except Exception as exc:  # garbage from the node: nothing more can be trusted
+        except Exception as exc:  # noqa: BLE001 - garbage from the node: nothing more can be trusted
             client._fail(ProtocolError(f"bad frame from the node: {exc}"))
             assert self.transport is not None
             self.transport.abort()
@@ -246,7 +247,7 @@ class Client:
         # they go away with the last of those views.
         self._segments.clear()
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         self._token = _current.set(self)
         return self
 
@@ -537,7 +538,7 @@ class Client:
                 while not cf.done():
                     try:
                         await asyncio.shield(asyncio.wrap_future(cf))
-                    except BaseException:  # noqa: S112 - keep waiting; the first error is re-raised
+                    except BaseException:  # noqa: S112, BLE001 - keep waiting; the first error is re-raised
                         continue
             raise
         finally:

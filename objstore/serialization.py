@@ -105,7 +105,8 @@ def _reduce_ndarray(arr: np.ndarray) -> Any:
     if arr.dtype.kind in "mM":
         flat = arr.ravel(order="F" if fortran else "C").view(np.int64)
         return _rebuild_time_array, (
-            pickle.PickleBuffer(flat),
+            # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+.
+            pickle.PickleBuffer(flat),  # type: ignore[arg-type]
             arr.dtype.str,
             arr.shape,
             fortran,
@@ -173,7 +174,8 @@ def deserialize(
     if meta == RAW:
         if make_holder is None:
             return memoryview(bytes(payload))
-        return memoryview(make_holder())
+        # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+.
+        return memoryview(make_holder())  # type: ignore[arg-type]
     if meta == PICKLE5:
         nbufs, _, plen = HEADER.unpack_from(payload, 0)
         header_len = HEADER.size + _BUF.size * nbufs

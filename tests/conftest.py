@@ -78,8 +78,9 @@ def start_node(*extra: str, memory: str = "128MiB", env: dict[str, str] | None =
     full_env.setdefault("OBJSTORE_NODE_LOOP_LAG_WARN_MS", "250")
     if env:
         full_env.update(env)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(stderr_path, "wb"),
-                            stdin=subprocess.DEVNULL, env=full_env)
+    with open(stderr_path, "wb") as err:  # the child keeps its own copy of the fd
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL, env=full_env)
     node = NodeProcess(proc, sock, {}, stderr_path, args)
     if not expect_ready:
         return node

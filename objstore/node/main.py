@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"objstore.node: {exc}", file=sys.stderr)
         sys.exit(2)
     configure_logging(config.node.log_format, config.node.log_level)
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 

@@ -169,7 +169,8 @@ class Arena(Segment):
             log.warning("cannot map the arena for prefaulting", error=exc.strerror)
             return
         addr = address_of(tmp)
-        state = {"next": 0, "done": 0, "live": threads, "t0": time.perf_counter()}
+        state = {"next": 0, "done": 0, "live": threads}
+        t0 = time.perf_counter()
         lock = threading.Lock()
 
         def work() -> None:
@@ -198,7 +199,7 @@ class Arena(Segment):
                     log.info(
                         "arena prefaulted",
                         bytes=state["done"],
-                        seconds=round(time.perf_counter() - state["t0"], 3),
+                        seconds=round(time.perf_counter() - t0, 3),
                     )
 
         self._prefault_threads = [

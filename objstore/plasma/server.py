@@ -21,7 +21,7 @@ import errno
 import os
 import socket
 import stat
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -273,7 +273,8 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # uvloop's transports are not asyncio.Transport subclasses, but implement it.
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
         log.debug("client connected", client=self.client.client_id, pid=self.client.pid)
 

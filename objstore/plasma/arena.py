@@ -187,6 +187,7 @@ class Arena(Segment):
                         return
                     with lock:
                         state["done"] += end - pos
+                        self.populated = state["done"]
             except OSError as exc:
                 log.warning("prefault stopped", error=str(exc))
             finally:

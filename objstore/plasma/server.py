@@ -590,6 +590,7 @@ class _Connection(asyncio.Protocol):
         for key in (
             "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed",
             "creating", "evictable_bytes", "evictions", "largest_free", "puts", "gets",
+            "prefaulted",
         ):
             setattr(st, key, int(s[key]))
         st.uptime_s = float(s["uptime_s"])

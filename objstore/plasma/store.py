@@ -646,5 +646,6 @@ class PlasmaStore:
             "puts": self.puts,
             "gets": self.gets,
             "uptime_s": time.monotonic() - self.started,
+            "prefaulted": self.arena.populated,
             "pid": os.getpid(),
         }

@@ -13,6 +13,8 @@ and reads are zero-copy views of shared memory.
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 import objstore
@@ -50,7 +52,7 @@ def main() -> None:
     app.on_cleanup.append(stop)
     app.router.add_post("/blobs", put_blob)
     app.router.add_get("/blobs/{ref}", get_blob)
-    web.run_app(app, host="127.0.0.1", port=8080)
+    web.run_app(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8080")))
 
 
 if __name__ == "__main__":

@@ -213,6 +213,12 @@ class Client:
             self._threads = max(1, reply.copy_threads)
             self._max_frame = reply.max_frame_bytes or self._max_frame
             self._segments[0] = _map(fd, reply.segment_size)
+            # Start the copy threads now: creating a thread maps its stack, which
+            # would wait behind a running populate (it holds the mmap lock).
+            pool = self._pool()
+            barrier = threading.Barrier(self._threads)
+            started = [pool.submit(barrier.wait, 5.0) for _ in range(self._threads)]
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in started))
             if self._warm and reply.warm_bytes:
                 mm0 = self._segments[0]
                 threading.Thread(

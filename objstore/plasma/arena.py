@@ -43,6 +43,7 @@ _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0x0002) | getattr(fcntl, "F_SEAL_GROW",
 )
 _F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 _POPULATE_STEP = 32 * 1024 * 1024
+_MADVISE_STEP = 4 * 1024 * 1024
 
 
 def _load_madvise() -> Callable[[int, int, int], int] | None:
@@ -88,14 +89,20 @@ def populate(mm: mmap.mmap, start: int, end: int, write: bool = True, addr: int 
     advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
     if _madvise is not None:
         base = addr or address_of(mm)
-        if _madvise(base + start, end - start, advice) == 0:
-            return True
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.ENOSYS):
-            return False
-        raise OSError(err, os.strerror(err))
+        # Small steps: madvise holds the process's mmap lock while it faults
+        # pages in, and any mmap/munmap elsewhere in the process (a thread
+        # stack, a large allocation on the event loop's thread) waits for it.
+        for pos in range(start, end, _MADVISE_STEP):
+            n = min(_MADVISE_STEP, end - pos)
+            if _madvise(base + pos, n, advice) != 0:
+                err = ctypes.get_errno()
+                if err in (errno.EINVAL, errno.ENOSYS):
+                    return False
+                raise OSError(err, os.strerror(err))
+        return True
     try:
-        mm.madvise(advice, start, end - start)
+        for pos in range(start, end, _MADVISE_STEP):
+            mm.madvise(advice, pos, min(_MADVISE_STEP, end - pos))
     except OSError as exc:
         if exc.errno in (errno.EINVAL, errno.ENOSYS):
             return False

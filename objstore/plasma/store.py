@@ -124,6 +124,12 @@ class Location:
     meta: bytes
 
 
+def _close_unused_segment(fut: asyncio.Future[FallbackSegment]) -> None:
+    """A fallback segment finished creating after its create was cancelled."""
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
+
+
 class PlasmaStore:
     """The node's object table, arena and fallback segments."""
 
@@ -243,19 +249,33 @@ class PlasmaStore:
                 got = self._allocate_now(size)
                 if got is not None:
                     return got
-        return self._allocate_fallback(size)
+        return await self._allocate_fallback(size)
 
-    def _allocate_fallback(self, size: int) -> tuple[int, int]:
+    async def _allocate_fallback(self, size: int) -> tuple[int, int]:
+        """A file-backed segment for one object (created in a thread: it touches the disk)."""
         if size + self.fallback_used > self.fallback_max:
             raise self._full_error(size)
+        # Bookkeeping first, so concurrent creates see the room as taken.
         segment_id = self._next_segment
-        try:
-            seg = FallbackSegment.create(segment_id, self.fallback_dir, size)
-        except OutOfDiskError as exc:
-            raise ObjectStoreFullError(f"{self._full_error(size)}; {exc}") from exc
         self._next_segment += 1
+        self.fallback_used += size
+        fut = asyncio.get_running_loop().run_in_executor(
+            None, FallbackSegment.create, segment_id, self.fallback_dir, size
+        )
+        try:
+            seg = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            self.fallback_used -= size
+            fut.add_done_callback(_close_unused_segment)
+            raise
+        except OutOfDiskError as exc:
+            self.fallback_used -= size
+            raise ObjectStoreFullError(f"{self._full_error(size)}; {exc}") from exc
+        except BaseException:
+            self.fallback_used -= size
+            raise
+        self.fallback_used += seg.size - size
         self.segments[segment_id] = seg
-        self.fallback_used += seg.size
         if not self._fallback_warned:
             self._fallback_warned = True
             log.warning(

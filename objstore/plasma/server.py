@@ -21,6 +21,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import structlog
@@ -390,48 +391,44 @@ class _Connection(asyncio.Protocol):
 
     def _on_put_inline(self, req: pb.Request) -> None:
         body = req.put_inline
-        entry = self.store.put_inline(body.object_id, body.data, body.metadata, self.client, body.name)
-        self._note_owned()
-        if entry is not None:
-            self._put_reply(req.id, entry)
-            return
-
-        async def slow() -> None:
-            try:
-                e = await self.store.put_inline_slow(
-                    body.object_id, body.data, body.metadata, self.client, body.name
-                )
-            except ObjectStoreError as exc:
-                self._send_error(req.id, exc)
-                return
-            self._put_reply(req.id, e)
-
-        self._spawn(slow())
+        store = self.store
+        self._create(
+            req.id,
+            store.put_inline(body.object_id, body.data, body.metadata, self.client, body.name),
+            lambda: store.put_inline_slow(
+                body.object_id, body.data, body.metadata, self.client, body.name
+            ),
+        )
 
     def _on_create(self, req: pb.Request) -> None:
         body = req.create
-        entry = self.store.create_now(
-            body.object_id, body.data_size, body.metadata, self.client, body.name
-        )
+        store = self.store
+        args = (body.object_id, body.data_size, body.metadata, self.client, body.name)
+        self._create(req.id, store.create_now(*args), lambda: store.create(*args))
+
+    def _create(
+        self,
+        req_id: int,
+        entry: ObjectEntry | None,
+        slow: Callable[[], Awaitable[ObjectEntry]],
+    ) -> None:
+        """Answer a create or inline put: now, or once room was made (``slow``)."""
         self._note_owned()
         if entry is not None:
-            self._put_reply(req.id, entry)
+            self._put_reply(req_id, entry)
             return
 
-        async def slow() -> None:
+        async def wait_for_room() -> None:
+            # The store refuses to register an object for a client that left
+            # while room was made, so nothing is left behind on disconnect.
             try:
-                e = await self.store.create(
-                    body.object_id, body.data_size, body.metadata, self.client, body.name
-                )
+                made = await slow()
             except ObjectStoreError as exc:
-                self._send_error(req.id, exc)
+                self._send_error(req_id, exc)
                 return
-            if self._closed:  # the client left while room was made
-                self.store.abort(body.object_id, None)
-                return
-            self._put_reply(req.id, e)
+            self._put_reply(req_id, made)
 
-        self._spawn(slow())
+        self._spawn(wait_for_room())
 
     def _on_seal(self, req: pb.Request) -> None:
         self.store.seal(req.seal.object_id, self.client)

@@ -10,7 +10,7 @@ wire and the exceptions of :mod:`objstore.errors`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 from objstore import errors
 from objstore._proto.local import local_pb2 as pb
@@ -52,37 +52,31 @@ class FrameDecoder:
     def feed(self, data: bytes) -> Iterator[bytes]:
         """Add bytes and yield every frame now complete, in order."""
         buf = self._buf
-        if not buf:
+        if buf:
+            buf += data
+            pos = yield from self._split(buf)
+            del buf[:pos]
+        else:
             # Fast path: parse straight out of `data` without copying it first.
             view = memoryview(data)
-            pos, end = 0, len(data)
-            while end - pos >= 4:
-                (size,) = HEADER.unpack_from(view, pos)
-                if size > self._max:
-                    raise errors.ProtocolError(
-                        f"frame of {size} bytes is larger than the limit of {self._max}"
-                    )
-                if end - pos - 4 < size:
-                    break
-                yield bytes(view[pos + 4 : pos + 4 + size])
-                pos += 4 + size
-            if pos < end:
+            pos = yield from self._split(view)
+            if pos < len(view):
                 buf += view[pos:]
-            return
-        buf += data
-        pos = 0
-        end = len(buf)
+
+    def _split(self, src: bytearray | memoryview) -> Generator[bytes, None, int]:
+        """Yield the complete frames at the start of ``src``; return where they end."""
+        pos, end, limit = 0, len(src), self._max
         while end - pos >= 4:
-            (size,) = HEADER.unpack_from(buf, pos)
-            if size > self._max:
+            (size,) = HEADER.unpack_from(src, pos)
+            if size > limit:
                 raise errors.ProtocolError(
-                    f"frame of {size} bytes is larger than the limit of {self._max}"
+                    f"frame of {size} bytes is larger than the limit of {limit}"
                 )
             if end - pos - 4 < size:
                 break
-            yield bytes(buf[pos + 4 : pos + 4 + size])
+            yield bytes(src[pos + 4 : pos + 4 + size])
             pos += 4 + size
-        del buf[:pos]
+        return pos
 
     @property
     def pending(self) -> int:

@@ -78,15 +78,17 @@ class Serialized:
 
 def _as_bytes_view(value: bytes | bytearray | memoryview) -> memoryview:
     view = memoryview(value)
-    if not view.contiguous:
+    if not view.c_contiguous:
         return memoryview(view.tobytes())
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
     return view
 
 
-def _rebuild_time_array(buf: Any, dtype: str, shape: tuple[int, ...], fortran: bool) -> np.ndarray:
-    flat = np.frombuffer(buf, dtype=np.int64).view(np.dtype(dtype))
+def _rebuild_raw_array(
+    buf: Any, dtype: np.dtype[Any], shape: tuple[int, ...], fortran: bool
+) -> np.ndarray:
+    flat = np.frombuffer(buf, dtype=dtype)
     return flat.reshape(shape, order="F" if fortran else "C")
 
 
@@ -94,20 +96,21 @@ def _reduce_ndarray(arr: np.ndarray) -> Any:
     """Pickle numpy arrays so that every plain-data array goes out of band.
 
     numpy itself keeps arrays that are not contiguous, and datetime64 /
-    timedelta64 arrays, in-band (they would come back as writable copies);
-    here they are made contiguous, and time arrays travel as int64 buffers.
+    timedelta64 or structured arrays, in-band (they would come back as
+    writable copies); here they are made contiguous, and arrays of those
+    dtypes travel as raw bytes plus their dtype.
     """
     if arr.dtype.hasobject:
         return arr.__reduce_ex__(5)
     fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
     if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
         arr = np.ascontiguousarray(arr)
-    if arr.dtype.kind in "mM":
-        flat = arr.ravel(order="F" if fortran else "C").view(np.int64)
-        return _rebuild_time_array, (
+    if arr.dtype.kind in "mMV":
+        flat = arr.ravel(order="F" if fortran else "C").view(np.uint8)
+        return _rebuild_raw_array, (
             # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+.
             pickle.PickleBuffer(flat),  # type: ignore[arg-type]
-            arr.dtype.str,
+            arr.dtype,
             arr.shape,
             fortran,
         )
@@ -177,6 +180,10 @@ def deserialize(
         # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+.
         return memoryview(make_holder())  # type: ignore[arg-type]
     if meta == PICKLE5:
+        if len(payload) < HEADER.size:
+            raise SerializationError(
+                f"stored payload of {len(payload)} bytes is shorter than its header"
+            )
         nbufs, _, plen = HEADER.unpack_from(payload, 0)
         header_len = HEADER.size + _BUF.size * nbufs
         if header_len + plen > len(payload):
@@ -206,5 +213,5 @@ def has_views(meta: bytes, payload: memoryview | bytes) -> bool:
     if meta == RAW:
         return True
     if meta == PICKLE5:
-        return HEADER.unpack_from(payload, 0)[0] > 0
+        return len(payload) >= HEADER.size and HEADER.unpack_from(payload, 0)[0] > 0
     return False

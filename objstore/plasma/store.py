@@ -223,15 +223,10 @@ class PlasmaStore:
         if offset is not None:
             return 0, offset
         need = self.allocator.allocated_size(size)
-        if self.eviction.evictable_bytes:
-            victims = self.eviction.choose_victims(need - self.allocator.free_bytes)
-            for oid in victims:
-                self._evict(oid)
-            offset = self.allocator.allocate(size)
-            if offset is not None:
-                return 0, offset
-            # Fragmentation: evict everything evictable before giving up.
-            for oid in self.eviction.choose_victims(self.eviction.evictable_bytes):
+        # Evict least recently used secondaries, `need` bytes at a time, until a
+        # block fits (the free bytes may be there already, but in pieces).
+        while self.eviction.evictable_bytes:
+            for oid in self.eviction.choose_victims(need):
                 self._evict(oid)
             offset = self.allocator.allocate(size)
             if offset is not None:
@@ -519,8 +514,10 @@ class PlasmaStore:
             self._maybe_evictable(object_id, entry)
 
     def _maybe_evictable(self, object_id: bytes, entry: ObjectEntry) -> None:
+        # Only arena copies: evicting a fallback segment frees no arena memory.
         if (
-            entry.state is _SEALED
+            entry.segment == 0
+            and entry.state is _SEALED
             and entry.owner is None
             and entry.pinners is None
             and object_id not in self.eviction
@@ -616,6 +613,8 @@ class PlasmaStore:
                 elif object_id not in self.names_by_id:
                     self.delete(object_id)
                     freed += 1
+                elif not entry.primary:
+                    self._maybe_evictable(object_id, entry)
             if start + batch < len(owned):
                 await asyncio.sleep(0)
         if aborted or freed:

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,7 @@ class Node:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _loop_runner(kind: str):

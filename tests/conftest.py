@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def node_factory() -> Iterator[type]:
             problems.append(f"node event loop stalled:\n{n.stderr()[-3000:]}")
         if "Traceback" in n.stderr():
             problems.append(f"node logged a traceback:\n{n.stderr()[-3000:]}")
+        shutil.rmtree(n.stderr_path.parent, ignore_errors=True)
     assert not problems, "\n\n".join(problems)
 
 

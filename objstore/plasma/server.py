@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import structlog
 
-from objstore.config import Config
+from objstore.config import Config, default_socket_path
 from objstore.errors import (
     ConfigError,
     GetTimeoutError,
@@ -103,6 +103,9 @@ class PlasmaServer:
 
     async def start(self) -> None:
         """Bind the socket (mode 0600) and start accepting."""
+        if self.path == default_socket_path():
+            # Our own default directory: create it, private to this user.
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         prepare_socket_path(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +46,12 @@ async def still_works(*clients: objstore.Client) -> None:
             assert bytes(await c.get(ref, timeout=5)) == want
 
 
-def short_tmp() -> str:
-    return tempfile.mkdtemp(prefix="osb-", dir="/tmp")
+@pytest.fixture
+def short_tmp() -> Iterator[str]:
+    """A short directory for socket paths (107-byte limit), removed afterwards."""
+    d = tempfile.mkdtemp(prefix="osb-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------- values
@@ -276,14 +282,14 @@ async def test_node_bad_settings(node_factory, flags, kw, expect) -> None:
         assert text in err, err
 
 
-async def test_node_socket_in_missing_directory(node_factory) -> None:
-    path = os.path.join(short_tmp(), "no", "such", "dir", "node.sock")
+async def test_node_socket_in_missing_directory(node_factory, short_tmp) -> None:
+    path = os.path.join(short_tmp, "no", "such", "dir", "node.sock")
     err = await start_fails(node_factory, socket_path=path)
     assert "plasma.socket" in err and os.path.dirname(path) in err and "does not exist" in err
 
 
-async def test_node_socket_path_is_a_regular_file(node_factory) -> None:
-    path = Path(short_tmp(), "file.sock")
+async def test_node_socket_path_is_a_regular_file(node_factory, short_tmp) -> None:
+    path = Path(short_tmp, "file.sock")
     path.write_text("not a socket")
     err = await start_fails(node_factory, socket_path=str(path))
     assert "plasma.socket" in err and str(path) in err and "not a socket" in err
@@ -304,8 +310,8 @@ async def test_node_socket_already_served(node_factory) -> None:
             await still_works(a, b)
 
 
-async def test_node_starts_over_stale_socket(node_factory) -> None:
-    path = os.path.join(short_tmp(), "stale.sock")
+async def test_node_starts_over_stale_socket(node_factory, short_tmp) -> None:
+    path = os.path.join(short_tmp, "stale.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
     s.close()
@@ -317,14 +323,14 @@ async def test_node_starts_over_stale_socket(node_factory) -> None:
 
 
 # ---------------------------------------------------------------------- connection errors
-async def test_connect_where_no_node_listens(tmp_path) -> None:
+async def test_connect_where_no_node_listens(tmp_path, short_tmp) -> None:
     missing = str(tmp_path / "missing.sock")
     with pytest.raises(NodeUnavailableError) as info:
         async with objstore.connect(missing):
             pass
     assert missing in str(info.value) and isinstance(info.value, ConnectionError)
 
-    stale = os.path.join(short_tmp(), "stale.sock")
+    stale = os.path.join(short_tmp, "stale.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(stale)
     s.close()

@@ -50,6 +50,8 @@ log = structlog.get_logger("objstore.plasma.server")
 _HELLO_MAX = 4096
 _HANDSHAKE_TIMEOUT = 5.0
 _OWNED_COMPACT_EVERY = 1 << 16
+# Gets of more objects than this are answered in slices of this many.
+_GET_BATCH = 8192
 
 
 def prepare_socket_path(path: str) -> None:
@@ -458,28 +460,27 @@ class _Connection(asyncio.Protocol):
         if not ids:
             self._send(pb.Reply(id=req.id, get=pb.GetReply()))
             return
-        entries: list[ObjectEntry | None] = [store.get_now(oid) for oid in ids]
-        if all(e is not None for e in entries):
-            self._get_reply(req.id, ids, entries)  # type: ignore[arg-type]
-            return
         timeout = None if body.timeout_ms < 0 else body.timeout_ms / 1000.0
-        self._spawn(self._get_slow(req.id, ids, entries, timeout))
+        if len(ids) <= _GET_BATCH:
+            entries = [store.get_now(oid) for oid in ids]
+            if all(e is not None for e in entries):
+                self._send(self._get_reply(req.id, ids, entries))  # type: ignore[arg-type]
+                return
+        # Waits for unsealed objects, and answers big lists in slices so the
+        # loop keeps serving others.
+        self._spawn(self._get_slow(req.id, ids, timeout))
 
-    async def _get_slow(
-        self,
-        req_id: int,
-        ids: list[bytes],
-        entries: list[ObjectEntry | None],
-        timeout: float | None,
-    ) -> None:
+    async def _get_slow(self, req_id: int, ids: list[bytes], timeout: float | None) -> None:
         store = self.store
-        missing = [i for i, e in enumerate(entries) if e is None]
         try:
             async with asyncio.timeout(timeout):
-                for i in missing:
-                    entries[i] = await store.wait_sealed(ids[i])
+                for i, oid in enumerate(ids):
+                    if store.get_now(oid) is None:
+                        await store.wait_sealed(oid)
+                    if i % _GET_BATCH == _GET_BATCH - 1:
+                        await asyncio.sleep(0)
         except TimeoutError:
-            pending = [ids[i].hex() for i in missing if entries[i] is None]
+            pending = [oid.hex() for oid in dict.fromkeys(ids) if not store.contains(oid)]
             self._send_error(
                 req_id,
                 GetTimeoutError(
@@ -491,25 +492,45 @@ class _Connection(asyncio.Protocol):
         except ObjectStoreError as exc:
             self._send_error(req_id, exc)
             return
-        if self._closed:
-            return
-        # Entries may have been deleted while we waited for the others.
+        reply = pb.Reply(id=req_id)
+        pinned: list[bytes] = []
         try:
-            final = []
-            for oid in ids:
-                entry = store.get_now(oid)
-                if entry is None:
-                    raise ObjectStoreError(f"object {oid.hex()} changed state during get")
-                final.append(entry)
+            for start in range(0, len(ids), _GET_BATCH):
+                if self._closed:  # disconnect released every pin already
+                    return
+                chunk = ids[start : start + _GET_BATCH]
+                entries = []
+                for oid in chunk:
+                    # Objects may have been deleted while we waited for others.
+                    entry = store.get_now(oid)
+                    if entry is None:
+                        raise ObjectStoreError(f"object {oid.hex()} changed state during get")
+                    entries.append(entry)
+                self._get_reply(req_id, chunk, entries, reply)
+                pinned.extend(chunk)
+                if start + _GET_BATCH < len(ids):
+                    await asyncio.sleep(0)
         except ObjectStoreError as exc:
-            self._send_error(req_id, exc)
+            if not self._closed:
+                for oid in pinned:
+                    store.release(oid, self.client)
+                self._send_error(req_id, exc)
             return
-        self._get_reply(req_id, ids, final)
+        if not self._closed:
+            self._send(reply)
 
-    def _get_reply(self, req_id: int, ids: list[bytes], entries: list[ObjectEntry]) -> None:
+    def _get_reply(
+        self,
+        req_id: int,
+        ids: list[bytes],
+        entries: list[ObjectEntry],
+        reply: pb.Reply | None = None,
+    ) -> pb.Reply:
+        """Pin each object for this client and add its location to a get reply."""
         pin = self.store.pin
         client = self.client
-        reply = pb.Reply(id=req_id)
+        if reply is None:
+            reply = pb.Reply(id=req_id)
         objects = reply.get.objects
         for oid, entry in zip(ids, entries):
             pin(oid, entry, client)
@@ -520,7 +541,7 @@ class _Connection(asyncio.Protocol):
                 data_size=entry.size,
                 metadata=entry.meta,
             )
-        self._send(reply)
+        return reply
 
     def _on_delete(self, req: pb.Request) -> None:
         body = req.delete

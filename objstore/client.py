@@ -16,12 +16,10 @@ are zero-copy:
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextvars
 import mmap
 import os
-import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -37,17 +35,18 @@ from objstore.errors import (
     ObjectStoreError,
     ProtocolError,
 )
-from objstore.ids import new_object_id, object_id_from_hex
-from objstore.plasma.arena import populate
+from objstore.ids import new_object_id
 from objstore.protocol import (
     HEADER,
-    PROTOCOL_VERSION,
     FrameDecoder,
     encode_frame,
     error_to_exception,
     pb,
 )
+from objstore.protocol.handshake import handshake
+from objstore.ref import ObjectRef, current_client
 from objstore.serialization import Serialized, deserialize, has_views, serialize
+from objstore.shm import Mark, copy_all, copy_ranges, map_segment, split, warm
 
 __all__ = ["Client", "ObjectRef", "connect"]
 
@@ -55,62 +54,6 @@ __all__ = ["Client", "ObjectRef", "connect"]
 # a copy of a few KiB costs less than the bookkeeping of a pinned view.
 _COPY_BELOW = 16 * 1024
 _CONNECT_TIMEOUT = 10.0
-
-_current: contextvars.ContextVar[Client | None] = contextvars.ContextVar(
-    "objstore_client", default=None
-)
-
-
-class ObjectRef:
-    """A reference to an object in the store: small, hashable, picklable.
-
-    ``ref.hex()`` and ``ObjectRef.from_hex(s)`` round-trip it.  ``await ref``
-    gets the value through the client of the enclosing ``async with
-    objstore.connect()`` block.
-    """
-
-    __slots__ = ("_id", "__weakref__")
-
-    def __init__(self, object_id: bytes) -> None:
-        if not isinstance(object_id, bytes) or len(object_id) != 20:
-            raise ValueError("an ObjectRef wraps a 20-byte object id")
-        self._id = object_id
-
-    @property
-    def binary(self) -> bytes:
-        """The 20-byte id."""
-        return self._id
-
-    def hex(self) -> str:
-        """The id as 40 hex characters."""
-        return self._id.hex()
-
-    @classmethod
-    def from_hex(cls, text: str) -> ObjectRef:
-        """Parse :meth:`hex` output; ``ValueError`` for anything else."""
-        return cls(object_id_from_hex(text))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ObjectRef) and other._id == self._id
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-    def __repr__(self) -> str:
-        return f"ObjectRef({self._id.hex()})"
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return (ObjectRef, (self._id,))
-
-    def __await__(self) -> Any:
-        client = _current.get()
-        if client is None:
-            raise ObjectStoreError(
-                "`await ref` needs an enclosing `async with objstore.connect()`; "
-                "use `await client.get(ref)` otherwise"
-            )
-        return client.get(self).__await__()
-
 
 class _Cached:
     """What this client knows of an object it maps."""
@@ -168,7 +111,7 @@ class Client:
         self.socket_path = socket_path
         self._warm = warm
         # Bytes from the arena's start whose page tables this process has filled.
-        self._warm_mark = _Mark()
+        self._warm_mark = Mark()
         self.node_id = b""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
@@ -201,7 +144,7 @@ class Client:
         self._map_lock = asyncio.Lock()
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
-                sock, reply, fd = await _handshake(loop, self.socket_path, 0)
+                sock, reply, fd = await handshake(loop, self.socket_path, 0)
         except TimeoutError as exc:
             raise NodeUnavailableError(
                 f"the node at {self.socket_path} did not answer within {_CONNECT_TIMEOUT}s"
@@ -212,7 +155,7 @@ class Client:
             self._parallel_min = reply.parallel_copy_min_bytes
             self._threads = max(1, reply.copy_threads)
             self._max_frame = reply.max_frame_bytes or self._max_frame
-            self._segments[0] = _map(fd, reply.segment_size)
+            self._segments[0] = map_segment(fd, reply.segment_size)
             # Start the copy threads now: creating a thread maps its stack, which
             # would wait behind a running populate (it holds the mmap lock).
             pool = self._pool()
@@ -222,7 +165,7 @@ class Client:
             if self._warm and reply.warm_bytes:
                 mm0 = self._segments[0]
                 threading.Thread(
-                    target=_warm,
+                    target=warm,
                     args=(mm0, reply.warm_bytes, self._warm_mark),
                     name="objstore-warm",
                     daemon=True,
@@ -259,15 +202,15 @@ class Client:
         self._segments.clear()
 
     async def __aenter__(self) -> Self:
-        self._token = _current.set(self)
+        self._token = current_client.set(self)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._token is not None:
             try:
-                _current.reset(self._token)
+                current_client.reset(self._token)
             except ValueError:  # exited in another context
-                _current.set(None)
+                current_client.set(None)
             self._token = None
         await self.close()
 
@@ -349,10 +292,10 @@ class Client:
             if mm is not None:
                 return mm
             async with asyncio.timeout(_CONNECT_TIMEOUT):
-                sock, reply, fd = await _handshake(self._loop, self.socket_path, segment)
+                sock, reply, fd = await handshake(self._loop, self.socket_path, segment)
             sock.close()
             try:
-                mm = _map(fd, reply.segment_size)
+                mm = map_segment(fd, reply.segment_size)
             finally:
                 os.close(fd)
             self._segments[segment] = mm
@@ -536,13 +479,13 @@ class Client:
         """
         dst = memoryview(mm)[offset : offset + ser.size]
         pool = self._pool()
-        mark = self._warm_mark if mm is self._segments.get(0) else _Mark()
+        mark = self._warm_mark if mm is self._segments.get(0) else Mark()
         if ser.size < self._parallel_min or self._threads == 1:
-            cfs = [pool.submit(_copy_all, mm, offset, ser, dst, mark)]
+            cfs = [pool.submit(copy_all, mm, offset, ser, dst, mark)]
         else:
             cfs = [
-                pool.submit(_copy_ranges, mm, offset, dst, job, mark)
-                for job in _split(ser, self._threads)
+                pool.submit(copy_ranges, mm, offset, dst, job, mark)
+                for job in split(ser, self._threads)
             ]
         try:
             await asyncio.gather(*(asyncio.wrap_future(cf) for cf in cfs))
@@ -753,158 +696,6 @@ class Client:
             for o in lst.objects
         ]
         return out, lst.total
-
-
-class _Mark:
-    """A high-water mark shared with a background thread (int writes are atomic)."""
-
-    __slots__ = ("upto",)
-
-    def __init__(self) -> None:
-        self.upto = 0
-
-
-def _warm(mm: mmap.mmap, nbytes: int, mark: _Mark) -> None:
-    """Fill this process's page tables for the arena's warm start (background thread)."""
-    step = 64 << 20
-    try:
-        for pos in range(0, nbytes, step):
-            end = min(nbytes, pos + step)
-            if not populate(mm, pos, end, write=False):
-                return
-            mark.upto = end
-    except (OSError, ValueError, BufferError):  # closed meanwhile: nothing to warm
-        return
-
-
-def _map(fd: int, size: int) -> mmap.mmap:
-    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-
-
-def _copy_all(mm: mmap.mmap, base: int, ser: Serialized, dst: memoryview, mark: _Mark) -> None:
-    _copy_ranges(mm, base, dst, [(p, o, 0, len(p)) for p, o in zip(ser.parts, ser.offsets)], mark)
-
-
-def _copy_ranges(
-    mm: mmap.mmap,
-    base: int,
-    dst: memoryview,
-    jobs: list[tuple[memoryview, int, int, int]],
-    mark: _Mark,
-) -> None:
-    """Copy ``part[a:b]`` to ``dst[off+a : off+b]`` for each job.
-
-    Pages above ``mark`` are faulted in first with one ``madvise`` per job,
-    which costs far less than a fault per page during the copy.
-    """
-    for part, off, a, b in jobs:
-        if b - a >= 1 << 20:
-            if base + off + b > mark.upto:
-                populate(mm, base + off + a, base + off + b, write=False)
-            np.copyto(
-                np.frombuffer(dst, np.uint8, count=b - a, offset=off + a),
-                np.frombuffer(part, np.uint8, count=b - a, offset=a),
-            )
-        else:
-            dst[off + a : off + b] = part[a:b]
-
-
-def _split(ser: Serialized, n: int) -> list[list[tuple[memoryview, int, int, int]]]:
-    """Split the payload's parts into ``n`` jobs of about equal bytes."""
-    total = sum(len(p) for p in ser.parts)
-    share = -(-total // n)
-    share = (share + 4095) & ~4095
-    jobs: list[list[tuple[memoryview, int, int, int]]] = [[] for _ in range(n)]
-    j = 0
-    room = share
-    for part, off in zip(ser.parts, ser.offsets):
-        pos, end = 0, len(part)
-        while pos < end:
-            take = min(room, end - pos)
-            jobs[j].append((part, off, pos, pos + take))
-            pos += take
-            room -= take
-            if room == 0 and j < n - 1:
-                j += 1
-                room = share
-    return [job for job in jobs if job]
-
-
-async def _handshake(
-    loop: asyncio.AbstractEventLoop, path: str, segment: int
-) -> tuple[socket.socket, pb.HelloReply, int]:
-    """Connect, send Hello, and receive the reply with its file descriptor."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        try:
-            await loop.sock_connect(sock, path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NodeUnavailableError(
-                f"no node is serving {path} ({exc.strerror}); start one with "
-                f"`python -m objstore.node --head` or pass socket=/$OBJSTORE_SOCKET"
-            ) from exc
-        except OSError as exc:
-            raise NodeUnavailableError(f"cannot connect to {path}: {exc.strerror}") from exc
-        hello = pb.Hello(version=PROTOCOL_VERSION, segment=segment, pid=os.getpid())
-        await loop.sock_sendall(sock, encode_frame(hello.SerializeToString()))
-        data, fds = await _recv_with_fds(loop, sock)
-        reply = pb.HelloReply.FromString(data)
-        if reply.HasField("error"):
-            for fd in fds:
-                os.close(fd)
-            raise error_to_exception(reply.error)
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            raise ProtocolError(f"the node sent {len(fds)} file descriptors, expected 1")
-        return sock, reply, fds[0]
-    except BaseException:
-        sock.close()
-        raise
-
-
-async def _recv_with_fds(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket
-) -> tuple[bytes, list[int]]:
-    """Read exactly one frame (the hello reply) and the fds sent with it."""
-    buf = bytearray()
-    fds: list[int] = []
-    need = HEADER.size
-    have_header = False
-    while True:
-        while len(buf) < need:
-            try:
-                data, ancdata, _, _ = sock.recvmsg(
-                    need - len(buf), socket.CMSG_SPACE(4 * 4)
-                )
-            except (BlockingIOError, InterruptedError):
-                fut = loop.create_future()
-                loop.add_reader(sock.fileno(), fut.set_result, None)
-                try:
-                    await fut
-                finally:
-                    loop.remove_reader(sock.fileno())
-                continue
-            for level, kind, payload in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    arr = array.array("i")
-                    arr.frombytes(payload[: len(payload) - len(payload) % arr.itemsize])
-                    fds.extend(arr)
-            if not data:
-                for fd in fds:
-                    os.close(fd)
-                raise NodeUnavailableError("the node closed the connection during the handshake")
-            buf += data
-        if have_header:
-            return bytes(buf[HEADER.size :]), fds
-        (size,) = HEADER.unpack_from(buf, 0)
-        if size > 1 << 20:
-            for fd in fds:
-                os.close(fd)
-            raise ProtocolError(f"hello reply of {size} bytes is implausible")
-        need = HEADER.size + size
-        have_header = True
 
 
 class _Connector:

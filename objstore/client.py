@@ -371,16 +371,20 @@ class Client:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon(self._flush_releases)
 
+    def _send_oneway(self, req: pb.Request) -> None:
+        """Send a request that gets no reply (id 0), if the connection is still up."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            req.id = 0
+            transport.write(encode_frame(req.SerializeToString()))
+
     def _flush_releases(self) -> None:
         if not self._release_batch:
             return
         batch, self._release_batch = self._release_batch, []
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        req = pb.Request(id=0)
+        req = pb.Request()
         req.release.object_ids.extend(batch)
-        transport.write(encode_frame(req.SerializeToString()))
+        self._send_oneway(req)
 
     def _on_invalidate(self, ids: Iterable[bytes]) -> None:
         for oid in ids:
@@ -454,21 +458,15 @@ class Client:
 
     def _delete_orphan(self, oid: bytes) -> None:
         """An inline put whose caller was cancelled landed: delete it (nobody has its ref)."""
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        req = pb.Request(id=0)
+        req = pb.Request()
         req.delete.object_ids.append(oid)
-        transport.write(encode_frame(req.SerializeToString()))
-        # The node will push an invalidation for it; nothing is cached yet.
+        self._send_oneway(req)  # the node's invalidation finds nothing cached
 
     def _abort(self, oid: bytes) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        req = pb.Request(id=0)
+        """Drop an object this client created but will not seal."""
+        req = pb.Request()
         req.abort.object_id = oid
-        transport.write(encode_frame(req.SerializeToString()))
+        self._send_oneway(req)
 
     async def _write(self, mm: mmap.mmap, offset: int, ser: Serialized) -> None:
         """Copy a payload into shared memory, off the event loop.

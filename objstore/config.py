@@ -162,7 +162,7 @@ class PlasmaConfig:
     # Largest local protocol frame accepted; larger ones close the connection.
     max_frame_bytes: int = _setting(64 * MiB, _positive, "largest protocol frame", size=True)
     # How many ids of deleted objects the node remembers to answer "deleted" rather than wait.
-    deleted_memory: int = _setting(4096, _non_negative, "deleted ids remembered")
+    deleted_memory: int = _setting(65536, _non_negative, "deleted ids remembered")
 
 
 @dataclass(frozen=True)

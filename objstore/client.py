@@ -164,9 +164,21 @@ class Client:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in started))
             if self._warm and reply.warm_bytes:
                 mm0 = self._segments[0]
+                # What the node faulted in before it was ready: now, split over
+                # the copy threads; the rest of its prefault in the background.
+                now = reply.warm_now_bytes
+                if now:
+                    share = -(-now // self._threads)
+                    share += -share % (1 << 20)
+                    warming = [
+                        pool.submit(warm, mm0, min(now, s + share), Mark(), s)
+                        for s in range(0, now, share)
+                    ]
+                    await asyncio.gather(*(asyncio.wrap_future(f) for f in warming))
+                    self._warm_mark.upto = now
                 threading.Thread(
                     target=warm,
-                    args=(mm0, reply.warm_bytes, self._warm_mark),
+                    args=(mm0, reply.warm_bytes, self._warm_mark, now),
                     name="objstore-warm",
                     daemon=True,
                 ).start()

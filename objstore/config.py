@@ -151,8 +151,12 @@ class PlasmaConfig:
     fallback_dir: str = _setting("", _str, "directory for fallback allocations")
     # Most bytes the fallback may hold at once; 0 disables the fallback.
     fallback_max_bytes: int = _setting(64 * GiB, _non_negative, "fallback capacity", size=True)
-    # Bytes of the arena faulted in by a background thread right after start.
+    # Bytes of the arena faulted in by background threads from start.
     prefault_bytes: int = _setting(1 * GiB, _non_negative, "arena bytes faulted in at start", size=True)
+    # Of those, bytes faulted in before the node says it is ready (first puts run warm).
+    prefault_before_ready_bytes: int = _setting(
+        256 * MiB, _non_negative, "arena bytes faulted in before ready", size=True
+    )
     # Payloads up to this size travel inside the put request (one round trip).
     inline_max_bytes: int = _setting(64 * KiB, _positive, "largest inline payload", size=True)
     # Payloads from this size are copied by several threads at once.

@@ -26,11 +26,14 @@ class Mark:
         self.upto = 0
 
 
-def warm(mm: mmap.mmap, nbytes: int, mark: Mark) -> None:
-    """Fill this process's page tables for the arena's warm start (background thread)."""
+def warm(mm: mmap.mmap, nbytes: int, mark: Mark, start: int = 0) -> None:
+    """Fill this process's page tables for ``[start, nbytes)`` of a segment (in a thread).
+
+    ``mark.upto`` follows the progress when the range starts at the mark.
+    """
     step = 64 << 20
     try:
-        for pos in range(0, nbytes, step):
+        for pos in range(start, nbytes, step):
             end = min(nbytes, pos + step)
             if not populate(mm, pos, end, write=False):
                 return

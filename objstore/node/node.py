@@ -47,7 +47,11 @@ class Node:
         except BaseException:
             self.store.close()
             raise
-        self.store.arena.start_prefault(cfg.plasma.prefault_bytes)
+        first = self.store.arena.start_prefault(
+            cfg.plasma.prefault_bytes, first=cfg.plasma.prefault_before_ready_bytes
+        )
+        # The first part before ready, so that the first puts land on warm pages.
+        await asyncio.to_thread(first.wait, 5.0)
         if cfg.node.loop_lag_warn_ms > 0:
             self._watchdog = asyncio.get_running_loop().create_task(
                 self._watch_loop(cfg.node.loop_lag_warn_ms / 1000.0), name="loop-watchdog"

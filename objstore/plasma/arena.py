@@ -159,24 +159,33 @@ class Arena(Segment):
         # Bytes from offset 0 known to be faulted in (only grows).
         self.populated = 0
 
-    def start_prefault(self, nbytes: int, threads: int = 2) -> None:
+    def start_prefault(self, nbytes: int, threads: int = 2, first: int = 0) -> threading.Event:
         """Fault in the first ``nbytes`` of the arena from background threads.
 
         Pages are faulted through a temporary mapping that is closed after, so
         they stay in the memfd (ready for clients) without counting in the
         node's own resident set.  Chunks are handed out in ascending order, so
-        the low offsets the allocator prefers are warm first.
+        the low offsets the allocator prefers are warm first.  The returned
+        event is set once the first ``first`` bytes are in (or prefaulting
+        stopped).
         """
+        first_done = threading.Event()
         nbytes = min(nbytes, self.size)
+        first = min(first, nbytes)
         if nbytes <= 0:
-            return
+            first_done.set()
+            return first_done
         try:
             tmp = mmap.mmap(self.fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             log.warning("cannot map the arena for prefaulting", error=exc.strerror)
-            return
+            first_done.set()
+            return first_done
         addr = address_of(tmp)
-        state = {"next": 0, "done": 0, "live": threads}
+        # `contiguous`: every byte below it is faulted in; `finished` holds the
+        # starts of chunks done above it.
+        state = {"next": 0, "done": 0, "live": threads, "contiguous": 0}
+        finished: set[int] = set()
         t0 = time.perf_counter()
         lock = threading.Lock()
 
@@ -195,6 +204,12 @@ class Arena(Segment):
                     with lock:
                         state["done"] += end - pos
                         self.populated = state["done"]
+                        finished.add(pos)
+                        while state["contiguous"] in finished:
+                            finished.discard(state["contiguous"])
+                            state["contiguous"] = min(nbytes, state["contiguous"] + _POPULATE_STEP)
+                        if state["contiguous"] >= first:
+                            first_done.set()
             except OSError as exc:
                 log.warning("prefault stopped", error=str(exc))
             finally:
@@ -203,6 +218,7 @@ class Arena(Segment):
                     last = state["live"] == 0
                 if last:
                     self.populated = state["done"]
+                    first_done.set()
                     tmp.close()
                     log.info(
                         "arena prefaulted",
@@ -216,6 +232,7 @@ class Arena(Segment):
         ]
         for t in self._prefault_threads:
             t.start()
+        return first_done
 
     def close(self) -> None:
         self._prefault_stop.set()

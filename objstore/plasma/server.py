@@ -215,6 +215,9 @@ class PlasmaServer:
                     reply.max_frame_bytes = pc.max_frame_bytes
                     if seg.segment_id == 0:
                         reply.warm_bytes = min(pc.prefault_bytes, seg.size)
+                        reply.warm_now_bytes = min(
+                            pc.prefault_before_ready_bytes, reply.warm_bytes
+                        )
             data = encode_frame(reply.SerializeToString())
             fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))] if fd >= 0 else []
             # A fresh socket's buffer holds a small frame: this does not block.

@@ -41,7 +41,7 @@ class Hello(_message.Message):
     def __init__(self, version: _Optional[int] = ..., segment: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("version", "node_id", "segment", "segment_size", "inline_max_bytes", "parallel_copy_min_bytes", "copy_threads", "error", "max_frame_bytes", "warm_bytes")
+    __slots__ = ("version", "node_id", "segment", "segment_size", "inline_max_bytes", "parallel_copy_min_bytes", "copy_threads", "error", "max_frame_bytes", "warm_bytes", "warm_now_bytes")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class HelloReply(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     WARM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WARM_NOW_BYTES_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_id: bytes
     segment: int
@@ -62,7 +63,8 @@ class HelloReply(_message.Message):
     error: Error
     max_frame_bytes: int
     warm_bytes: int
-    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[bytes] = ..., segment: _Optional[int] = ..., segment_size: _Optional[int] = ..., inline_max_bytes: _Optional[int] = ..., parallel_copy_min_bytes: _Optional[int] = ..., copy_threads: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., max_frame_bytes: _Optional[int] = ..., warm_bytes: _Optional[int] = ...) -> None: ...
+    warm_now_bytes: int
+    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[bytes] = ..., segment: _Optional[int] = ..., segment_size: _Optional[int] = ..., inline_max_bytes: _Optional[int] = ..., parallel_copy_min_bytes: _Optional[int] = ..., copy_threads: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., max_frame_bytes: _Optional[int] = ..., warm_bytes: _Optional[int] = ..., warm_now_bytes: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")

@@ -277,8 +277,8 @@ def _filler(socket: str, n: int) -> None:
 
 
 def footprint(n: int) -> dict[str, Any]:
-    node = Node("1GiB", prefault="0")
-    time.sleep(0.5)
+    node = Node("1GiB")  # default prefault: the whole 1 GiB, 256 MiB of it before ready
+    time.sleep(2.0)  # let the background prefault finish: idle means idle
     idle = node.rss()
     filler = subprocess.Popen(
         [sys.executable, __file__, "--_filler", node.socket, str(n)],

@@ -22,6 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The machine is shared and noisy: no per-example deadlines (timeouts bound tests).
+settings.register_profile(
+    "objstore", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("objstore")
 
 READY_TIMEOUT = 15.0
 

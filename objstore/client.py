@@ -184,6 +184,9 @@ class Client:
                 ).start()
         except BaseException:
             sock.close()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
             raise
         finally:
             os.close(fd)
@@ -362,10 +365,7 @@ class Client:
         """Give pins back once no view is left (owned objects stay until deleted)."""
         if entry.views > 0:
             return
-        if entry.owned and entry.valid:
-            if entry.store_pins:
-                self._release_batch.extend([oid] * entry.store_pins)
-                entry.store_pins = 0
+        if entry.owned and entry.valid:  # owned objects stay mapped until deleted
             return
         del self._cache[oid]
         n = entry.store_pins + (1 if entry.owned else 0)
@@ -587,7 +587,8 @@ class Client:
             if entry is None or not entry.valid:
                 entry = _Cached(info.segment, info.offset, info.data_size, info.metadata, False, 0)
                 cache[oid] = entry
-            entry.store_pins += 1
+            if not entry.owned:  # the node pins for others only: ownership covers the owner
+                entry.store_pins += 1
             got[oid] = entry
         try:
             for entry in got.values():
@@ -607,7 +608,10 @@ class Client:
 
     def _release_orphan_get(self, reply: pb.Reply) -> None:
         """A get whose caller was cancelled was answered: give the node its pins back."""
-        self._release_batch.extend(o.object_id for o in reply.get.objects)
+        for info in reply.get.objects:
+            entry = self._cache.get(info.object_id)
+            if entry is None or not entry.owned:
+                self._release_batch.append(info.object_id)
 
     # ------------------------------------------------------------------ wait / delete / misc
     async def wait(

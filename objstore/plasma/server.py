@@ -50,8 +50,8 @@ log = structlog.get_logger("objstore.plasma.server")
 _HELLO_MAX = 4096
 _HANDSHAKE_TIMEOUT = 5.0
 _OWNED_COMPACT_EVERY = 1 << 16
-# Gets of more objects than this are answered in slices of this many.
-_GET_BATCH = 8192
+# Gets and deletes of more objects than this are served in slices of this many.
+_BATCH = 8192
 
 
 def prepare_socket_path(path: str) -> None:
@@ -464,7 +464,7 @@ class _Connection(asyncio.Protocol):
             self._send(pb.Reply(id=req.id, get=pb.GetReply()))
             return
         timeout = None if body.timeout_ms < 0 else body.timeout_ms / 1000.0
-        if len(ids) <= _GET_BATCH:
+        if len(ids) <= _BATCH:
             entries = [store.get_now(oid) for oid in ids]
             if all(e is not None for e in entries):
                 self._send(self._get_reply(req.id, ids, entries))  # type: ignore[arg-type]
@@ -480,7 +480,7 @@ class _Connection(asyncio.Protocol):
                 for i, oid in enumerate(ids):
                     if store.get_now(oid) is None:
                         await store.wait_sealed(oid)
-                    if i % _GET_BATCH == _GET_BATCH - 1:
+                    if i % _BATCH == _BATCH - 1:
                         await asyncio.sleep(0)
         except TimeoutError:
             pending = [oid.hex() for oid in dict.fromkeys(ids) if not store.contains(oid)]
@@ -498,10 +498,10 @@ class _Connection(asyncio.Protocol):
         reply = pb.Reply(id=req_id)
         pinned: list[bytes] = []
         try:
-            for start in range(0, len(ids), _GET_BATCH):
+            for start in range(0, len(ids), _BATCH):
                 if self._closed:  # disconnect released every pin already
                     return
-                chunk = ids[start : start + _GET_BATCH]
+                chunk = ids[start : start + _BATCH]
                 entries = []
                 for oid in chunk:
                     # Objects may have been deleted while we waited for others.
@@ -511,7 +511,7 @@ class _Connection(asyncio.Protocol):
                     entries.append(entry)
                 self._get_reply(req_id, chunk, entries, reply)
                 pinned.extend(chunk)
-                if start + _GET_BATCH < len(ids):
+                if start + _BATCH < len(ids):
                     await asyncio.sleep(0)
         except ObjectStoreError as exc:
             if not self._closed:
@@ -552,9 +552,26 @@ class _Connection(asyncio.Protocol):
         ids = list(body.object_ids)
         if body.name:
             ids.append(store.lookup_name(body.name))
-        n = sum(1 for oid in ids if store.delete(oid))
+        if len(ids) > _BATCH:
+            self._spawn(self._delete_slices(req.id, ids))
+            return
+        n = store.delete_many(ids)
         if req.id:
             self._send(pb.Reply(id=req.id, delete=pb.DeleteReply(deleted=n)))
+
+    async def _delete_slices(self, req_id: int, ids: list[bytes]) -> None:
+        """Delete a long list a slice at a time, letting the loop serve others between."""
+        store = self.store
+        n = 0
+        try:
+            for start in range(0, len(ids), _BATCH):
+                n += store.delete_many(ids[start : start + _BATCH])
+                await asyncio.sleep(0)
+        except ObjectStoreError as exc:
+            self._send_error(req_id, exc)
+            return
+        if req_id and not self._closed:
+            self._send(pb.Reply(id=req_id, delete=pb.DeleteReply(deleted=n)))
 
     def _on_wait(self, req: pb.Request) -> None:
         body = req.wait

@@ -534,6 +534,22 @@ class PlasmaStore:
     # ------------------------------------------------------------------ delete
     def delete(self, object_id: bytes) -> bool:
         """Delete an object: no new gets; memory returns once no client holds it."""
+        return self.delete_many([object_id]) == 1
+
+    def delete_many(self, object_ids: Iterable[bytes]) -> int:
+        """Delete objects; each holding client hears of its ids in one invalidation."""
+        notify: dict[ClientState, list[bytes]] = {}
+        n = 0
+        try:
+            for object_id in object_ids:
+                n += self._delete_one(object_id, notify)
+        finally:
+            for client, ids in notify.items():
+                if not client.closed:
+                    client.invalidate(ids)
+        return n
+
+    def _delete_one(self, object_id: bytes, notify: dict[ClientState, list[bytes]]) -> bool:
         entry = self.objects.get(object_id)
         if entry is None or entry.state is _DELETED:
             return False
@@ -548,15 +564,12 @@ class PlasmaStore:
             del self.names[name]
         self.eviction.remove(object_id)
         self._remember_deleted(object_id)
-        holders: list[ClientState] = []
         if entry.owner is not None:
-            holders.append(entry.owner)
+            notify.setdefault(entry.owner, []).append(object_id)
             entry.owner.stale += 1
         if entry.pinners:
-            holders.extend(entry.pinners)
-        for client in holders:
-            if not client.closed:
-                client.invalidate([object_id])
+            for client in entry.pinners:
+                notify.setdefault(client, []).append(object_id)
         self._maybe_free(object_id, entry)
         return True
 

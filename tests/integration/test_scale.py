@@ -32,6 +32,21 @@ async def test_get_of_50000_refs_from_another_client(node_factory) -> None:
         assert stats["objects"] == 50_000
 
 
+async def test_delete_of_100000_refs_in_one_call(node_factory) -> None:
+    node = node_factory(memory="64MiB")
+    async with objstore.connect(node.socket) as owner, objstore.connect(node.socket) as other:
+        refs = await _put_many(owner, 100_000)
+        assert await other.delete(refs) == 100_000
+        # Memory returns once the owner, told in batched invalidations, lets go.
+        for _ in range(200):
+            stats = await other.stats()
+            if stats["objects"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert stats["objects"] == 0 and stats["used"] == 0, stats
+        assert not owner._cache  # the owner dropped every deleted object
+
+
 async def test_client_leaving_100000_objects_is_cleaned_up(node_factory) -> None:
     node = node_factory(memory="64MiB")
     async with objstore.connect(node.socket) as watcher:

@@ -107,9 +107,14 @@ class _Protocol(asyncio.Protocol):
 class Client:
     """A connection to the local node.  Make one with :func:`connect`."""
 
-    def __init__(self, socket_path: str, warm: bool = True) -> None:
+    def __init__(
+        self, socket_path: str, warm: bool = True, request_timeout: float | None = 60.0
+    ) -> None:
+        if request_timeout is not None and request_timeout <= 0:
+            raise ValueError(f"request_timeout must be None or > 0, got {request_timeout}")
         self.socket_path = socket_path
         self._warm = warm
+        self._request_timeout = request_timeout
         # Bytes from the arena's start whose page tables this process has filled.
         self._warm_mark = Mark()
         self.node_id = b""
@@ -263,19 +268,36 @@ class Client:
         return fut
 
     async def _call(
-        self, req: pb.Request, on_orphan: Callable[[pb.Reply], None] | None = None
+        self,
+        req: pb.Request,
+        on_orphan: Callable[[pb.Reply], None] | None = None,
+        bounded: bool = True,
     ) -> pb.Reply:
         """Send a request and wait for its reply.
 
         If the caller is cancelled first, ``on_orphan`` gets the reply when it
         comes (to undo what the node did: release pins, abort a create).
+        ``bounded`` requests fail with :class:`NodeUnavailableError` when the
+        node does not answer within the client's ``request_timeout``; gets and
+        waits bound themselves by their own ``timeout``.
         """
         fut = self._send_request(req)
         try:
-            reply = await fut
-        except asyncio.CancelledError:
+            if bounded and self._request_timeout is not None:
+                async with asyncio.timeout(self._request_timeout):
+                    reply = await fut
+            else:
+                reply = await fut
+        except (asyncio.CancelledError, TimeoutError) as exc:
+            # Cancelled, or our own timeout (an outer one arrives here as a
+            # cancellation): the reply may still come; undo what it did then.
             if self._pending.pop(req.id, None) is not None and on_orphan is not None:
                 self._orphans[req.id] = on_orphan
+            if isinstance(exc, TimeoutError):
+                raise NodeUnavailableError(
+                    f"the node at {self.socket_path} did not answer a "
+                    f"{req.WhichOneof('body')} request within {self._request_timeout}s"
+                ) from exc
             raise
         if reply.HasField("error"):
             raise error_to_exception(reply.error)
@@ -472,7 +494,12 @@ class Client:
         """An inline put whose caller was cancelled landed: delete it (nobody has its ref)."""
         req = pb.Request()
         req.delete.object_ids.append(oid)
-        self._send_oneway(req)  # the node's invalidation finds nothing cached
+        self._send_oneway(req)
+        # Nothing is cached for it, so the invalidation will find nothing: let
+        # go of the owner's hold now (the node takes requests in order).
+        req = pb.Request()
+        req.release.object_ids.append(oid)
+        self._send_oneway(req)
 
     def _abort(self, oid: bytes) -> None:
         """Drop an object this client created but will not seal."""
@@ -571,11 +598,11 @@ class Client:
         body.timeout_ms = -1 if timeout is None else int(timeout * 1000)
         try:
             if timeout is None:
-                reply = await self._call(req, self._release_orphan_get)
+                reply = await self._call(req, self._release_orphan_get, bounded=False)
             else:
                 # The node enforces the timeout; this bound covers a node that is stuck.
                 async with asyncio.timeout(timeout + 5.0):
-                    reply = await self._call(req, self._release_orphan_get)
+                    reply = await self._call(req, self._release_orphan_get, bounded=False)
         except TimeoutError as exc:
             if isinstance(exc, GetTimeoutError):
                 raise
@@ -640,7 +667,11 @@ class Client:
         body.object_ids.extend(r._id for r in refs)
         body.num_returns = num_returns
         body.timeout_ms = -1 if timeout is None else int(timeout * 1000)
-        reply = await self._call(req)
+        if timeout is None:
+            reply = await self._call(req, bounded=False)
+        else:
+            async with asyncio.timeout(timeout + 5.0):
+                reply = await self._call(req, bounded=False)
         ready_ids = set(reply.wait.ready)
         return [r for r in refs if r._id in ready_ids], [r for r in refs if r._id not in ready_ids]
 
@@ -715,16 +746,17 @@ class Client:
 class _Connector:
     """What :func:`connect` returns: ``await`` it, or use it with ``async with``."""
 
-    def __init__(self, socket_path: str | None, warm: bool) -> None:
+    def __init__(self, socket_path: str | None, warm: bool, request_timeout: float | None) -> None:
         self._path = socket_path or os.environ.get("OBJSTORE_SOCKET") or default_socket_path()
         self._warm = warm
+        self._request_timeout = request_timeout
         self._client: Client | None = None
 
     def __await__(self) -> Any:
         return self._open().__await__()
 
     async def _open(self) -> Client:
-        client = Client(self._path, self._warm)
+        client = Client(self._path, self._warm, self._request_timeout)
         await client._connect()
         return client
 
@@ -737,7 +769,9 @@ class _Connector:
         await self._client.__aexit__(*exc)
 
 
-def connect(socket: str | None = None, *, warm: bool = True) -> _Connector:
+def connect(
+    socket: str | None = None, *, warm: bool = True, request_timeout: float | None = 60.0
+) -> _Connector:
     """Connect to the local node.
 
     ``async with objstore.connect() as client: ...`` or
@@ -746,6 +780,9 @@ def connect(socket: str | None = None, *, warm: bool = True) -> _Connector:
     ``warm`` fills this process's page tables for the node's prefaulted part of
     the arena in a background thread, so that the first large puts copy at
     full speed; short-lived tools pass ``warm=False``.
+    ``request_timeout`` bounds every request but gets and waits (those take
+    their own ``timeout``): a node that does not answer within it raises
+    :class:`~objstore.errors.NodeUnavailableError`.
     """
-    return _Connector(socket, warm)
+    return _Connector(socket, warm, request_timeout)
 

@@ -43,10 +43,12 @@ def warm(mm: mmap.mmap, nbytes: int, mark: Mark, start: int = 0) -> None:
 
 
 def map_segment(fd: int, size: int) -> mmap.mmap:
+    """Map a segment's file descriptor, shared and writable (the caller closes the fd)."""
     return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
 
 def copy_all(mm: mmap.mmap, base: int, ser: Serialized, dst: memoryview, mark: Mark) -> None:
+    """Copy a whole payload in this thread (see :func:`copy_ranges`)."""
     copy_ranges(mm, base, dst, [(p, o, 0, len(p)) for p, o in zip(ser.parts, ser.offsets)], mark)
 
 

@@ -235,6 +235,7 @@ class Arena(Segment):
         return first_done
 
     def close(self) -> None:
+        """Stop prefaulting, then unmap and close the arena."""
         self._prefault_stop.set()
         for t in self._prefault_threads:
             t.join(timeout=10)

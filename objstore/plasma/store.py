@@ -38,6 +38,7 @@ import structlog
 from objstore.config import Config, format_size
 from objstore.errors import (
     ObjectExistsError,
+    ObjectLostError,
     ObjectNotFoundError,
     ObjectStoreError,
     ObjectStoreFullError,
@@ -153,7 +154,9 @@ class PlasmaStore:
         self.names_by_id: dict[bytes, str] = {}
         # object id -> futures of gets waiting for it to be sealed.
         self._seal_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
-        self._deleted: OrderedDict[bytes, None] = OrderedDict()
+        # Ids of objects recently deleted (False) or aborted unsealed (True), so a
+        # get of one fails at once instead of waiting for an object that is gone.
+        self._deleted: OrderedDict[bytes, bool] = OrderedDict()
         self._deleted_max = pc.deleted_memory
         # Canonical metadata values, so a million objects share a handful of bytes objects.
         self._metas: dict[bytes, bytes] = {}
@@ -189,10 +192,10 @@ class PlasmaStore:
             return meta
         return canon
 
-    def _remember_deleted(self, object_id: bytes) -> None:
+    def _remember_deleted(self, object_id: bytes, aborted: bool = False) -> None:
         if self._deleted_max <= 0:
             return
-        self._deleted[object_id] = None
+        self._deleted[object_id] = aborted
         if len(self._deleted) > self._deleted_max:
             self._deleted.popitem(last=False)
 
@@ -421,8 +424,16 @@ class PlasmaStore:
             return
         if client is not None and entry.owner is not client:
             raise ObjectStoreError(f"object {object_id.hex()} was created by another client")
+        self._abort(object_id, entry)
+
+    def _abort(self, object_id: bytes, entry: ObjectEntry) -> None:
         transition(entry.state, ObjectEvent.ABORT, object_id)
         self._drop(object_id, entry)
+        self._remember_deleted(object_id, aborted=True)
+        # Gets waiting for the seal wake up and find it gone (ObjectLostError).
+        for fut in self._seal_waiters.pop(object_id, ()):
+            if not fut.done():
+                fut.set_result(None)
 
     # ------------------------------------------------------------------ get / release
     def lookup_name(self, name: str) -> bytes:
@@ -441,7 +452,12 @@ class PlasmaStore:
             if entry.state is _DELETED:
                 raise ObjectNotFoundError(f"object {object_id.hex()} was deleted")
             return None
-        if object_id in self._deleted:
+        aborted = self._deleted.get(object_id)
+        if aborted is not None:
+            if aborted:
+                raise ObjectLostError(
+                    f"object {object_id.hex()} was never sealed: its creator aborted it or went away"
+                )
             raise ObjectNotFoundError(f"object {object_id.hex()} was deleted")
         self._check_id(object_id)
         return None
@@ -616,8 +632,7 @@ class PlasmaStore:
                 if entry is None or entry.owner is not client:
                     continue
                 if entry.state is _CREATING:
-                    transition(entry.state, ObjectEvent.ABORT, object_id)
-                    self._drop(object_id, entry)
+                    self._abort(object_id, entry)
                     aborted += 1
                     continue
                 entry.owner = None

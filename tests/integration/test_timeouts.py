@@ -41,3 +41,44 @@ async def test_request_timeout_must_be_positive(node) -> None:
     with pytest.raises(ValueError, match="request_timeout"):
         async with objstore.connect(node.socket, request_timeout=0):
             pass
+
+
+def _raw_create(path: str, oid: bytes, size: int) -> object:
+    """Open a raw protocol session and leave an unsealed object of `size` bytes."""
+    import socket as socketlib
+
+    from objstore.protocol import HEADER, encode_frame, pb
+
+    sock = socketlib.socket(socketlib.AF_UNIX)
+    sock.connect(path)
+    sock.sendall(encode_frame(pb.Hello(version=1, segment=0, pid=os.getpid()).SerializeToString()))
+    _, ancdata, _, _ = sock.recvmsg(4096, socketlib.CMSG_SPACE(16))
+    for _level, _kind, data in ancdata:
+        os.close(int.from_bytes(data[:4], "little"))
+    req = pb.Request(id=1)
+    req.create.object_id = oid
+    req.create.data_size = size
+    req.create.metadata = b"objstore/raw"
+    sock.sendall(encode_frame(req.SerializeToString()))
+    (n,) = HEADER.unpack(sock.recv(4))
+    reply = pb.Reply.FromString(sock.recv(n))
+    assert not reply.HasField("error"), reply.error.message
+    return sock
+
+
+async def test_get_of_an_object_whose_creator_left_unsealed_fails_fast(node) -> None:
+    from objstore.errors import ObjectLostError
+    from objstore.ids import new_object_id
+
+    oid = new_object_id()
+    sock = _raw_create(node.socket, oid, 1 << 20)
+    async with objstore.connect(node.socket) as client:
+        waiting = asyncio.create_task(client.get(objstore.ObjectRef(oid), timeout=30))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the object exists but is not sealed: the get waits
+        sock.close()  # the creator goes away: its unsealed object is aborted
+        with pytest.raises(ObjectLostError, match="never sealed"):
+            await asyncio.wait_for(waiting, 5)
+        # Later gets of that id fail at once too.
+        with pytest.raises(ObjectLostError):
+            await client.get(objstore.ObjectRef(oid), timeout=5)

@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 from objstore.config import Config, MiB
 from objstore.errors import (
     ObjectExistsError,
+    ObjectLostError,
     ObjectNotFoundError,
     ObjectStoreError,
     ObjectStoreFullError,
@@ -818,9 +819,11 @@ class StoreMachine(RuleBasedStateMachine):
     def pin(self, oid: bytes, ci: int) -> None:
         e = self.store.objects.get(oid)
         if e is None or e.state is ObjectState.DELETED:
-            # Gone, deleted but held, or remembered as deleted: never readable.
+            # Gone, deleted but held, or remembered as deleted (NotFound) or
+            # aborted unsealed (Lost): never readable.
             if e is not None or oid in self.store._deleted:
-                with pytest.raises(ObjectNotFoundError):
+                aborted = e is None and self.store._deleted[oid]
+                with pytest.raises(ObjectLostError if aborted else ObjectNotFoundError):
                     self.store.get_now(oid)
             else:
                 assert self.store.get_now(oid) is None

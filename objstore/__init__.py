@@ -22,6 +22,7 @@ from objstore.errors import (
     ObjectStoreFullError,
     OutOfDiskError,
     ProtocolError,
+    SerializationError,
 )
 
 __version__ = "0.1.0"
@@ -41,4 +42,5 @@ __all__ = [
     "NodeUnavailableError",
     "ProtocolError",
     "ConfigError",
+    "SerializationError",
 ]

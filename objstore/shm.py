@@ -12,7 +12,7 @@ import mmap
 
 import numpy as np
 
-from objstore.plasma.arena import populate
+from objstore.plasma.arena import lower_thread_priority, populate
 from objstore.serialization import Serialized
 
 __all__ = ["Mark", "warm", "map_segment", "copy_all", "copy_ranges", "split"]
@@ -32,6 +32,8 @@ def warm(mm: mmap.mmap, nbytes: int, mark: Mark, start: int = 0) -> None:
     ``mark.upto`` follows the progress when the range starts at the mark.
     """
     step = 64 << 20
+    if start:  # the background part: leave the CPU to the copies
+        lower_thread_priority()
     try:
         for pos in range(start, nbytes, step):
             end = min(nbytes, pos + step)

@@ -433,8 +433,7 @@ class Client:
         mm = self._segments[entry.segment]
         off, size = entry.offset, entry.size
         if size < _COPY_BELOW:
-            payload = memoryview(mm[off : off + size])
-            return deserialize(entry.meta, payload)
+            return deserialize(entry.meta, mm[off : off + size])  # one copy, no pin
         view = memoryview(mm)[off : off + size]
         try:
             if not has_views(entry.meta, view):

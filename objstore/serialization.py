@@ -176,7 +176,8 @@ def deserialize(
     """
     if meta == RAW:
         if make_holder is None:
-            return memoryview(bytes(payload))
+            # bytes are immutable already: a copy of shared memory needs no second copy.
+            return memoryview(payload if isinstance(payload, bytes) else bytes(payload))
         # numpy's stubs declare ndarray.__buffer__ only for Python 3.12+.
         return memoryview(make_holder())  # type: ignore[arg-type]
     if meta == PICKLE5:

@@ -21,6 +21,16 @@ async def _put_many(client: objstore.Client, n: int) -> list[objstore.ObjectRef]
     return refs
 
 
+async def _wait_until_empty(client: objstore.Client) -> dict[str, int]:
+    """Poll the node until it holds no object (freeing may lag a moment)."""
+    for _ in range(200):
+        stats = await client.stats()
+        if stats["objects"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    return stats
+
+
 async def test_get_of_50000_refs_from_another_client(node_factory) -> None:
     node = node_factory(memory="64MiB")
     async with objstore.connect(node.socket) as owner, objstore.connect(node.socket) as reader:
@@ -38,11 +48,7 @@ async def test_delete_of_100000_refs_in_one_call(node_factory) -> None:
         refs = await _put_many(owner, 100_000)
         assert await other.delete(refs) == 100_000
         # Memory returns once the owner, told in batched invalidations, lets go.
-        for _ in range(200):
-            stats = await other.stats()
-            if stats["objects"] == 0:
-                break
-            await asyncio.sleep(0.05)
+        stats = await _wait_until_empty(other)
         assert stats["objects"] == 0 and stats["used"] == 0, stats
         assert not owner._cache  # the owner dropped every deleted object
 
@@ -53,9 +59,5 @@ async def test_client_leaving_100000_objects_is_cleaned_up(node_factory) -> None
         async with objstore.connect(node.socket) as owner:
             await _put_many(owner, 100_000)
             assert (await watcher.stats())["objects"] == 100_000
-        for _ in range(200):
-            stats = await watcher.stats()
-            if stats["objects"] == 0:
-                break
-            await asyncio.sleep(0.05)
+        stats = await _wait_until_empty(watcher)
         assert stats["objects"] == 0 and stats["used"] == 0, stats

@@ -64,7 +64,10 @@ class Serialized:
     def to_bytes(self) -> bytes:
         """The whole payload as one bytes object (for small inline puts)."""
         if len(self.parts) == 1 and self.offsets[0] == 0 and len(self.parts[0]) == self.size:
-            return self.parts[0].tobytes()
+            part = self.parts[0]
+            if type(part.obj) is bytes and len(part.obj) == self.size:
+                return part.obj  # the value itself: no copy
+            return part.tobytes()
         out = bytearray(self.size)
         for part, off in zip(self.parts, self.offsets):
             out[off : off + len(part)] = part

@@ -186,6 +186,20 @@ class DirectoryConfig:
     state_dir: str = _setting("", _str, "where the head keeps durable state")
     heartbeat_s: float = _setting(1.0, _positive, "seconds between heartbeats")
     node_timeout_s: float = _setting(10.0, _positive, "silence after which a node is dead")
+    # Most entries in one location report (nodes send at most this many, as Ray's 2,000).
+    max_report: int = _setting(2000, _positive, "most entries per location report")
+    # Most ids in one lookup or delete request.
+    max_lookup: int = _setting(100_000, _positive, "most ids per lookup")
+    # Most objects one node's subscription stream may watch at once.
+    max_subscriptions: int = _setting(1_000_000, _positive, "most subscriptions per stream")
+    # Largest request message the directory reads; larger ones are refused.
+    max_message_bytes: int = _setting(16 * MiB, _positive, "largest directory request", size=True)
+    # How many deleted ids the directory remembers (a lookup then says DELETED).
+    deleted_memory: int = _setting(100_000, _non_negative, "deleted ids remembered")
+    # Seconds between batched writes of the durable state.
+    flush_interval_s: float = _setting(0.05, _positive, "seconds between state writes")
+    # Seconds a node waits for one directory request before it retries.
+    request_timeout_s: float = _setting(10.0, _positive, "timeout of one directory request")
 
 
 @dataclass(frozen=True)

@@ -18,3 +18,11 @@ mv "$out/local/objstore/local/v1/local_pb2.pyi" "$out/local/local_pb2.pyi"
 rm -rf "$out/local/objstore"
 touch "$out/__init__.py" "$out/local/__init__.py"
 echo "generated $out/local/local_pb2.py"
+# Services between processes: betterproto2 messages with grpclib stubs and bases.
+rm -rf "$out/grpc"
+mkdir -p "$out/grpc"
+python -m grpc_tools.protoc -Iproto --python_betterproto2_out="$out/grpc" \
+  --python_betterproto2_opt=client_generation=async,server_generation=async \
+  proto/objstore/directory/v1/directory.proto
+touch "$out/grpc/objstore/__init__.py" "$out/grpc/objstore/directory/__init__.py"
+echo "generated $out/grpc/objstore/directory/v1"

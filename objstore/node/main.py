@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an objstore node: a shared-memory object store for local clients.",
     )
     role = p.add_mutually_exclusive_group()
-    role.add_argument("--head", action="store_true", help="run the head node (and, later, the directory)")
+    role.add_argument("--head", action="store_true", help="run the head node and the directory")
     role.add_argument("--directory", metavar="HOST:PORT", help="the head's directory to join")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="object manager port (default: any free port)")
@@ -85,11 +85,6 @@ async def _run(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if config.node.directory:
-        log.warning(
-            "joining a directory is not built yet; running standalone",
-            directory=config.node.directory,
-        )
     Node.announce(ready)
     await stop.wait()
     log.info("shutting down")

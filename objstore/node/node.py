@@ -1,8 +1,12 @@
-"""A node: the shared-memory store and its socket server on one event loop.
+"""A node: the shared-memory store, its socket server and its directory link.
 
-The directory, transfer and spill components join here in later issues; the
-node already has the seams: ``PlasmaStore.spill_hook`` for spilling before the
-disk fallback.
+The head node (``--head``) also runs the directory server; every node keeps a
+:class:`~objstore.directory.client.DirectoryClient` to it (the head's own goes
+over loopback like everyone's).  The store reports each copy added or gone to
+that client, and tells it which remote objects gets wait for; the directory's
+answers fail those gets when the object is lost or deleted elsewhere.  The
+transfer and spill components join here in later issues (seam:
+``PlasmaStore.spill_hook``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import time
 import structlog
 
 from objstore.config import Config, format_size
+from objstore.directory.client import DirectoryClient
+from objstore.directory.server import DirectoryServer
+from objstore.directory.state import DELETED, LOST, ObjectRow, Usage
+from objstore.errors import ObjectLostError, ObjectNotFoundError
 from objstore.ids import new_node_id
 from objstore.plasma.server import PlasmaServer
 from objstore.plasma.store import PlasmaStore
@@ -33,6 +41,8 @@ class Node:
         self.node_id = new_node_id()
         self.store: PlasmaStore | None = None
         self.server: PlasmaServer | None = None
+        self.directory_server: DirectoryServer | None = None
+        self.directory: DirectoryClient | None = None
         self._stopped = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -44,8 +54,9 @@ class Node:
         try:
             self.server = PlasmaServer(self.store, cfg, self.node_id)
             await self.server.start()
+            await self._join_cluster()
         except BaseException:
-            self.store.close()
+            await self.stop()
             raise
         first = self.store.arena.start_prefault(
             cfg.plasma.prefault_bytes, first=cfg.plasma.prefault_before_ready_bytes
@@ -61,7 +72,7 @@ class Node:
             "node_id": self.node_id.hex(),
             "socket": self.server.path,
             "address": None,
-            "directory": cfg.node.directory,
+            "directory": self.config.node.directory,
             "memory": self.store.capacity,
             "pid": os.getpid(),
         }
@@ -75,6 +86,72 @@ class Node:
             seconds=round(time.perf_counter() - t0, 3),
         )
         return ready
+
+    async def _join_cluster(self) -> None:
+        """Start the directory (on the head) and register with it."""
+        cfg = self.config
+        if cfg.node.head:
+            self.directory_server = DirectoryServer(cfg, head_node_id=self.node_id)
+            await self.directory_server.start(cfg.node.host, cfg.node.directory_port)
+            self.config = cfg = cfg.replace(node={"directory": self.directory_server.address})
+        if not cfg.node.directory:
+            return
+        store = self.store
+        assert store is not None and self.server is not None
+        client = DirectoryClient(
+            cfg,
+            self.node_id,
+            snapshot=store.snapshot,
+            usage=self._usage,
+            on_update=self._on_update,
+            on_free=self._on_free,
+            socket=self.server.path,
+        )
+        self.directory = client
+        store.listener = client
+        store.remote = client
+        self.server.directory = client
+        await client.start()
+
+    def _usage(self) -> Usage:
+        store = self.store
+        assert store is not None
+        return Usage(
+            memory_used=store.allocator.used,
+            memory_total=store.capacity,
+            pinned_bytes=store.pinned_bytes,
+            objects=len(store.objects),
+            spilled_bytes=0,
+            fallback_used=store.fallback_used,
+            clients=len(self.server.connections) if self.server else 0,
+        )
+
+    def _on_update(self, rows: list[ObjectRow]) -> None:
+        """Subscribed objects changed: fail the gets of lost or deleted ones."""
+        store = self.store
+        assert store is not None
+        for row in rows:
+            if row.state == LOST:
+                n = store.fail_waiters(
+                    row.object_id,
+                    ObjectLostError(
+                        f"object {row.object_id.hex()} is lost: every copy was on nodes that "
+                        "died, and it was never spilled"
+                    ),
+                )
+                if n:
+                    log.info("gets failed: object lost", object_id=row.object_id.hex(), gets=n)
+            elif row.state == DELETED:
+                store.fail_waiters(
+                    row.object_id, ObjectNotFoundError(f"object {row.object_id.hex()} was deleted")
+                )
+            # PRESENT on another node: gets wait until a copy is here.
+
+    def _on_free(self, ids: list[bytes]) -> None:
+        """Objects deleted on another node: free the copies here."""
+        assert self.store is not None
+        n = self.store.delete_many(ids, report=False)
+        log.debug("objects deleted elsewhere freed here", requested=len(ids), freed=n)
 
     async def _watch_loop(self, limit: float) -> None:
         """Log when the event loop was kept from running for longer than ``limit``."""
@@ -91,8 +168,12 @@ class Node:
         """Close every client, remove the socket file, release the arena."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.directory is not None:
+            await self.directory.stop()
         if self.server is not None:
             await self.server.close()
+        if self.directory_server is not None:
+            await self.directory_server.stop()
         if self.store is not None:
             self.store.close()
         self._stopped.set()

@@ -22,7 +22,7 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -34,6 +34,9 @@ from objstore.errors import (
     ProtocolError,
 )
 from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
+
+if TYPE_CHECKING:
+    from objstore.directory.client import DirectoryClient
 from objstore.protocol import (
     HEADER,
     PROTOCOL_VERSION,
@@ -102,6 +105,8 @@ class PlasmaServer:
         self.connections: set[_Connection] = set()
         self._next_client = 1
         self._closing = False
+        # In a cluster: names are unique cluster-wide and deletes reach every node.
+        self.directory: DirectoryClient | None = None
 
     async def start(self) -> None:
         """Bind the socket (mode 0600) and start accepting."""
@@ -400,6 +405,14 @@ class _Connection(asyncio.Protocol):
     def _on_put_inline(self, req: pb.Request) -> None:
         body = req.put_inline
         store = self.store
+        if body.name and self.server.directory is not None:
+            self._create_named(
+                req.id, body.object_id, body.name, len(body.data),
+                lambda: store.put_inline_slow(
+                    body.object_id, body.data, body.metadata, self.client, body.name
+                ),
+            )
+            return
         self._create(
             req.id,
             store.put_inline(body.object_id, body.data, body.metadata, self.client, body.name),
@@ -412,7 +425,46 @@ class _Connection(asyncio.Protocol):
         body = req.create
         store = self.store
         args = (body.object_id, body.data_size, body.metadata, self.client, body.name)
+        if body.name and self.server.directory is not None:
+            self._create_named(
+                req.id, body.object_id, body.name, body.data_size, lambda: store.create(*args)
+            )
+            return
         self._create(req.id, store.create_now(*args), lambda: store.create(*args))
+
+    def _create_named(
+        self,
+        req_id: int,
+        object_id: bytes,
+        name: str,
+        size: int,
+        create: Callable[[], Awaitable[ObjectEntry]],
+    ) -> None:
+        """In a cluster, a name is claimed in the directory before the object is created."""
+        directory = self.server.directory
+        assert directory is not None
+        self._note_owned()
+        # The local checks first: a name taken here fails without a round trip.
+        self.store._precheck_create(object_id, name, self.client)
+
+        async def claim_then_create() -> None:
+            try:
+                await directory.reserve_name(name, object_id, size)
+            except ObjectStoreError as exc:
+                self._send_error(req_id, exc)
+                return
+            try:
+                made = await create()
+            except ObjectStoreError as exc:
+                directory.deleted(object_id)  # give the name back
+                self._send_error(req_id, exc)
+                return
+            except BaseException:
+                directory.deleted(object_id)
+                raise
+            self._put_reply(req_id, made)
+
+        self._spawn(claim_then_create())
 
     def _create(
         self,
@@ -458,12 +510,16 @@ class _Connection(asyncio.Protocol):
         body = req.get
         store = self.store
         ids = list(body.object_ids)
+        timeout = None if body.timeout_ms < 0 else body.timeout_ms / 1000.0
         if body.name:
+            oid = store.names.get(body.name)
+            if oid is None and self.server.directory is not None:
+                self._spawn(self._get_remote_name(req.id, ids, body.name, timeout))
+                return
             ids.append(store.lookup_name(body.name))
         if not ids:
             self._send(pb.Reply(id=req.id, get=pb.GetReply()))
             return
-        timeout = None if body.timeout_ms < 0 else body.timeout_ms / 1000.0
         if len(ids) <= _BATCH:
             entries = [store.get_now(oid) for oid in ids]
             if all(e is not None for e in entries):
@@ -472,6 +528,25 @@ class _Connection(asyncio.Protocol):
         # Waits for unsealed objects, and answers big lists in slices so the
         # loop keeps serving others.
         self._spawn(self._get_slow(req.id, ids, timeout))
+
+    async def _get_remote_name(
+        self, req_id: int, ids: list[bytes], name: str, timeout: float | None
+    ) -> None:
+        """A get by a name this node does not know: ask the directory, then get the id."""
+        directory = self.server.directory
+        assert directory is not None
+        try:
+            async with asyncio.timeout(timeout):
+                row = await directory.resolve_name(name)
+        except TimeoutError:
+            self._send_error(
+                req_id, GetTimeoutError(f"get timed out resolving the name {name!r}")
+            )
+            return
+        except ObjectStoreError as exc:
+            self._send_error(req_id, exc)
+            return
+        await self._get_slow(req_id, [*ids, row.object_id], timeout)
 
     async def _get_slow(self, req_id: int, ids: list[bytes], timeout: float | None) -> None:
         store = self.store
@@ -550,6 +625,13 @@ class _Connection(asyncio.Protocol):
         body = req.delete
         store = self.store
         ids = list(body.object_ids)
+        directory = self.server.directory
+        if directory is not None:
+            names = [body.name] if body.name and body.name not in store.names else []
+            remote = [oid for oid in ids if oid not in store.objects]
+            if names or remote:
+                self._spawn(self._delete_cluster(req.id, ids, body.name, remote, names))
+                return
         if body.name:
             ids.append(store.lookup_name(body.name))
         if len(ids) > _BATCH:
@@ -558,6 +640,30 @@ class _Connection(asyncio.Protocol):
         n = store.delete_many(ids)
         if req.id:
             self._send(pb.Reply(id=req.id, delete=pb.DeleteReply(deleted=n)))
+
+    async def _delete_cluster(
+        self, req_id: int, ids: list[bytes], name: str, remote: list[bytes], names: list[str]
+    ) -> None:
+        """Delete objects some of which are not here: the directory frees them where they are."""
+        directory = self.server.directory
+        assert directory is not None
+        store = self.store
+        try:
+            if name and not names:
+                ids = [*ids, store.lookup_name(name)]
+            n = 0
+            local = [oid for oid in ids if oid in store.objects]
+            for start in range(0, len(local), _BATCH):
+                n += store.delete_many(local[start : start + _BATCH])
+                await asyncio.sleep(0)
+            for start in range(0, max(len(remote), len(names)), directory.config.directory.max_lookup):
+                chunk = remote[start : start + directory.config.directory.max_lookup]
+                n += await directory.delete(chunk, names if start == 0 else [])
+        except ObjectStoreError as exc:
+            self._send_error(req_id, exc)
+            return
+        if req_id and not self._closed:
+            self._send(pb.Reply(id=req_id, delete=pb.DeleteReply(deleted=n)))
 
     async def _delete_slices(self, req_id: int, ids: list[bytes]) -> None:
         """Delete a long list a slice at a time, letting the loop serve others between."""
@@ -636,6 +742,9 @@ class _Connection(asyncio.Protocol):
             setattr(st, key, int(s[key]))
         st.uptime_s = float(s["uptime_s"])
         st.clients = len(self.server.connections)
+        directory = self.server.directory
+        if directory is not None:
+            st.directory = f"{directory.host}:{directory.port}"
         self._send(reply)
 
     def _on_list(self, req: pb.Request) -> None:

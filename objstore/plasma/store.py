@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -50,7 +51,15 @@ from objstore.plasma.arena import Arena, FallbackSegment, Segment
 from objstore.plasma.eviction import EvictionPolicy
 from objstore.plasma.lifecycle import ObjectEvent, ObjectState, transition
 
-__all__ = ["PlasmaStore", "ClientState", "ObjectEntry", "Location", "SpillHook"]
+__all__ = [
+    "PlasmaStore",
+    "ClientState",
+    "ObjectEntry",
+    "Location",
+    "SpillHook",
+    "StoreListener",
+    "RemoteWatcher",
+]
 
 log = structlog.get_logger("objstore.plasma.store")
 
@@ -61,6 +70,24 @@ _DELETED = ObjectState.DELETED
 # The spill manager (a later issue) plugs in here: asked for `nbytes` of room,
 # it spills primary copies and returns how many bytes it freed.
 SpillHook = Callable[[int], Awaitable[int]]
+
+
+class StoreListener(Protocol):
+    """Hears of location changes (the directory client, in a cluster)."""
+
+    def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None: ...
+
+    def removed(self, oid: bytes) -> None: ...
+
+    def deleted(self, oid: bytes) -> None: ...
+
+
+class RemoteWatcher(Protocol):
+    """Told when gets start and stop waiting for an object that is not here."""
+
+    def watch(self, oid: bytes) -> None: ...
+
+    def unwatch(self, oid: bytes) -> None: ...
 
 
 class ClientState:
@@ -161,6 +188,11 @@ class PlasmaStore:
         # Canonical metadata values, so a million objects share a handful of bytes objects.
         self._metas: dict[bytes, bytes] = {}
         self.spill_hook = spill_hook
+        # In a cluster: the directory client hears of every copy added or gone,
+        # and of every object gets wait for that is not here.
+        self.listener: StoreListener | None = None
+        self.remote: RemoteWatcher | None = None
+        self._quiet = False
         self.pinned_bytes = 0
         # Objects in state CREATING, and DELETED ones still held (kept, not counted).
         self.n_creating = 0
@@ -385,8 +417,14 @@ class PlasmaStore:
         self.puts += 1
         if not entry.primary:
             self._maybe_evictable(object_id, entry)
+        if self.listener is not None:
+            self.listener.added(
+                object_id, entry.size, entry.primary, self.names_by_id.get(object_id, "")
+            )
         waiters = self._seal_waiters.pop(object_id, None)
-        if waiters:
+        if waiters is not None:
+            if self.remote is not None:
+                self.remote.unwatch(object_id)
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
@@ -428,12 +466,32 @@ class PlasmaStore:
 
     def _abort(self, object_id: bytes, entry: ObjectEntry) -> None:
         transition(entry.state, ObjectEvent.ABORT, object_id)
+        if self.listener is not None and object_id in self.names_by_id:
+            self.listener.deleted(object_id)  # frees the name reserved in the directory
         self._drop(object_id, entry)
         self._remember_deleted(object_id, aborted=True)
         # Gets waiting for the seal wake up and find it gone (ObjectLostError).
-        for fut in self._seal_waiters.pop(object_id, ()):
+        waiters = self._seal_waiters.pop(object_id, None)
+        if waiters is not None:
+            if self.remote is not None:
+                self.remote.unwatch(object_id)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def fail_waiters(self, object_id: bytes, exc: ObjectStoreError) -> int:
+        """Fail the gets waiting for an object (lost or deleted elsewhere); returns how many."""
+        waiters = self._seal_waiters.pop(object_id, None)
+        if waiters is None:
+            return 0
+        if self.remote is not None:
+            self.remote.unwatch(object_id)
+        n = 0
+        for fut in waiters:
             if not fut.done():
-                fut.set_result(None)
+                fut.set_exception(exc)
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ get / release
     def lookup_name(self, name: str) -> bytes:
@@ -469,7 +527,11 @@ class PlasmaStore:
             if entry is not None:
                 return entry
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiters = self._seal_waiters.setdefault(object_id, [])
+            waiters = self._seal_waiters.get(object_id)
+            if waiters is None:
+                waiters = self._seal_waiters[object_id] = []
+                if self.remote is not None:
+                    self.remote.watch(object_id)
             waiters.append(fut)
             try:
                 await fut
@@ -483,6 +545,8 @@ class PlasmaStore:
                             pass
                         if not lst:
                             del self._seal_waiters[object_id]
+                            if self.remote is not None:
+                                self.remote.unwatch(object_id)
 
     def pin(self, object_id: bytes, entry: ObjectEntry, client: ClientState) -> None:
         """Record that ``client`` holds a view of the object (owners need none)."""
@@ -545,6 +609,8 @@ class PlasmaStore:
         # Invariant: only sealed, unowned, unpinned secondary copies are in the policy.
         entry.state = transition(entry.state, ObjectEvent.DELETE, object_id)
         self.evictions += 1
+        if self.listener is not None:
+            self.listener.removed(object_id)
         self._drop(object_id, entry)
 
     # ------------------------------------------------------------------ delete
@@ -552,14 +618,19 @@ class PlasmaStore:
         """Delete an object: no new gets; memory returns once no client holds it."""
         return self.delete_many([object_id]) == 1
 
-    def delete_many(self, object_ids: Iterable[bytes]) -> int:
-        """Delete objects; each holding client hears of its ids in one invalidation."""
+    def delete_many(self, object_ids: Iterable[bytes], report: bool = True) -> int:
+        """Delete objects; each holding client hears of its ids in one invalidation.
+
+        ``report=False``: the directory asked for it (it knows already).
+        """
         notify: dict[ClientState, list[bytes]] = {}
         n = 0
+        self._quiet = not report
         try:
             for object_id in object_ids:
                 n += self._delete_one(object_id, notify)
         finally:
+            self._quiet = False
             for client, ids in notify.items():
                 if not client.closed:
                     client.invalidate(ids)
@@ -580,6 +651,8 @@ class PlasmaStore:
             del self.names[name]
         self.eviction.remove(object_id)
         self._remember_deleted(object_id)
+        if self.listener is not None and not self._quiet:
+            self.listener.deleted(object_id)
         if entry.owner is not None:
             notify.setdefault(entry.owner, []).append(object_id)
             entry.owner.stale += 1
@@ -667,6 +740,15 @@ class PlasmaStore:
         """Whether a sealed copy is here."""
         entry = self.objects.get(object_id)
         return entry is not None and entry.state is _SEALED
+
+    def snapshot(self) -> list[tuple[bytes, int, bool, str]]:
+        """Every sealed object as (id, size, primary, name), for a full report."""
+        names = self.names_by_id
+        return [
+            (oid, e.size, e.primary, names.get(oid, ""))
+            for oid, e in self.objects.items()
+            if e.state is _SEALED
+        ]
 
     def iter_objects(self, limit: int = 0) -> Iterable[tuple[bytes, ObjectEntry]]:
         """Objects in the table, at most ``limit`` (0: all)."""

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import objstore
 
@@ -54,21 +55,26 @@ async def test_default_socket_directory_is_created() -> None:
         assert not os.path.exists(expected)
 
 
-def test_json_logs_and_directory_flag_warns() -> None:
+def test_json_logs_and_unreachable_directory() -> None:
+    """A node whose directory never answers stops with a clear error and JSON logs."""
     with tempfile.TemporaryDirectory(prefix="osd-", dir="/tmp") as tmp:
         sock = os.path.join(tmp, "n.sock")
-        proc, ready = _start(
-            ["--directory", "127.0.0.1:1", "--memory", "64MiB", "--prefault", "0",
-             "--socket", sock, "--log-format", "json"],
-            dict(os.environ),
+        env = dict(os.environ, OBJSTORE_DIRECTORY_REQUEST_TIMEOUT_S="1.5")
+        t0 = time.monotonic()
+        res = subprocess.run(
+            [sys.executable, "-m", "objstore.node", "--directory", "127.0.0.1:1",
+             "--memory", "64MiB", "--prefault", "0", "--socket", sock, "--log-format", "json"],
+            capture_output=True, timeout=30, env=env, check=False,
         )
-        assert ready["directory"] == "127.0.0.1:1"
-        err = _stop(proc)
-    events = [json.loads(line) for line in err.splitlines() if line.strip()]
-    names = [e["event"] for e in events]
-    assert "node ready" in names and "node stopped" in names
-    warn = next(e for e in events if "directory" in e["event"])
-    assert warn["level"] == "warning"
+        assert time.monotonic() - t0 < 15
+        assert res.returncode == 1 and res.stdout == b""
+        lines = res.stderr.decode().splitlines()
+        assert "cannot register with the directory at 127.0.0.1:1" in lines[-1]
+        events = [json.loads(line) for line in lines[:-1] if line.strip()]
+        warn = next(e for e in events if "directory" in e["event"])
+        assert warn["level"] == "warning" and warn["directory"] == "127.0.0.1:1"
+        assert events[-1]["event"] == "node stopped"
+        assert not os.path.exists(sock)
 
 
 def test_config_file_and_bad_config_file() -> None:

@@ -235,7 +235,7 @@ class ContainsReply(_message.Message):
     def __init__(self, present: _Optional[bool] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted")
+    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted", "directory")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,7 @@ class StatsReply(_message.Message):
     GETS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     PREFAULTED_FIELD_NUMBER: _ClassVar[int]
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     capacity: int
     used: int
@@ -268,7 +269,8 @@ class StatsReply(_message.Message):
     gets: int
     uptime_s: float
     prefaulted: int
-    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ...) -> None: ...
+    directory: str
+    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ...) -> None: ...
 
 class ObjectSummary(_message.Message):
     __slots__ = ("object_id", "data_size", "state", "name", "primary", "pins", "segment", "metadata")

@@ -1,0 +1,468 @@
+"""The node's link to the directory, and a small admin client for tools.
+
+:class:`DirectoryClient` keeps a node registered: it connects, registers,
+reports every object it holds (a *full report*), then runs three loops on one
+channel: heartbeats, batched location reports (one in flight at a time, up to
+``max_report`` changes each, so changes batch themselves under load and go
+out at once when quiet) and one subscription stream.  When anything fails it
+tears the session down, waits with exponential backoff and jitter, and starts
+again: register, full report, resubscribe.  Gets waiting on the node carry on
+through a directory restart.
+
+The hooks the node's store calls (``added``, ``removed``, ``deleted``,
+``watch``, ``unwatch``) only touch the pure books of :mod:`objstore.directory.book`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket as _socket
+from collections.abc import Awaitable, Callable
+from typing import Any, Self, TypeVar
+
+import grpclib.const
+import structlog
+from grpclib import GRPCError
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import StreamTerminatedError
+
+from objstore.config import Config
+from objstore.directory.book import ReportBatch, ReportBook, WatchBook
+from objstore.directory.codec import join_ids, pb, table_to_rows
+from objstore.directory.state import ObjectRow, Usage, split_ids
+from objstore.errors import (
+    ConfigError,
+    NodeUnavailableError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStoreError,
+)
+
+__all__ = ["DirectoryClient", "DirectoryAdmin", "parse_address", "error_from_grpc"]
+
+log = structlog.get_logger("objstore.directory.client")
+
+_PREFIX = "/objstore.directory.v1.Directory/"
+T = TypeVar("T")
+# Failures that mean "try again later", not "the request is wrong".
+_TRANSIENT = (OSError, ConnectionError, StreamTerminatedError, asyncio.TimeoutError)
+
+
+def parse_address(text: str, setting: str = "node.directory") -> tuple[str, int]:
+    """``HOST:PORT`` -> (host, port), with a clear error."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{setting}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def error_from_grpc(exc: GRPCError, what: str) -> ObjectStoreError:
+    """A directory status as the error a user of objstore catches."""
+    msg = exc.message or str(exc.status)
+    if exc.status is Status.ALREADY_EXISTS:
+        return ObjectExistsError(msg)
+    if exc.status is Status.NOT_FOUND:
+        return ObjectNotFoundError(msg)
+    if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
+        return NodeUnavailableError(f"{what}: the directory is unavailable: {msg}")
+    return ObjectStoreError(f"{what}: the directory refused: {msg}")
+
+
+def usage_to_pb(u: Usage) -> pb.NodeUsage:
+    return pb.NodeUsage(
+        memory_used=u.memory_used,
+        memory_total=u.memory_total,
+        pinned_bytes=u.pinned_bytes,
+        objects=u.objects,
+        spilled_bytes=u.spilled_bytes,
+        fallback_used=u.fallback_used,
+        clients=u.clients,
+    )
+
+
+Snapshot = Callable[[], list[tuple[bytes, int, bool, str]]]
+
+
+class DirectoryClient:
+    """Keeps one node registered, reporting and subscribed; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        node_id: bytes,
+        *,
+        snapshot: Snapshot,
+        usage: Callable[[], Usage],
+        on_update: Callable[[list[ObjectRow]], None],
+        on_free: Callable[[list[bytes]], None],
+        address: str = "",
+        socket: str = "",
+    ) -> None:
+        assert config.node.directory
+        self.config = config
+        self.host, self.port = parse_address(config.node.directory)
+        self.node_id = node_id
+        self.session = os.urandom(16)
+        self.address = address
+        self.socket = socket
+        self._snapshot = snapshot
+        self._usage = usage
+        self._on_update = on_update
+        self._on_free = on_free
+        self.book = ReportBook()
+        self.watches = WatchBook()
+        self.registered = asyncio.Event()
+        self._report_evt = asyncio.Event()
+        self._watch_evt = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stub: pb.DirectoryStub | None = None
+        self.max_report = config.directory.max_report
+        self.heartbeat_s = config.directory.heartbeat_s
+        self.timeout = config.directory.request_timeout_s
+        self.registrations = 0
+        self.reports_sent = 0
+        self.notifications = 0
+        self.directory_id = b""
+
+    # ------------------------------------------------------------ store hooks (hot path)
+    def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
+        self.book.added(oid, size, primary, name)
+        self._report_evt.set()
+
+    def removed(self, oid: bytes) -> None:
+        self.book.removed(oid)
+        self._report_evt.set()
+
+    def deleted(self, oid: bytes) -> None:
+        self.book.deleted(oid)
+        self._report_evt.set()
+
+    def spilled(self, oid: bytes, url: str) -> None:
+        self.book.spilled(oid, url)
+        self._report_evt.set()
+
+    def watch(self, oid: bytes) -> None:
+        if self.watches.watch(oid):
+            self._watch_evt.set()
+
+    def unwatch(self, oid: bytes) -> None:
+        if self.watches.unwatch(oid):
+            self._watch_evt.set()
+
+    # ------------------------------------------------------------ life
+    async def start(self, timeout: float | None = None) -> None:
+        """Connect and register; raises NodeUnavailableError if that fails within ``timeout``."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="directory-client")
+        limit = self.timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                await self.registered.wait()
+        except TimeoutError:
+            await self.stop()
+            raise NodeUnavailableError(
+                f"cannot register with the directory at {self.host}:{self.port} "
+                f"within {limit:.0f}s (is the head node running?)"
+            ) from None
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        failing = False
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: reconnect
+                if self.registered.is_set() or not failing:
+                    log.warning(
+                        "directory connection lost; reconnecting",
+                        directory=f"{self.host}:{self.port}",
+                        error=_describe(exc),
+                    )
+                failing = True
+                if self.registered.is_set():
+                    backoff = 0.05
+            self.registered.clear()
+            self._stub = None
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+
+    async def _session(self) -> None:
+        channel = Channel(self.host, self.port)
+        try:
+            stub = pb.DirectoryStub(channel)
+            reply = await stub.register(
+                pb.RegisterRequest(
+                    node_id=self.node_id,
+                    session=self.session,
+                    address=self.address,
+                    socket=self.socket,
+                    hostname=_socket.gethostname(),
+                    pid=os.getpid(),
+                    usage=usage_to_pb(self._usage()),
+                ),
+                timeout=self.timeout,
+            )
+            self.heartbeat_s = reply.heartbeat_s or self.heartbeat_s
+            self.max_report = min(self.max_report, reply.max_report or self.max_report)
+            if self.directory_id and reply.directory_id != self.directory_id:
+                log.info("directory restarted; registered again", node_id=self.node_id.hex())
+            self.directory_id = reply.directory_id
+            # The full report replaces every change not sent yet: both are read
+            # from the store in this same step, with no await between.
+            self.book.clear()
+            objects = self._snapshot()
+            await self._full_report(stub, objects)
+            self.registrations += 1
+            self._stub = stub
+            self.registered.set()
+            log.info(
+                "registered with the directory",
+                directory=f"{self.host}:{self.port}",
+                objects=len(objects),
+            )
+            tasks = [
+                asyncio.ensure_future(self._heartbeats(stub)),
+                asyncio.ensure_future(self._reports(stub)),
+                asyncio.ensure_future(self._subscription(channel)),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()
+                raise ConnectionError("directory session ended")
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(BaseException):
+                        await t
+        finally:
+            channel.close()
+
+    async def _full_report(
+        self, stub: pb.DirectoryStub, objects: list[tuple[bytes, int, bool, str]]
+    ) -> None:
+        step = self.max_report
+        n = max(1, -(-len(objects) // step))
+        for i in range(n):
+            batch = ReportBatch(added=objects[i * step : (i + 1) * step])
+            await stub.report(
+                self._report_msg(batch, sync_begin=i == 0, sync_end=i == n - 1),
+                timeout=self.timeout,
+            )
+
+    def _report_msg(
+        self, batch: ReportBatch, sync_begin: bool = False, sync_end: bool = False
+    ) -> pb.LocationReport:
+        named_index = []
+        names = []
+        for i, (_, _, _, name) in enumerate(batch.added):
+            if name:
+                named_index.append(i)
+                names.append(name)
+        return pb.LocationReport(
+            node_id=self.node_id,
+            session=self.session,
+            added_ids=join_ids(a[0] for a in batch.added),
+            added_sizes=[a[1] for a in batch.added],
+            added_primary=[a[2] for a in batch.added],
+            named_index=named_index,
+            names=names,
+            removed_ids=join_ids(batch.removed),
+            deleted_ids=join_ids(batch.deleted),
+            spilled_ids=join_ids(s[0] for s in batch.spilled),
+            spilled_urls=[s[1] for s in batch.spilled],
+            sync_begin=sync_begin,
+            sync_end=sync_end,
+        )
+
+    async def _heartbeats(self, stub: pb.DirectoryStub) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await stub.heartbeat(
+                pb.HeartbeatRequest(
+                    node_id=self.node_id, session=self.session, usage=usage_to_pb(self._usage())
+                ),
+                timeout=self.timeout,
+            )
+
+    async def _reports(self, stub: pb.DirectoryStub) -> None:
+        while True:
+            await self._report_evt.wait()
+            self._report_evt.clear()
+            while len(self.book):
+                batch = self.book.take(self.max_report)
+                try:
+                    await stub.report(self._report_msg(batch), timeout=self.timeout)
+                except BaseException:
+                    self.book.requeue(batch)
+                    raise
+                self.reports_sent += 1
+
+    async def _subscription(self, channel: Channel) -> None:
+        chunk = self.config.directory.max_lookup
+        async with channel.request(
+            _PREFIX + "Subscribe",
+            grpclib.const.Cardinality.STREAM_STREAM,
+            pb.SubscribeRequest,
+            pb.Notification,
+        ) as stream:
+            ids = self.watches.resubscribe_all()
+            await stream.send_message(
+                pb.SubscribeRequest(
+                    node_id=self.node_id, session=self.session, subscribe_ids=join_ids(ids[:chunk])
+                )
+            )
+            for i in range(chunk, len(ids), chunk):
+                await stream.send_message(pb.SubscribeRequest(subscribe_ids=join_ids(ids[i : i + chunk])))
+
+            async def writer() -> None:
+                while True:
+                    await self._watch_evt.wait()
+                    self._watch_evt.clear()
+                    sub, unsub = self.watches.take_changes()
+                    for i in range(0, max(len(sub), len(unsub)), chunk):
+                        await stream.send_message(
+                            pb.SubscribeRequest(
+                                subscribe_ids=join_ids(sub[i : i + chunk]),
+                                unsubscribe_ids=join_ids(unsub[i : i + chunk]),
+                            )
+                        )
+
+            async def reader() -> None:
+                while True:
+                    note = await stream.recv_message()
+                    if note is None:
+                        raise ConnectionError("the directory closed the subscription stream")
+                    self.notifications += 1
+                    if note.free_ids:
+                        self._on_free(split_ids(note.free_ids))
+                    if note.updates is not None and note.updates.object_ids:
+                        self._on_update(table_to_rows(note.updates))
+
+            tasks = [asyncio.ensure_future(writer()), asyncio.ensure_future(reader())]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    t.result()
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(BaseException):
+                        await t
+
+    # ------------------------------------------------------------ requests for the node
+    async def _call(self, what: str, fn: Callable[[pb.DirectoryStub], Awaitable[T]]) -> T:
+        """Run one RPC, retrying through reconnections until the request timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        last: BaseException | None = None
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise NodeUnavailableError(
+                    f"{what}: the directory at {self.host}:{self.port} did not answer within "
+                    f"{self.timeout:.0f}s ({_describe(last) if last else 'not registered'})"
+                )
+            stub = self._stub
+            if stub is None or not self.registered.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        await self.registered.wait()
+                continue
+            try:
+                async with asyncio.timeout(left):
+                    return await fn(stub)
+            except GRPCError as exc:
+                if exc.status is Status.FAILED_PRECONDITION:
+                    last = exc
+                    await asyncio.sleep(0.05)
+                    continue
+                raise error_from_grpc(exc, what) from exc
+            except _TRANSIENT as exc:
+                last = exc
+                await asyncio.sleep(0.05)
+
+    async def reserve_name(self, name: str, oid: bytes, size: int) -> None:
+        msg = pb.ReserveNameRequest(
+            node_id=self.node_id, session=self.session, name=name, object_id=oid, size=size
+        )
+        await self._call("reserve name", lambda s: s.reserve_name(msg, timeout=self.timeout))
+
+    async def resolve_name(self, name: str) -> ObjectRow:
+        msg = pb.ResolveNameRequest(name=name)
+        table = await self._call(
+            "resolve name", lambda s: s.resolve_name(msg, timeout=self.timeout)
+        )
+        return table_to_rows(table)[0]
+
+    async def delete(self, oids: list[bytes], names: list[str] = ()) -> int:  # type: ignore[assignment]
+        msg = pb.DeleteRequest(node_id=self.node_id, object_ids=join_ids(oids), names=list(names))
+        reply = await self._call("delete", lambda s: s.delete(msg, timeout=self.timeout))
+        return reply.deleted
+
+    async def lookup(self, oids: list[bytes]) -> list[ObjectRow]:
+        msg = pb.LookupRequest(object_ids=join_ids(oids))
+        return table_to_rows(await self._call("lookup", lambda s: s.lookup(msg, timeout=self.timeout)))
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    if isinstance(exc, GRPCError):
+        return f"{exc.status.name}: {exc.message}"
+    return str(exc) or type(exc).__name__
+
+
+class DirectoryAdmin:
+    """A plain client of the directory for tools, tests and benchmarks."""
+
+    def __init__(self, address: str, timeout: float = 10.0) -> None:
+        self.host, self.port = parse_address(address, "--directory")
+        self.timeout = timeout
+        self.channel = Channel(self.host, self.port)
+        self.stub = pb.DirectoryStub(self.channel)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    async def _call(self, what: str, coro: Awaitable[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await coro
+        except GRPCError as exc:
+            raise error_from_grpc(exc, what) from exc
+        except (*_TRANSIENT, TimeoutError) as exc:
+            raise NodeUnavailableError(
+                f"{what}: cannot reach the directory at {self.host}:{self.port}: {_describe(exc)}"
+            ) from exc
+
+    async def cluster_status(self) -> pb.ClusterStatusReply:
+        return await self._call("status", self.stub.cluster_status(pb.ClusterStatusRequest()))
+
+    async def list_objects(self, limit: int = 1000) -> tuple[list[ObjectRow], int]:
+        table = await self._call("memory", self.stub.list_objects(pb.ListObjectsRequest(limit=limit)))
+        return table_to_rows(table), table.total
+
+    async def lookup(self, oids: list[bytes]) -> list[ObjectRow]:
+        table = await self._call("lookup", self.stub.lookup(pb.LookupRequest(object_ids=join_ids(oids))))
+        return table_to_rows(table)

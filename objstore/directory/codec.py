@@ -1,0 +1,111 @@
+"""Between :class:`~objstore.directory.state.ObjectRow` lists and ``LocationTable`` columns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from objstore._proto.grpc.objstore.directory import v1 as pb
+from objstore.directory.state import InvalidRequestError, ObjectRow, split_ids
+from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
+
+__all__ = ["pb", "rows_to_table", "table_to_rows", "join_ids"]
+
+_STATES = {int(s): s for s in pb.ObjectState}
+
+
+def join_ids(ids: Iterable[bytes]) -> bytes:
+    """Ids back to back, as the ``*_ids`` fields carry them."""
+    return b"".join(ids)
+
+
+def rows_to_table(rows: Sequence[ObjectRow], total: int = 0) -> pb.LocationTable:
+    """Columns of many rows; node ids are written once each."""
+    node_index: dict[bytes, int] = {}
+    nodes: list[bytes] = []
+
+    def index(nid: bytes) -> int:
+        i = node_index.get(nid)
+        if i is None:
+            i = node_index[nid] = len(nodes)
+            nodes.append(nid)
+        return i
+
+    states = []
+    sizes = []
+    primary = []
+    counts = []
+    locs: list[int] = []
+    spilled_rows = []
+    spilled_urls = []
+    spilled_nodes = []
+    named_rows = []
+    names = []
+    for i, r in enumerate(rows):
+        states.append(_STATES[r.state])
+        sizes.append(r.size)
+        primary.append(index(r.primary) + 1 if r.primary else 0)
+        counts.append(len(r.nodes))
+        for nid in r.nodes:
+            locs.append(index(nid))
+        if r.spilled_url:
+            spilled_rows.append(i)
+            spilled_urls.append(r.spilled_url)
+            spilled_nodes.append(index(r.spilled_node) + 1 if r.spilled_node else 0)
+        if r.name:
+            named_rows.append(i)
+            names.append(r.name)
+    return pb.LocationTable(
+        object_ids=join_ids(r.object_id for r in rows),
+        states=states,
+        sizes=sizes,
+        nodes=b"".join(nodes),
+        primary=primary,
+        location_counts=counts,
+        location_nodes=locs,
+        spilled_rows=spilled_rows,
+        spilled_urls=spilled_urls,
+        spilled_nodes=spilled_nodes,
+        named_rows=named_rows,
+        names=names,
+        total=total,
+    )
+
+
+def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
+    """The rows of a table; a table whose columns disagree raises InvalidRequestError."""
+    oids = split_ids(t.object_ids, OBJECT_ID_SIZE)
+    nodes = split_ids(t.nodes, NODE_ID_SIZE, "node ids")
+    n = len(oids)
+    if not (len(t.states) == len(t.sizes) == len(t.primary) == len(t.location_counts) == n):
+        raise InvalidRequestError("location table: columns of different lengths")
+    if sum(t.location_counts) != len(t.location_nodes):
+        raise InvalidRequestError("location table: location counts do not add up")
+    spilled = {
+        row: (url, nodes[ni - 1] if ni else None)
+        for row, url, ni in zip(t.spilled_rows, t.spilled_urls, t.spilled_nodes)
+    }
+    named = dict(zip(t.named_rows, t.names))
+    out = []
+    pos = 0
+    try:
+        for i in range(n):
+            c = t.location_counts[i]
+            locs = tuple(nodes[j] for j in t.location_nodes[pos : pos + c])
+            pos += c
+            p = t.primary[i]
+            url, snode = spilled.get(i, ("", None))
+            out.append(
+                ObjectRow(
+                    oids[i],
+                    int(t.states[i]),
+                    t.sizes[i],
+                    nodes[p - 1] if p else None,
+                    locs,
+                    named.get(i, ""),
+                    url,
+                    snode,
+                )
+            )
+    except IndexError as exc:
+        raise InvalidRequestError("location table: a node index is out of range") from exc
+    return out

@@ -1,0 +1,493 @@
+"""The directory's gRPC server (grpclib), run by the head node.
+
+Each RPC decodes its request, calls :class:`~objstore.directory.state.DirectoryState`
+and encodes the answer; errors become gRPC statuses (see directory.proto).
+Requests are read with a size limit before they are buffered.  Node death is
+found by a timer that checks heartbeats; durable state is written behind, in
+batches, by :class:`~objstore.directory.persist.WriteBehind`.
+
+Each node's ``Subscribe`` stream is served by two tasks: one reads
+subscription changes, one sends the current state of changed objects and the
+ids the node must free.  A subscriber that does not read blocks only its own
+sender (HTTP/2 flow control); its pending changes coalesce per object, so its
+cost is bounded by its subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpclib.const
+import grpclib.server
+import structlog
+from grpclib import GRPCError
+from grpclib.const import Status
+
+from objstore.config import Config
+from objstore.directory.codec import pb, rows_to_table
+from objstore.directory.persist import StateStore, WriteBehind, open_store
+from objstore.directory.state import (
+    DirectoryState,
+    InvalidRequestError,
+    NotRegisteredError,
+    Subscriber,
+    TooManySubscriptionsError,
+    Usage,
+    split_ids,
+)
+from objstore.errors import ObjectExistsError, ObjectNotFoundError, ObjectStoreError
+from objstore.ids import NODE_ID_SIZE
+
+__all__ = ["DirectoryServer", "usage_from_pb"]
+
+log = structlog.get_logger("objstore.directory.server")
+
+_PREFIX = "/objstore.directory.v1.Directory/"
+# Rows per notification message, and frees per message.
+_NOTIFY_ROWS = 2000
+_NOTIFY_FREES = 10000
+
+M = TypeVar("M")
+
+
+def usage_from_pb(u: pb.NodeUsage | None) -> Usage:
+    if u is None:
+        return Usage()
+    return Usage(
+        u.memory_used, u.memory_total, u.pinned_bytes, u.objects, u.spilled_bytes,
+        u.fallback_used, u.clients,
+    )
+
+
+def _status_of(exc: BaseException) -> tuple[Status, str]:
+    if isinstance(exc, InvalidRequestError):
+        return Status.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, NotRegisteredError):
+        return Status.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, ObjectExistsError):
+        return Status.ALREADY_EXISTS, str(exc)
+    if isinstance(exc, ObjectNotFoundError):
+        return Status.NOT_FOUND, str(exc)
+    if isinstance(exc, TooManySubscriptionsError):
+        return Status.RESOURCE_EXHAUSTED, str(exc)
+    return Status.INTERNAL, f"internal error: {exc!r}"
+
+
+async def _recv_limited(stream: grpclib.server.Stream[Any, Any], limit: int) -> Any:
+    """Read one request, refusing one longer than ``limit`` before buffering it.
+
+    grpclib reads a whole message of any announced length; this reads the
+    5-byte gRPC prefix first (through the stream's HTTP/2 stream and codec,
+    which grpclib keeps as attributes) and checks the length.
+    """
+    h2 = stream._stream
+    meta = await h2.recv_data(5)
+    if not meta:
+        return None
+    if len(meta) != 5:
+        raise GRPCError(Status.INVALID_ARGUMENT, "truncated message prefix")
+    compressed, size = struct.unpack(">?I", meta)
+    if compressed:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not served")
+    if size > limit:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED, f"a request of {size} bytes is over the limit of {limit}"
+        )
+    data = await h2.recv_data(size)
+    if len(data) != size:
+        raise GRPCError(Status.INVALID_ARGUMENT, "truncated message")
+    try:
+        return stream._codec.decode(data, stream._recv_type)
+    except Exception as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from exc
+
+
+class _Service:
+    """The ``Directory`` service's handlers (mapped by :meth:`__mapping__`)."""
+
+    def __init__(self, server: DirectoryServer) -> None:
+        self.server = server
+        self.state = server.state
+        self.cfg = server.config.directory
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        unary = grpclib.const.Cardinality.UNARY_UNARY
+        routes: dict[str, tuple[Callable[..., Any], type, type]] = {
+            "Register": (self.register, pb.RegisterRequest, pb.RegisterReply),
+            "Heartbeat": (self.heartbeat, pb.HeartbeatRequest, pb.HeartbeatReply),
+            "Report": (self.report, pb.LocationReport, pb.ReportReply),
+            "Lookup": (self.lookup, pb.LookupRequest, pb.LocationTable),
+            "ReserveName": (self.reserve_name, pb.ReserveNameRequest, pb.ReserveNameReply),
+            "ResolveName": (self.resolve_name, pb.ResolveNameRequest, pb.LocationTable),
+            "Delete": (self.delete, pb.DeleteRequest, pb.DeleteReply),
+            "ClusterStatus": (self.cluster_status, pb.ClusterStatusRequest, pb.ClusterStatusReply),
+            "ListObjects": (self.list_objects, pb.ListObjectsRequest, pb.LocationTable),
+        }
+        out = {
+            _PREFIX + name: grpclib.const.Handler(
+                functools.partial(self._unary, name, fn), unary, req, rep
+            )
+            for name, (fn, req, rep) in routes.items()
+        }
+        out[_PREFIX + "Subscribe"] = grpclib.const.Handler(
+            self._subscribe,
+            grpclib.const.Cardinality.STREAM_STREAM,
+            pb.SubscribeRequest,
+            pb.Notification,
+        )
+        return out
+
+    async def _unary(
+        self,
+        name: str,
+        fn: Callable[[Any], Awaitable[Any]],
+        stream: grpclib.server.Stream[Any, Any],
+    ) -> None:
+        request = await _recv_limited(stream, self.cfg.max_message_bytes)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
+        try:
+            reply = await fn(request)
+        except ObjectStoreError as exc:
+            status, message = _status_of(exc)
+            if status is Status.INTERNAL:
+                log.exception("directory request failed", rpc=name)
+            raise GRPCError(status, message) from exc
+        except GRPCError:
+            raise
+        except Exception as exc:
+            log.exception("directory request failed", rpc=name)
+            raise GRPCError(Status.INTERNAL, f"internal error: {exc!r}") from exc
+        await stream.send_message(reply)
+
+    # -- helpers
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _ids(self, blob: bytes, what: str = "object ids") -> list[bytes]:
+        ids = split_ids(blob, what=what)
+        if len(ids) > self.cfg.max_lookup:
+            raise InvalidRequestError(
+                f"{what}: {len(ids)} ids in one request; at most {self.cfg.max_lookup}"
+            )
+        return ids
+
+    # -- RPCs
+    async def register(self, req: pb.RegisterRequest) -> pb.RegisterReply:
+        node = self.state.register(
+            req.node_id,
+            req.session,
+            self._now(),
+            time.time(),
+            address=req.address,
+            socket=req.socket,
+            hostname=req.hostname,
+            pid=req.pid,
+            usage=usage_from_pb(req.usage),
+        )
+        log.info(
+            "node registered",
+            node_id=req.node_id.hex(),
+            pid=node.pid,
+            hostname=node.hostname,
+            objects=len(node.objects),
+        )
+        return pb.RegisterReply(
+            heartbeat_s=self.cfg.heartbeat_s,
+            node_timeout_s=self.cfg.node_timeout_s,
+            max_report=self.cfg.max_report,
+            directory_id=self.server.directory_id,
+        )
+
+    async def heartbeat(self, req: pb.HeartbeatRequest) -> pb.HeartbeatReply:
+        self.state.heartbeat(req.node_id, req.session, usage_from_pb(req.usage), self._now())
+        return pb.HeartbeatReply()
+
+    async def report(self, req: pb.LocationReport) -> pb.ReportReply:
+        added = split_ids(req.added_ids)
+        removed = split_ids(req.removed_ids)
+        deleted = split_ids(req.deleted_ids)
+        spilled = split_ids(req.spilled_ids)
+        n = len(added)
+        if len(req.added_sizes) != n or (req.added_primary and len(req.added_primary) != n):
+            raise InvalidRequestError("report: added ids, sizes and primary flags differ in length")
+        if len(req.named_index) != len(req.names) or any(i >= n for i in req.named_index):
+            raise InvalidRequestError("report: names do not match the added ids")
+        if len(req.spilled_urls) != len(spilled):
+            raise InvalidRequestError("report: spilled ids and URLs differ in length")
+        total = n + len(removed) + len(deleted) + len(spilled)
+        if total > self.cfg.max_report:
+            raise InvalidRequestError(
+                f"report: {total} entries in one report; at most {self.cfg.max_report}"
+            )
+        primary = req.added_primary or [False] * n
+        self.state.report(
+            req.node_id,
+            req.session,
+            self._now(),
+            added=zip(added, req.added_sizes, primary),
+            names=dict(zip(req.named_index, req.names)) if req.names else None,
+            removed=removed,
+            deleted=deleted,
+            spilled=zip(spilled, req.spilled_urls),
+            sync_begin=req.sync_begin,
+            sync_end=req.sync_end,
+        )
+        if req.sync_end:
+            node = self.state.nodes[req.node_id]
+            log.info("node reported in full", node_id=req.node_id.hex(), objects=len(node.objects))
+        return pb.ReportReply()
+
+    async def lookup(self, req: pb.LookupRequest) -> pb.LocationTable:
+        return rows_to_table(self.state.lookup(self._ids(req.object_ids)))
+
+    async def reserve_name(self, req: pb.ReserveNameRequest) -> pb.ReserveNameReply:
+        self.state.reserve_name(
+            req.node_id, req.session, req.name, req.object_id, req.size, self._now()
+        )
+        return pb.ReserveNameReply()
+
+    async def resolve_name(self, req: pb.ResolveNameRequest) -> pb.LocationTable:
+        oid = self.state.resolve_name(req.name)
+        return rows_to_table([self.state.row(oid)])
+
+    async def delete(self, req: pb.DeleteRequest) -> pb.DeleteReply:
+        ids = self._ids(req.object_ids)
+        for name in req.names:
+            ids.append(self.state.resolve_name(name))  # an unknown name: NOT_FOUND
+        n = self.state.delete(ids, requester=req.node_id or None)
+        return pb.DeleteReply(deleted=n)
+
+    async def cluster_status(self, req: pb.ClusterStatusRequest) -> pb.ClusterStatusReply:
+        now = self._now()
+        st = self.state
+        nodes = []
+        for node in st.nodes.values():
+            u = node.usage
+            nodes.append(
+                pb.NodeStatus(
+                    node_id=node.node_id,
+                    address=node.address,
+                    socket=node.socket,
+                    hostname=node.hostname,
+                    pid=node.pid,
+                    alive=node.alive,
+                    usage=pb.NodeUsage(
+                        memory_used=u.memory_used,
+                        memory_total=u.memory_total,
+                        pinned_bytes=u.pinned_bytes,
+                        objects=u.objects,
+                        spilled_bytes=u.spilled_bytes,
+                        fallback_used=u.fallback_used,
+                        clients=u.clients,
+                    ),
+                    silent_s=max(0.0, now - node.last_seen),
+                    registered_at=node.registered_at,
+                    head=node.node_id == self.server.head_node_id,
+                    locations=len(node.objects),
+                )
+            )
+        return pb.ClusterStatusReply(
+            nodes=nodes,
+            objects=len(st.objects),
+            locations=st.n_locations,
+            subscriptions=st.n_subscriptions,
+            spilled_objects=st.spilled_objects,
+            spilled_bytes=st.spilled_bytes,
+            store=self.server.store.describe,
+            uptime_s=now - self.server.started,
+            lost_objects=st.n_lost,
+        )
+
+    async def list_objects(self, req: pb.ListObjectsRequest) -> pb.LocationTable:
+        limit = req.limit or 1000
+        rows = []
+        for oid in self.state.objects:
+            rows.append(self.state.row(oid))
+            if len(rows) >= limit:
+                break
+        return rows_to_table(rows, total=len(self.state.objects))
+
+    # -- subscriptions
+    async def _subscribe(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        limit = self.cfg.max_message_bytes
+        first = await _recv_limited(stream, limit)
+        if first is None:
+            return
+        state = self.state
+        try:
+            state.live_node(first.node_id, first.session)
+        except NotRegisteredError as exc:
+            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from exc
+        wake = asyncio.Event()
+        sub = Subscriber(first.node_id, wake.set)
+        old = state.attach(sub)
+        if old is not None:
+            log.info("a node opened a new subscription stream", node_id=first.node_id.hex())
+        self.server.streams.add(sub)
+
+        def apply(msg: pb.SubscribeRequest) -> None:
+            if msg.unsubscribe_ids:
+                state.unsubscribe(sub, self._ids(msg.unsubscribe_ids))
+            if msg.subscribe_ids:
+                state.subscribe(sub, self._ids(msg.subscribe_ids))
+
+        async def reader() -> None:
+            msg = first
+            while msg is not None:
+                apply(msg)
+                msg = await _recv_limited(stream, limit)
+
+        async def sender() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if sub.closed:
+                    return
+                while True:
+                    rows = state.take_pending(sub, _NOTIFY_ROWS)
+                    frees = state.take_frees(sub.node_id, _NOTIFY_FREES)
+                    if not rows and not frees:
+                        break
+                    note = pb.Notification(free_ids=b"".join(frees))
+                    if rows:
+                        note.updates = rows_to_table(rows)
+                    await stream.send_message(note)
+                    if sub.closed:
+                        return
+
+        tasks = [
+            asyncio.ensure_future(reader()),
+            asyncio.ensure_future(sender()),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                err = t.exception()
+                if isinstance(err, ObjectStoreError):
+                    status, message = _status_of(err)
+                    raise GRPCError(status, message) from err
+                if err is not None:
+                    raise err
+            if sub.closed:
+                raise GRPCError(
+                    Status.UNAVAILABLE,
+                    "subscription stream closed: replaced by a newer one, or the node was declared dead",
+                )
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            self.server.streams.discard(sub)
+            if not sub.closed:
+                state.drop_subscriber(sub)
+
+
+class DirectoryServer:
+    """The directory: state, its durable store, the gRPC server, the death timer."""
+
+    def __init__(
+        self,
+        config: Config,
+        head_node_id: bytes | None = None,
+        store: StateStore | None = None,
+    ) -> None:
+        self.config = config
+        dc = config.directory
+        self.state = DirectoryState(
+            node_timeout=dc.node_timeout_s,
+            deleted_memory=dc.deleted_memory,
+            max_subscriptions=dc.max_subscriptions,
+        )
+        self.store = store or open_store(dc.store, dc.state_dir)
+        self.persist = WriteBehind(
+            self.store, self.state.encode_node, self.state.encode_object,
+            interval=dc.flush_interval_s,
+        )
+        self.head_node_id = head_node_id
+        self.directory_id = os.urandom(NODE_ID_SIZE)
+        self.streams: set[Subscriber] = set()
+        self._server: grpclib.server.Server | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.host = ""
+        self.port = 0
+        self.started = 0.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self, host: str, port: int) -> None:
+        """Load the durable state, then serve on ``host:port`` (0: any free port)."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        nodes, objects = await self.store.load()
+        self.state.load(nodes, objects, loop.time())
+        if nodes or objects:
+            log.info(
+                "directory state recovered",
+                store=self.store.describe,
+                nodes=len(nodes),
+                objects=len(objects),
+                seconds=round(time.perf_counter() - t0, 3),
+            )
+        self.state.on_dirty_node = self.persist.mark_node
+        self.state.on_dirty_object = self.persist.mark_object
+        self.persist.start()
+        self._server = grpclib.server.Server([_Service(self)])  # type: ignore[list-item]
+        try:
+            await self._server.start(host, port, reuse_address=True)
+        except OSError as exc:
+            await self.persist.close(5.0)
+            await self.store.close()
+            raise ObjectStoreError(
+                f"directory: cannot listen on {host}:{port}: {exc.strerror}"
+            ) from exc
+        listener: Any = self._server._server
+        sock: socket.socket = listener.sockets[0]
+        self.host, self.port = sock.getsockname()[:2]
+        self.started = loop.time()
+        self._reaper = loop.create_task(self._watch_deaths(), name="directory-deaths")
+        log.info("directory serving", address=self.address, store=self.store.describe)
+
+    async def _watch_deaths(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = min(0.5, self.config.directory.node_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            lost_before = self.state.n_lost
+            for nid in self.state.check_deaths(loop.time()):
+                node = self.state.nodes.get(nid)
+                log.warning(
+                    "node declared dead",
+                    node_id=nid.hex(),
+                    pid=node.pid if node else 0,
+                    silent_s=self.config.directory.node_timeout_s,
+                    objects_lost=self.state.n_lost - lost_before,
+                )
+                lost_before = self.state.n_lost
+
+    async def stop(self) -> None:
+        """Stop serving; write what is left of the state."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self._server is not None:
+            self._server.close()
+            for sub in list(self.streams):
+                self.state.drop_subscriber(sub)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5.0)
+        await self.persist.close(10.0)
+        await self.store.close()

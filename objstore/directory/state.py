@@ -1,0 +1,744 @@
+"""The directory's bookkeeping: nodes, object locations, names, subscriptions.
+
+:class:`DirectoryState` is pure: no sockets, no clock of its own (every call
+that needs the time takes ``now``), no tasks.  The gRPC server in
+:mod:`objstore.directory.server` decodes requests, calls it and sends what it
+says; the tests drive it directly.
+
+Model (Ray's GCS object directory, simplified where Ray needs an owner
+process per object):
+
+* A *node* registers with a random *session*; it stays alive while its
+  heartbeats come within ``node_timeout``.  A node id registered again by a
+  different session while the first is alive is refused; a node that was
+  declared dead registers again as a new node and reports everything anew.
+* An *object record* holds the size, the node of the primary copy, the set of
+  nodes holding a copy, an optional name and spill URL.  States: PENDING (a
+  name was reserved for an object being created), PRESENT, LOST (every copy
+  was on nodes that died and no spilled copy survives).  Deleted objects are
+  dropped and remembered in a bounded list, so a lookup says DELETED rather
+  than UNKNOWN for a while.
+* A *subscriber* is one node's stream.  It subscribes to objects; every
+  change of a subscribed object marks it pending on the subscriber, and the
+  stream sends the current state of pending objects.  Pending changes
+  coalesce per object, so a subscriber that does not read costs at most one
+  entry per subscription, however many changes happen.
+* *Frees*: when an object is deleted, every other node holding a copy is told
+  to free it; the ids wait on the node's record until its stream takes them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from objstore.errors import ObjectExistsError, ObjectNotFoundError, ObjectStoreError
+from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
+
+__all__ = [
+    "DirectoryState",
+    "NodeRecord",
+    "ObjectRecord",
+    "Subscriber",
+    "Usage",
+    "NotRegisteredError",
+    "InvalidRequestError",
+    "TooManySubscriptionsError",
+    "ObjectRow",
+    "PENDING",
+    "PRESENT",
+    "LOST",
+    "UNKNOWN",
+    "DELETED",
+    "split_ids",
+    "SESSION_SIZE",
+]
+
+# Object states, with the numbers of ``ObjectState`` in directory.proto.
+UNKNOWN = 0
+PENDING = 1
+PRESENT = 2
+LOST = 3
+DELETED = 4
+
+_EMPTY: frozenset[bytes] = frozenset()
+SESSION_SIZE = 16
+
+
+class NotRegisteredError(ObjectStoreError):
+    """The node is not registered (unknown, declared dead, or another session)."""
+
+
+class TooManySubscriptionsError(ObjectStoreError):
+    """A stream asked for more subscriptions than the directory allows one stream."""
+
+
+class InvalidRequestError(ObjectStoreError, ValueError):
+    """A request that breaks the protocol's rules (bad ids, sizes, lengths)."""
+
+
+def split_ids(blob: bytes, size: int = OBJECT_ID_SIZE, what: str = "object ids") -> list[bytes]:
+    """Cut ids sent back to back into a list; a ragged length is an error."""
+    if len(blob) % size:
+        raise InvalidRequestError(
+            f"{what}: {len(blob)} bytes is not a multiple of the id size {size}"
+        )
+    return [blob[i : i + size] for i in range(0, len(blob), size)]
+
+
+@dataclass(slots=True)
+class Usage:
+    """What a node's heartbeat says about it."""
+
+    memory_used: int = 0
+    memory_total: int = 0
+    pinned_bytes: int = 0
+    objects: int = 0
+    spilled_bytes: int = 0
+    fallback_used: int = 0
+    clients: int = 0
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    """One node the directory knows of."""
+
+    node_id: bytes
+    session: bytes
+    address: str = ""
+    socket: str = ""
+    hostname: str = ""
+    pid: int = 0
+    registered_at: float = 0.0
+    alive: bool = True
+    usage: Usage = field(default_factory=Usage)
+    # Monotonic time of the last sign of life (not persisted: set at load).
+    last_seen: float = 0.0
+    # Object ids with a copy on this node.
+    objects: set[bytes] = field(default_factory=set)
+    # During a full report: ids not reported again yet.
+    unconfirmed: set[bytes] | None = None
+    # Ids of objects deleted elsewhere that this node must free.
+    frees: dict[bytes, None] = field(default_factory=dict)
+    # Ids of named objects being created here (reserved, not reported yet).
+    pending: set[bytes] = field(default_factory=set)
+
+
+class ObjectRecord:
+    """One object (kept small: the directory holds millions)."""
+
+    __slots__ = ("state", "size", "primary", "nodes", "name", "spilled_url", "spilled_node")
+
+    def __init__(self, state: int, size: int, primary: bytes | None) -> None:
+        self.state = state
+        self.size = size
+        self.primary = primary
+        self.nodes: frozenset[bytes] = _EMPTY
+        self.name = ""
+        self.spilled_url = ""
+        self.spilled_node: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRow:
+    """One object's state as lookups and notifications carry it."""
+
+    object_id: bytes
+    state: int
+    size: int = 0
+    primary: bytes | None = None
+    nodes: tuple[bytes, ...] = ()
+    name: str = ""
+    spilled_url: str = ""
+    spilled_node: bytes | None = None
+
+
+class Subscriber:
+    """One node's subscription stream."""
+
+    __slots__ = ("node_id", "subscribed", "pending", "wake", "closed")
+
+    def __init__(self, node_id: bytes, wake: Callable[[], None] = lambda: None) -> None:
+        self.node_id = node_id
+        self.subscribed: set[bytes] = set()
+        # Subscribed ids whose state changed since last sent (coalesced).
+        self.pending: dict[bytes, None] = {}
+        self.wake = wake
+        self.closed = False
+
+
+def _no_op(_key: bytes) -> None:
+    return None
+
+
+class DirectoryState:
+    """Nodes, objects, names and subscriptions; see the module docstring."""
+
+    def __init__(
+        self,
+        node_timeout: float = 10.0,
+        deleted_memory: int = 100_000,
+        max_subscriptions: int = 1_000_000,
+    ) -> None:
+        self.node_timeout = node_timeout
+        self.nodes: dict[bytes, NodeRecord] = {}
+        self.objects: dict[bytes, ObjectRecord] = {}
+        self.names: dict[str, bytes] = {}
+        # object id -> subscribers of it.
+        self.subscriptions: dict[bytes, set[Subscriber]] = {}
+        # node id -> its current stream.
+        self.streams: dict[bytes, Subscriber] = {}
+        self.deleted: OrderedDict[bytes, None] = OrderedDict()
+        self.deleted_memory = deleted_memory
+        self.max_subscriptions = max_subscriptions
+        self.n_locations = 0
+        self.n_lost = 0
+        self.spilled_objects = 0
+        self.spilled_bytes = 0
+        # Persistence hooks (``WriteBehind.mark_*``): called with each changed key.
+        self.on_dirty_node: Callable[[bytes], None] = _no_op
+        self.on_dirty_object: Callable[[bytes], None] = _no_op
+        # Interned location sets: most objects share one of a few.
+        self._sets: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+    # ------------------------------------------------------------------ nodes
+    def register(
+        self,
+        node_id: bytes,
+        session: bytes,
+        now: float,
+        wall: float,
+        *,
+        address: str = "",
+        socket: str = "",
+        hostname: str = "",
+        pid: int = 0,
+        usage: Usage | None = None,
+    ) -> NodeRecord:
+        """A node (re-)joins.  Raises ObjectExistsError for a live node id of another session."""
+        if len(node_id) != NODE_ID_SIZE:
+            raise InvalidRequestError(f"a node id is {NODE_ID_SIZE} bytes, got {len(node_id)}")
+        if len(session) != SESSION_SIZE:
+            raise InvalidRequestError(f"a session is {SESSION_SIZE} bytes, got {len(session)}")
+        node = self.nodes.get(node_id)
+        if node is not None and node.alive and node.session != session:
+            if now - node.last_seen <= self.node_timeout:
+                raise ObjectExistsError(
+                    f"node {node_id.hex()} is registered already by another live process "
+                    f"(pid {node.pid} on {node.hostname or '?'}); a node id is unique"
+                )
+            self.declare_dead(node_id)
+            node = None
+        if node is not None and node.alive:
+            # The same process again (after a directory restart or a lost
+            # connection): it keeps its locations until its full report.
+            node.last_seen = now
+        else:
+            if node is not None:
+                self._forget_node(node_id)
+            node = NodeRecord(node_id, session, registered_at=wall, last_seen=now)
+            self.nodes[node_id] = node
+        node.address = address
+        node.socket = socket
+        node.hostname = hostname
+        node.pid = pid
+        if usage is not None:
+            node.usage = usage
+        self.on_dirty_node(node_id)
+        return node
+
+    def live_node(self, node_id: bytes, session: bytes, now: float | None = None) -> NodeRecord:
+        """The record of a registered, live node of this session (a sign of life if ``now``)."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise NotRegisteredError(f"node {node_id.hex()} is not registered")
+        if not node.alive:
+            raise NotRegisteredError(f"node {node_id.hex()} was declared dead; register again")
+        if session and node.session != session:
+            raise NotRegisteredError(
+                f"node {node_id.hex()} is registered by another process; register again"
+            )
+        if now is not None:
+            node.last_seen = now
+        return node
+
+    def heartbeat(self, node_id: bytes, session: bytes, usage: Usage, now: float) -> None:
+        """A node is alive and says how full it is."""
+        node = self.live_node(node_id, session, now)
+        node.usage = usage
+
+    def check_deaths(self, now: float) -> list[bytes]:
+        """Declare dead every node silent for longer than ``node_timeout``."""
+        dead = [
+            nid
+            for nid, node in self.nodes.items()
+            if node.alive and now - node.last_seen > self.node_timeout
+        ]
+        for nid in dead:
+            self.declare_dead(nid)
+        return dead
+
+    def declare_dead(self, node_id: bytes) -> int:
+        """Remove a node's copies; objects left with none are lost.  Returns objects lost."""
+        node = self.nodes[node_id]
+        node.alive = False
+        node.frees.clear()
+        node.unconfirmed = None
+        lost = 0
+        for oid in node.objects:
+            rec = self.objects.get(oid)
+            if rec is None:
+                continue
+            lost += self._remove_location(oid, rec, node_id, dying=True)
+        node.objects = set()
+        # Objects being created there (a name reserved, never sealed) are lost too.
+        for oid in node.pending:
+            rec = self.objects.get(oid)
+            if rec is not None and rec.state == PENDING:
+                rec.state = LOST
+                self.n_lost += 1
+                lost += 1
+                self._changed(oid)
+        node.pending = set()
+        stream = self.streams.pop(node_id, None)
+        if stream is not None:
+            self.drop_subscriber(stream)
+        self.on_dirty_node(node_id)
+        return lost
+
+    def _forget_node(self, node_id: bytes) -> None:
+        node = self.nodes.pop(node_id)
+        if node.alive:
+            self.declare_dead(node_id)
+        self.on_dirty_node(node_id)
+
+    # ------------------------------------------------------------------ locations
+    def _intern(self, nodes: frozenset[bytes]) -> frozenset[bytes]:
+        got = self._sets.get(nodes)
+        if got is not None:
+            return got
+        if len(self._sets) < 65536:
+            self._sets[nodes] = nodes
+        return nodes
+
+    def _changed(self, oid: bytes) -> None:
+        self.on_dirty_object(oid)
+        subs = self.subscriptions.get(oid)
+        if subs:
+            for sub in subs:
+                if oid not in sub.pending:
+                    sub.pending[oid] = None
+                    if len(sub.pending) == 1:
+                        sub.wake()
+
+    def _add_location(
+        self, oid: bytes, node: NodeRecord, size: int, primary: bool, name: str
+    ) -> None:
+        rec = self.objects.get(oid)
+        nid = node.node_id
+        if rec is None:
+            if oid in self.deleted:
+                # Deleted while this report was on its way: the node frees it.
+                self._queue_free(node, oid)
+                return
+            rec = ObjectRecord(PRESENT, size, nid if primary else None)
+            self.objects[oid] = rec
+        elif rec.state != PRESENT:
+            if rec.state == LOST:
+                self.n_lost -= 1
+            rec.state = PRESENT
+            rec.size = size
+        if primary:
+            if rec.primary is None:
+                rec.primary = nid
+            node.pending.discard(oid)
+        if name and not rec.name:
+            owner = self.names.get(name)
+            if owner is None:
+                self.names[name] = oid
+                rec.name = name
+        if nid not in rec.nodes:
+            rec.nodes = self._intern(rec.nodes | {nid})
+            node.objects.add(oid)
+            self.n_locations += 1
+        if node.unconfirmed is not None:
+            node.unconfirmed.discard(oid)
+        self._changed(oid)
+
+    def _remove_location(self, oid: bytes, rec: ObjectRecord, nid: bytes, dying: bool) -> int:
+        """Drop one copy; returns 1 if that lost the object."""
+        if nid not in rec.nodes:
+            return 0
+        rec.nodes = self._intern(rec.nodes - {nid})
+        self.n_locations -= 1
+        lost = 0
+        if not rec.nodes and rec.state == PRESENT and not self._spill_survives(rec, nid):
+            if dying:
+                rec.state = LOST
+                self.n_lost += 1
+                lost = 1
+            elif rec.primary == nid and not rec.spilled_url:
+                # The primary copy went away without a delete (cannot happen
+                # with a well-behaved node, which spills or deletes primaries).
+                rec.state = LOST
+                self.n_lost += 1
+                lost = 1
+        if dying and rec.spilled_node == nid and not self._spill_survives(rec, nid):
+            self._clear_spill(rec)
+        self._changed(oid)
+        return lost
+
+    @staticmethod
+    def _spill_survives(rec: ObjectRecord, dead: bytes) -> bool:
+        """A spilled copy outlives its node only in shared storage (not a local file)."""
+        if not rec.spilled_url:
+            return False
+        return not (rec.spilled_url.startswith("file:") and rec.spilled_node == dead)
+
+    def _clear_spill(self, rec: ObjectRecord) -> None:
+        if rec.spilled_url:
+            self.spilled_objects -= 1
+            self.spilled_bytes -= rec.size
+        rec.spilled_url = ""
+        rec.spilled_node = None
+
+    def report(
+        self,
+        node_id: bytes,
+        session: bytes,
+        now: float,
+        *,
+        added: Iterable[tuple[bytes, int, bool]] = (),
+        names: dict[int, str] | None = None,
+        removed: Iterable[bytes] = (),
+        deleted: Iterable[bytes] = (),
+        spilled: Iterable[tuple[bytes, str]] = (),
+        sync_begin: bool = False,
+        sync_end: bool = False,
+    ) -> None:
+        """Apply one location report of a live node (a sign of life too)."""
+        node = self.live_node(node_id, session, now)
+        if sync_begin:
+            node.unconfirmed = set(node.objects)
+        for i, (oid, size, primary) in enumerate(added):
+            self._add_location(oid, node, size, primary, names.get(i, "") if names else "")
+        for oid in removed:
+            rec = self.objects.get(oid)
+            if rec is not None:
+                node.objects.discard(oid)
+                self._remove_location(oid, rec, node_id, dying=False)
+        for oid, url in spilled:
+            rec = self.objects.get(oid)
+            if rec is None or not url:
+                continue
+            if not rec.spilled_url:
+                self.spilled_objects += 1
+                self.spilled_bytes += rec.size
+            rec.spilled_url = url
+            rec.spilled_node = node_id
+            self._changed(oid)
+        self.delete(deleted, requester=node_id)
+        if sync_end and node.unconfirmed is not None:
+            stale, node.unconfirmed = node.unconfirmed, None
+            for oid in stale:
+                rec = self.objects.get(oid)
+                if rec is None:
+                    continue
+                if rec.primary == node_id and not rec.spilled_url:
+                    # A primary copy is never evicted: it was deleted while
+                    # this node could not report it.
+                    self.delete([oid], requester=node_id)
+                else:
+                    node.objects.discard(oid)
+                    self._remove_location(oid, rec, node_id, dying=False)
+
+    # ------------------------------------------------------------------ names
+    def reserve_name(
+        self, node_id: bytes, session: bytes, name: str, oid: bytes, size: int, now: float
+    ) -> None:
+        """Claim ``name`` for an object about to be created on ``node_id``."""
+        self.live_node(node_id, session, now)
+        if not name:
+            raise InvalidRequestError("reserve_name: the name is empty")
+        if len(oid) != OBJECT_ID_SIZE:
+            raise InvalidRequestError(f"an object id is {OBJECT_ID_SIZE} bytes, got {len(oid)}")
+        taken = self.names.get(name)
+        if taken is not None:
+            if taken == oid:
+                return
+            raise ObjectExistsError(f"the name {name!r} is taken by object {taken.hex()}")
+        rec = self.objects.get(oid)
+        if rec is not None:
+            if rec.name:
+                raise ObjectExistsError(f"object {oid.hex()} is named {rec.name!r} already")
+            raise ObjectExistsError(f"object {oid.hex()} exists already")
+        rec = ObjectRecord(PENDING, size, node_id)
+        rec.name = name
+        self.nodes[node_id].pending.add(oid)
+        self.objects[oid] = rec
+        self.names[name] = oid
+        self.deleted.pop(oid, None)
+        self._changed(oid)
+
+    def resolve_name(self, name: str) -> bytes:
+        """The id of a named object."""
+        oid = self.names.get(name)
+        if oid is None:
+            raise ObjectNotFoundError(f"no object is named {name!r}")
+        return oid
+
+    # ------------------------------------------------------------------ delete
+    def delete(self, oids: Iterable[bytes], requester: bytes | None = None) -> int:
+        """Delete objects everywhere: copies on other nodes are freed.  Returns how many."""
+        n = 0
+        for oid in oids:
+            rec = self.objects.pop(oid, None)
+            if rec is None:
+                continue
+            n += 1
+            if rec.state == LOST:
+                self.n_lost -= 1
+            if rec.name:
+                self.names.pop(rec.name, None)
+            if rec.spilled_url:
+                self._clear_spill(rec)
+            for nid in rec.nodes:
+                self.n_locations -= 1
+                node = self.nodes.get(nid)
+                if node is None:
+                    continue
+                node.objects.discard(oid)
+                if nid != requester:
+                    self._queue_free(node, oid)
+            # A primary still being created elsewhere must be dropped there too.
+            if rec.state == PENDING and rec.primary:
+                node = self.nodes.get(rec.primary)
+                if node is not None:
+                    node.pending.discard(oid)
+                    if rec.primary != requester:
+                        self._queue_free(node, oid)
+            self.deleted[oid] = None
+            if len(self.deleted) > self.deleted_memory:
+                self.deleted.popitem(last=False)
+            self._changed(oid)
+        return n
+
+    def _queue_free(self, node: NodeRecord, oid: bytes) -> None:
+        if not node.alive:
+            return
+        node.frees[oid] = None
+        stream = self.streams.get(node.node_id)
+        if stream is not None and len(node.frees) == 1:
+            stream.wake()
+
+    def take_frees(self, node_id: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` ids the node must free (removed from its record)."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.frees:
+            return []
+        out = []
+        for oid in node.frees:
+            out.append(oid)
+            if len(out) >= limit:
+                break
+        for oid in out:
+            del node.frees[oid]
+        return out
+
+    # ------------------------------------------------------------------ lookups
+    def row(self, oid: bytes) -> ObjectRow:
+        """One object's current state."""
+        rec = self.objects.get(oid)
+        if rec is None:
+            return ObjectRow(oid, DELETED if oid in self.deleted else UNKNOWN)
+        return ObjectRow(
+            oid,
+            rec.state,
+            rec.size,
+            rec.primary,
+            tuple(rec.nodes),
+            rec.name,
+            rec.spilled_url,
+            rec.spilled_node,
+        )
+
+    def lookup(self, oids: Iterable[bytes]) -> list[ObjectRow]:
+        """Current state of each object, in order."""
+        return [self.row(oid) for oid in oids]
+
+    # ------------------------------------------------------------------ subscriptions
+    def attach(self, sub: Subscriber) -> Subscriber | None:
+        """Make ``sub`` its node's stream; returns the stream it replaces (to close)."""
+        old = self.streams.get(sub.node_id)
+        if old is not None:
+            self.drop_subscriber(old)
+        self.streams[sub.node_id] = sub
+        node = self.nodes.get(sub.node_id)
+        if node is not None and node.frees:
+            sub.wake()
+        return old
+
+    def subscribe(self, sub: Subscriber, oids: Iterable[bytes]) -> None:
+        """Subscribe; each object's current state is queued at once."""
+        for oid in oids:
+            if oid in sub.subscribed:
+                sub.pending[oid] = None
+                continue
+            if len(sub.subscribed) >= self.max_subscriptions:
+                raise TooManySubscriptionsError(
+                    f"a stream holds at most {self.max_subscriptions} subscriptions"
+                )
+            sub.subscribed.add(oid)
+            self.subscriptions.setdefault(oid, set()).add(sub)
+            sub.pending[oid] = None
+        if sub.pending:
+            sub.wake()
+
+    def unsubscribe(self, sub: Subscriber, oids: Iterable[bytes]) -> None:
+        """Stop sending changes of these objects."""
+        for oid in oids:
+            if oid not in sub.subscribed:
+                continue
+            sub.subscribed.discard(oid)
+            sub.pending.pop(oid, None)
+            subs = self.subscriptions.get(oid)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self.subscriptions[oid]
+
+    def drop_subscriber(self, sub: Subscriber) -> None:
+        """A stream ended: forget its subscriptions."""
+        sub.closed = True
+        self.unsubscribe(sub, list(sub.subscribed))
+        sub.pending.clear()
+        if self.streams.get(sub.node_id) is sub:
+            del self.streams[sub.node_id]
+        sub.wake()
+
+    def take_pending(self, sub: Subscriber, limit: int) -> list[ObjectRow]:
+        """Up to ``limit`` changed subscribed objects, as rows (removed from pending)."""
+        pending = sub.pending
+        if not pending:
+            return []
+        oids = []
+        for oid in pending:
+            oids.append(oid)
+            if len(oids) >= limit:
+                break
+        for oid in oids:
+            del pending[oid]
+        return self.lookup(oids)
+
+    @property
+    def n_subscriptions(self) -> int:
+        return sum(len(s.subscribed) for s in self.streams.values())
+
+    # ------------------------------------------------------------------ persistence
+    def encode_node(self, node_id: bytes) -> bytes | None:
+        """The persisted form of a node record (None: gone)."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return None
+        u = node.usage
+        head = struct.pack(
+            "<B16sQd7Q",
+            1 if node.alive else 0,
+            node.session,
+            node.pid & 0xFFFFFFFFFFFFFFFF,
+            node.registered_at,
+            u.memory_used,
+            u.memory_total,
+            u.pinned_bytes,
+            u.objects,
+            u.spilled_bytes,
+            u.fallback_used,
+            u.clients,
+        )
+        return head + _pack_strs(node.address, node.socket, node.hostname)
+
+    def encode_object(self, oid: bytes) -> bytes | None:
+        """The persisted form of an object record (None: gone)."""
+        rec = self.objects.get(oid)
+        if rec is None:
+            return None
+        nodes = b"".join(sorted(rec.nodes))
+        return (
+            struct.pack(
+                "<BQ16s16sH",
+                rec.state,
+                rec.size,
+                rec.primary or b"\0" * NODE_ID_SIZE,
+                rec.spilled_node or b"\0" * NODE_ID_SIZE,
+                len(rec.nodes),
+            )
+            + nodes
+            + _pack_strs(rec.name, rec.spilled_url)
+        )
+
+    def load(self, nodes: dict[bytes, bytes], objects: dict[bytes, bytes], now: float) -> None:
+        """Rebuild from persisted records; live nodes get a full timeout to come back."""
+        zero = b"\0" * NODE_ID_SIZE
+        for nid, blob in nodes.items():
+            alive, session, pid, registered, *usage = struct.unpack_from("<B16sQd7Q", blob)
+            address, socket, hostname = _unpack_strs(blob, struct.calcsize("<B16sQd7Q"), 3)
+            node = NodeRecord(
+                nid,
+                session,
+                address,
+                socket,
+                hostname,
+                pid,
+                registered,
+                bool(alive),
+                Usage(*usage),
+                last_seen=now,
+            )
+            self.nodes[nid] = node
+        head = struct.calcsize("<BQ16s16sH")
+        for oid, blob in objects.items():
+            state, size, primary, snode, count = struct.unpack_from("<BQ16s16sH", blob)
+            end = head + count * NODE_ID_SIZE
+            locs = [blob[i : i + NODE_ID_SIZE] for i in range(head, end, NODE_ID_SIZE)]
+            name, url = _unpack_strs(blob, end, 2)
+            rec = ObjectRecord(state, size, primary if primary != zero else None)
+            live = [n for n in locs if n in self.nodes and self.nodes[n].alive]
+            rec.nodes = self._intern(frozenset(live))
+            for n in live:
+                self.nodes[n].objects.add(oid)
+            self.n_locations += len(live)
+            rec.name = name
+            if url:
+                rec.spilled_url = url
+                rec.spilled_node = snode if snode != zero else None
+                self.spilled_objects += 1
+                self.spilled_bytes += size
+            if name:
+                self.names[name] = oid
+            if state == LOST:
+                self.n_lost += 1
+            elif state == PRESENT and not live and not rec.spilled_url:
+                rec.state = LOST
+                self.n_lost += 1
+            self.objects[oid] = rec
+
+
+def _pack_strs(*values: str) -> bytes:
+    out = bytearray()
+    for v in values:
+        b = v.encode()
+        out += struct.pack("<I", len(b))
+        out += b
+    return bytes(out)
+
+
+def _unpack_strs(blob: bytes, offset: int, n: int) -> list[str]:
+    out = []
+    for _ in range(n):
+        (length,) = struct.unpack_from("<I", blob, offset)
+        offset += 4
+        out.append(blob[offset : offset + length].decode())
+        offset += length
+    return out

@@ -1,7 +1,10 @@
 """``python -m objstore status`` and ``python -m objstore memory``.
 
-Both talk to a node over its socket (``--socket``, else ``$OBJSTORE_SOCKET``,
-else the default path) and print a table, or JSON with ``--json``.
+Both ask the cluster's directory (``--directory HOST:PORT``) or a node over
+its socket (``--socket``, else ``$OBJSTORE_SOCKET``, else the default path) and
+print a table, or JSON with ``--json``.  A node in a cluster also answers for
+the cluster: ``status --socket`` adds every node of it, ``memory --socket``
+adds where else each of the node's objects is.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from typing import Any
 
 from objstore.client import connect
 from objstore.config import format_size
+from objstore.directory.client import DirectoryAdmin
+from objstore.directory.state import ObjectRow
 from objstore.errors import ObjectStoreError
+from objstore.ids import object_id_from_hex
 
 __all__ = ["main"]
 
@@ -27,17 +33,131 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
+_STATE_NAMES = {0: "unknown", 1: "pending", 2: "present", 3: "lost", 4: "deleted"}
+
+
+def _row_json(r: ObjectRow) -> dict[str, Any]:
+    return {
+        "object_id": r.object_id.hex(),
+        "size": r.size,
+        "state": _STATE_NAMES.get(r.state, str(r.state)),
+        "primary_node": r.primary.hex() if r.primary else None,
+        "locations": sorted(n.hex() for n in r.nodes),
+        # Primary copies are never evicted: pinned while they are in memory.
+        "pinned": r.primary is not None and r.primary in r.nodes,
+        "name": r.name,
+        "spilled_url": r.spilled_url or None,
+    }
+
+
+async def _cluster_status(address: str) -> dict[str, Any]:
+    async with DirectoryAdmin(address) as d:
+        st = await d.cluster_status()
+    nodes = []
+    for n in st.nodes:
+        u = n.usage
+        nodes.append(
+            {
+                "node_id": n.node_id.hex(),
+                "address": n.address,
+                "socket": n.socket,
+                "hostname": n.hostname,
+                "pid": n.pid,
+                "alive": n.alive,
+                "head": n.head,
+                "memory_used": u.memory_used if u else 0,
+                "memory_total": u.memory_total if u else 0,
+                "pinned_bytes": u.pinned_bytes if u else 0,
+                "objects": u.objects if u else 0,
+                "spilled_bytes": u.spilled_bytes if u else 0,
+                "fallback_used": u.fallback_used if u else 0,
+                "clients": u.clients if u else 0,
+                "locations": n.locations,
+                "silent_s": round(n.silent_s, 3),
+            }
+        )
+    alive = [n for n in nodes if n["alive"]]
+    return {
+        "directory": address,
+        "store": st.store,
+        "uptime_s": round(st.uptime_s, 3),
+        "nodes": nodes,
+        "totals": {
+            "nodes": len(nodes),
+            "alive": len(alive),
+            "memory_used": sum(n["memory_used"] for n in alive),
+            "memory_total": sum(n["memory_total"] for n in alive),
+            "objects": st.objects,
+            "locations": st.locations,
+            "spilled_objects": st.spilled_objects,
+            "spilled_bytes": st.spilled_bytes,
+            "lost_objects": st.lost_objects,
+            "subscriptions": st.subscriptions,
+        },
+    }
+
+
+async def _cluster_memory(address: str, limit: int) -> dict[str, Any]:
+    async with DirectoryAdmin(address) as d:
+        rows, total = await d.list_objects(limit if limit > 0 else 2**32 - 1)
+    return {"directory": address, "total": total, "objects": [_row_json(r) for r in rows]}
+
+
 async def _status(socket: str | None) -> dict[str, Any]:
     async with connect(socket, warm=False) as client:
         stats = await client.stats()
         stats["socket"] = client.socket_path
-        return stats
+    if stats.get("directory"):
+        stats["cluster"] = await _cluster_status(stats["directory"])
+    return stats
 
 
 async def _memory(socket: str | None, limit: int) -> dict[str, Any]:
     async with connect(socket, warm=False) as client:
         objects, total = await client.list_objects(limit)
-        return {"node_id": client.node_id.hex(), "total": total, "objects": objects}
+        stats = await client.stats()
+    out = {"node_id": client.node_id.hex(), "total": total, "objects": objects}
+    if stats.get("directory") and objects:
+        out["directory"] = stats["directory"]
+        async with DirectoryAdmin(stats["directory"]) as d:
+            rows = await d.lookup([object_id_from_hex(o["object_id"]) for o in objects])
+        for o, r in zip(objects, rows):
+            o["locations"] = sorted(n.hex() for n in r.nodes)
+            o["primary_node"] = r.primary.hex() if r.primary else None
+    return out
+
+
+def _print_cluster(c: dict[str, Any]) -> None:
+    t = c["totals"]
+    print(
+        f"cluster  directory {c['directory']}  store {c['store']}  up {c['uptime_s']:.0f}s  "
+        f"nodes {t['alive']} alive of {t['nodes']}"
+    )
+    rows = [
+        [
+            n["node_id"][:12] + (" (head)" if n["head"] else ""),
+            n["hostname"] + (f" pid {n['pid']}" if n["pid"] else ""),
+            n["address"] or "-",
+            "alive" if n["alive"] else "dead",
+            f"{format_size(n['memory_used'])} / {format_size(n['memory_total'])}",
+            str(n["locations"]),
+            format_size(n["spilled_bytes"]),
+            f"{n['silent_s']:.1f}s",
+        ]
+        for n in c["nodes"]
+    ]
+    print(
+        _table(
+            rows,
+            ["node", "host", "address", "state", "memory used", "objects", "spilled", "last heard"],
+        )
+    )
+    print(
+        f"total: {format_size(t['memory_used'])} of {format_size(t['memory_total'])} in use on "
+        f"live nodes; {t['objects']} objects in the directory ({t['locations']} copies, "
+        f"{t['lost_objects']} lost); spilled {t['spilled_objects']} objects, "
+        f"{format_size(t['spilled_bytes'])}; {t['subscriptions']} subscriptions"
+    )
 
 
 def _print_status(s: dict[str, Any]) -> None:
@@ -54,24 +174,46 @@ def _print_status(s: dict[str, Any]) -> None:
         ["transfers", "0 (transfers not built yet)"],
         ["clients", str(s.get("clients", 0))],
         ["puts / gets", f"{s.get('puts', 0)} / {s.get('gets', 0)}"],
+        ["directory", s.get("directory") or "none (a node on its own)"],
     ]
     print(_table(rows, ["", "value"]))
+    if "cluster" in s:
+        print()
+        _print_cluster(s["cluster"])
 
 
 def _print_memory(m: dict[str, Any]) -> None:
-    rows = [
-        [
-            o["object_id"],
-            format_size(o["size"]),
-            o["state"].lower(),
-            "primary" if o["primary"] else "secondary",
-            "yes" if o["pins"] else "no",
-            m["node_id"][:12] + ("" if o["segment"] == 0 else " (disk)"),
-            o["name"],
+    if "node_id" in m:
+        rows = [
+            [
+                o["object_id"],
+                format_size(o["size"]),
+                o["state"].lower(),
+                "primary" if o["primary"] else "secondary",
+                "yes" if o["pins"] else "no",
+                m["node_id"][:12] + ("" if o["segment"] == 0 else " (disk)"),
+                " ".join(n[:12] for n in o.get("locations", ())),
+                o["name"],
+            ]
+            for o in m["objects"]
         ]
-        for o in m["objects"]
-    ]
-    print(_table(rows, ["object", "size", "state", "copy", "pinned", "where", "name"]))
+        headers = ["object", "size", "state", "copy", "pinned", "where", "copies on", "name"]
+    else:
+        rows = [
+            [
+                o["object_id"],
+                format_size(o["size"]),
+                o["state"],
+                (o["primary_node"] or "-")[:12],
+                " ".join(n[:12] for n in o["locations"]) or "-",
+                "yes" if o["pinned"] else "no",
+                o["name"],
+                o["spilled_url"] or "",
+            ]
+            for o in m["objects"]
+        ]
+        headers = ["object", "size", "state", "primary", "copies on", "pinned", "name", "spilled"]
+    print(_table(rows, headers))
     shown = len(m["objects"])
     if shown < m["total"]:
         print(f"... {m['total'] - shown} more (use --limit 0 for all)")
@@ -79,26 +221,29 @@ def _print_memory(m: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m objstore``."""
-    p = argparse.ArgumentParser(prog="python -m objstore", description="Look at an objstore node.")
+    p = argparse.ArgumentParser(
+        prog="python -m objstore", description="Look at an objstore node or cluster."
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("status", "memory, objects and clients of a node"), ("memory", "the objects on a node")):
+    for name, help_ in (
+        ("status", "nodes, memory and objects of a node or the cluster"),
+        ("memory", "objects: sizes, where they are, pinned or not, names"),
+    ):
         sp = sub.add_parser(name, help=help_)
         where = sp.add_mutually_exclusive_group()
-        where.add_argument("--socket", help="the node's socket (default: $OBJSTORE_SOCKET or the default path)")
+        where.add_argument("--socket", help="a node's socket (default: $OBJSTORE_SOCKET or the default path)")
         where.add_argument("--directory", metavar="HOST:PORT", help="the cluster's directory")
         sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "memory":
             sp.add_argument("--limit", type=int, default=1000, help="most objects to list (0: all)")
     args = p.parse_args(argv)
-    if args.directory:
-        print(
-            "python -m objstore: --directory needs the cluster directory, which this version "
-            "does not have yet; use --socket",
-            file=sys.stderr,
-        )
-        sys.exit(2)
     try:
-        if args.command == "status":
+        if args.directory:
+            if args.command == "status":
+                result = asyncio.run(_cluster_status(args.directory))
+            else:
+                result = asyncio.run(_cluster_memory(args.directory, args.limit))
+        elif args.command == "status":
             result = asyncio.run(_status(args.socket))
         else:
             result = asyncio.run(_memory(args.socket, args.limit))
@@ -108,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.command == "status":
-        _print_status(result)
+        if args.directory:
+            _print_cluster(result)
+        else:
+            _print_status(result)
     else:
         _print_memory(result)

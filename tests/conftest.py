@@ -75,12 +75,17 @@ def _short_tmp() -> str:
 
 
 def start_node(*extra: str, memory: str = "128MiB", env: dict[str, str] | None = None,
-               socket_path: str | None = None, expect_ready: bool = True) -> NodeProcess:
-    """Start a node process and wait for its ready line."""
+               socket_path: str | None = None, expect_ready: bool = True,
+               directory: str | None = None) -> NodeProcess:
+    """Start a node process and wait for its ready line.
+
+    A head node (which runs the directory) unless ``directory`` names one to join.
+    """
     d = _short_tmp()
     sock = socket_path or os.path.join(d, "node.sock")
     stderr_path = Path(d) / "node.stderr"
-    args = [sys.executable, "-m", "objstore.node", "--head", "--memory", memory,
+    role = ["--directory", directory] if directory else ["--head"]
+    args = [sys.executable, "-m", "objstore.node", *role, "--memory", memory,
             "--socket", sock, "--prefault", "0", "--fallback-dir", d, *extra]
     full_env = dict(os.environ)
     full_env.setdefault("OBJSTORE_NODE_LOOP_LAG_WARN_MS", "250")
@@ -139,3 +144,51 @@ def node_factory() -> Iterator[type]:
 def node(node_factory: type) -> NodeProcess:
     """A fresh 128 MiB node."""
     return node_factory()  # type: ignore[call-arg]
+
+
+# Directory settings for cluster tests: deaths are found within a couple of seconds.
+CLUSTER_ENV = {
+    "OBJSTORE_DIRECTORY_HEARTBEAT_S": "0.25",
+    "OBJSTORE_DIRECTORY_NODE_TIMEOUT_S": "3",
+}
+
+
+@dataclass
+class Cluster:
+    """A head node (running the directory) and other nodes joined to it."""
+
+    head: NodeProcess
+    nodes: list[NodeProcess]
+    factory: object
+
+    @property
+    def directory(self) -> str:
+        return str(self.head.ready["directory"])
+
+    def add_node(self, *extra: str, **kw: object) -> NodeProcess:
+        env = {**CLUSTER_ENV, **kw.pop("env", {})}  # type: ignore[dict-item]
+        n = self.factory(*extra, directory=self.directory, env=env, **kw)  # type: ignore[operator]
+        self.nodes.append(n)
+        return n
+
+
+@pytest.fixture
+def cluster_factory(node_factory: type) -> object:
+    """``cluster_factory(n)``: a head plus ``n`` nodes, all real processes on 127.0.0.1."""
+
+    def make(n: int = 2, *head_extra: str, env: dict[str, str] | None = None,
+             memory: str = "64MiB") -> Cluster:
+        full_env = {**CLUSTER_ENV, **(env or {})}
+        head = node_factory(*head_extra, env=full_env, memory=memory)  # type: ignore[call-arg]
+        c = Cluster(head, [], node_factory)
+        for _ in range(n):
+            c.add_node(env=env or {}, memory=memory)
+        return c
+
+    return make
+
+
+@pytest.fixture
+def cluster(cluster_factory: object) -> Cluster:
+    """A head and two nodes, 64 MiB each."""
+    return cluster_factory(2)  # type: ignore[operator,no-any-return]

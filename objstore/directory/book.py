@@ -104,7 +104,11 @@ class ReportBook:
             self.ops.pop(oid, None)
             self.ops[oid] = op
         for oid, url in batch.spilled:
-            self.spills.setdefault(oid, url)
+            # Test-found fix: a delete that came meanwhile dropped the spill
+            # for good (see ``deleted``); do not bring it back.
+            newer = old.get(oid)
+            if newer is None or newer[0] != DELETED:
+                self.spills.setdefault(oid, url)
 
     def clear(self) -> None:
         """Forget everything (a full report replaces it)."""

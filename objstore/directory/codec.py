@@ -80,14 +80,22 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
         raise InvalidRequestError("location table: columns of different lengths")
     if sum(t.location_counts) != len(t.location_nodes):
         raise InvalidRequestError("location table: location counts do not add up")
-    spilled = {
-        row: (url, nodes[ni - 1] if ni else None)
-        for row, url, ni in zip(t.spilled_rows, t.spilled_urls, t.spilled_nodes)
-    }
-    named = dict(zip(t.named_rows, t.names))
+    # Test-found fix: the sparse columns were zipped (silently truncated), a
+    # row past the end ignored, and a bad spilled node index raised IndexError.
+    if not (len(t.spilled_rows) == len(t.spilled_urls) == len(t.spilled_nodes)) or len(
+        t.named_rows
+    ) != len(t.names):
+        raise InvalidRequestError("location table: sparse columns of different lengths")
+    if any(r >= n for r in t.spilled_rows) or any(r >= n for r in t.named_rows):
+        raise InvalidRequestError("location table: a sparse row index is out of range")
     out = []
     pos = 0
     try:
+        spilled = {
+            row: (url, nodes[ni - 1] if ni else None)
+            for row, url, ni in zip(t.spilled_rows, t.spilled_urls, t.spilled_nodes)
+        }
+        named = dict(zip(t.named_rows, t.names))
         for i in range(n):
             c = t.location_counts[i]
             locs = tuple(nodes[j] for j in t.location_nodes[pos : pos + c])

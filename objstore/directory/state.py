@@ -293,6 +293,17 @@ class DirectoryState:
                 continue
             lost += self._remove_location(oid, rec, node_id, dying=True)
         node.objects = set()
+        # Test-found fix: objects spilled to a local file there whose memory
+        # copy had left (so not in ``node.objects``): the file died with the
+        # node.  A scan of every object, but deaths are rare.
+        for oid, rec in self.objects.items():
+            if rec.spilled_node == node_id and not self._spill_survives(rec, node_id):
+                self._clear_spill(rec)
+                if not rec.nodes and rec.state == PRESENT:
+                    rec.state = LOST
+                    self.n_lost += 1
+                    lost += 1
+                self._changed(oid)
         # Objects being created there (a name reserved, never sealed) are lost too.
         for oid in node.pending:
             rec = self.objects.get(oid)
@@ -349,6 +360,9 @@ class DirectoryState:
             if rec.state == LOST:
                 self.n_lost -= 1
             rec.state = PRESENT
+            if rec.spilled_url:
+                # Test-found fix: keep ``spilled_bytes`` equal to the sum of sizes.
+                self.spilled_bytes += size - rec.size
             rec.size = size
         if primary:
             if rec.primary is None:
@@ -379,9 +393,12 @@ class DirectoryState:
                 rec.state = LOST
                 self.n_lost += 1
                 lost = 1
-            elif rec.primary == nid and not rec.spilled_url:
-                # The primary copy went away without a delete (cannot happen
-                # with a well-behaved node, which spills or deletes primaries).
+            elif not rec.spilled_url:
+                # The last copy went away without a delete (a well-behaved node
+                # spills or deletes primaries; a secondary copy can be the last
+                # one when the primary's node died).  Test-found fix: this was
+                # ``rec.primary == nid and ...``, which left such objects PRESENT
+                # with no copy anywhere (and ``load`` makes them LOST anyway).
                 rec.state = LOST
                 self.n_lost += 1
                 lost = 1
@@ -582,6 +599,11 @@ class DirectoryState:
 
     def subscribe(self, sub: Subscriber, oids: Iterable[bytes]) -> None:
         """Subscribe; each object's current state is queued at once."""
+        if sub.closed:
+            # Test-found fix: a message read after the stream was dropped
+            # (replaced, or its node declared dead) would leave it in
+            # ``subscriptions`` for good: nothing drops a closed stream again.
+            return
         for oid in oids:
             if oid in sub.subscribed:
                 sub.pending[oid] = None
@@ -719,6 +741,15 @@ class DirectoryState:
                 self.names[name] = oid
             if state == LOST:
                 self.n_lost += 1
+            elif state == PENDING:
+                # Test-found fix: ``node.pending`` is not persisted; without this
+                # the creator's death never turned the object LOST (name held forever).
+                creator = self.nodes.get(rec.primary or b"")
+                if creator is not None and creator.alive:
+                    creator.pending.add(oid)
+                else:
+                    rec.state = LOST
+                    self.n_lost += 1
             elif state == PRESENT and not live and not rec.spilled_url:
                 rec.state = LOST
                 self.n_lost += 1

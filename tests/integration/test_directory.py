@@ -10,6 +10,7 @@ Raw requests go through the generated grpclib stub, as a node's would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,10 +22,10 @@ from typing import Any
 
 import grpclib.const
 import pytest
+from conftest import CLUSTER_ENV
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
-from conftest import CLUSTER_ENV
 from redis_server import redis_url  # noqa: F401  (fixture)
 
 import objstore
@@ -111,10 +112,8 @@ class FakeNode:
     async def close(self) -> None:
         if self._beat is not None:
             self._beat.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, GRPCError, OSError):
                 await self._beat
-            except (asyncio.CancelledError, Exception):
-                pass
         self.channel.close()
 
 
@@ -417,7 +416,7 @@ async def test_objects_of_a_dead_node_are_lost_not_waited_for(cluster) -> None:
         assert st.lost_objects == 1
         assert not next(n for n in st.nodes if n.node_id.hex() == a.ready["node_id"]).alive
         code, out, err = await run_cli("memory", "--directory", cluster.directory)
-        assert code == 0 and ref.hex() in out and "lost" in out
+        assert code == 0 and ref.hex() in out and "lost" in out, err
 
 
 # ---------------------------------------------------------------------- restarts

@@ -1,5 +1,12 @@
-"""The object directory: membership, object locations, subscriptions.
+"""The object directory: cluster membership, object locations, names, subscriptions.
 
-Not built yet (the directory issue).  Until then every node runs standalone;
-names and ownership live in the node's own object table.
+* :mod:`~objstore.directory.state` — the bookkeeping, pure (no sockets, no clock).
+* :mod:`~objstore.directory.server` — the grpclib service the head node runs.
+* :mod:`~objstore.directory.persist` — durable state: SQLite (embedded) or Redis,
+  written behind in batches off the event loop.
+* :mod:`~objstore.directory.client` — a node's link to the directory (register,
+  heartbeats, batched reports, one subscription stream, reconnect with backoff),
+  and a small admin client for tools.
+* :mod:`~objstore.directory.book` — the node side's pure books.
+* :mod:`~objstore.directory.codec` — rows to and from the columnar ``LocationTable``.
 """

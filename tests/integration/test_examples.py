@@ -103,3 +103,22 @@ async def test_client_loop_stays_responsive_during_large_put(node_factory) -> No
     # Generous bound for a shared 2-core machine: a copy on the loop would take
     # 20-250 ms per put here; threads keep every gap far below that.
     assert max(gaps) < 0.1, max(gaps)
+
+
+async def test_cluster(cluster) -> None:
+    a = cluster.nodes[0]
+    out = await _run_args(["cluster.py", cluster.head.socket, a.socket, cluster.directory])
+    assert "the second node cannot take the name" in out and "'model'" in out
+    assert "deleted 1" in out and "the head still holds it? False" in out
+    assert "owns 'model': b'weights v2'" in out
+    assert "cluster: 3 nodes alive" in out
+
+
+async def _run_args(args: list[str]) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / args[0]), *args[1:],
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()

@@ -198,6 +198,9 @@ class DirectoryConfig:
     deleted_memory: int = _setting(100_000, _non_negative, "deleted ids remembered")
     # Seconds between batched writes of the durable state.
     flush_interval_s: float = _setting(0.05, _positive, "seconds between state writes")
+    # A node sends at most one location report per this many seconds (unless
+    # a full one is waiting); the first change after a quiet spell goes at once.
+    report_interval_s: float = _setting(0.005, _positive, "least seconds between reports")
     # Seconds a node waits for one directory request before it retries.
     request_timeout_s: float = _setting(10.0, _positive, "timeout of one directory request")
 

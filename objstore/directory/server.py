@@ -23,7 +23,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpclib.const
 import grpclib.server
@@ -33,7 +33,7 @@ from grpclib.const import Status
 
 from objstore.config import Config
 from objstore.directory.codec import pb, rows_to_table
-from objstore.directory.persist import StateStore, WriteBehind, open_store
+from objstore.directory.persist import MemoryStore, StateStore, WriteBehind, open_store
 from objstore.directory.state import (
     DirectoryState,
     InvalidRequestError,
@@ -319,7 +319,15 @@ class _Service:
     # -- subscriptions
     async def _subscribe(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         limit = self.cfg.max_message_bytes
-        first = await _recv_limited(stream, limit)
+        await self.serve_subscription(lambda: _recv_limited(stream, limit), stream.send_message)
+
+    async def serve_subscription(
+        self,
+        recv: Callable[[], Awaitable[Any]],
+        send: Callable[[pb.Notification], Awaitable[None]],
+    ) -> None:
+        """One node's subscription stream, over gRPC or in-process (:class:`LocalLink`)."""
+        first = await recv()
         if first is None:
             return
         state = self.state
@@ -344,7 +352,7 @@ class _Service:
             msg = first
             while msg is not None:
                 apply(msg)
-                msg = await _recv_limited(stream, limit)
+                msg = await recv()
 
         async def sender() -> None:
             while True:
@@ -360,7 +368,7 @@ class _Service:
                     note = pb.Notification(free_ids=b"".join(frees))
                     if rows:
                         note.updates = rows_to_table(rows)
-                    await stream.send_message(note)
+                    await send(note)
                     if sub.closed:
                         return
 
@@ -417,6 +425,7 @@ class DirectoryServer:
         self.head_node_id = head_node_id
         self.directory_id = os.urandom(NODE_ID_SIZE)
         self.streams: set[Subscriber] = set()
+        self.service: _Service | None = None
         self._server: grpclib.server.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.host = ""
@@ -441,10 +450,13 @@ class DirectoryServer:
                 objects=len(objects),
                 seconds=round(time.perf_counter() - t0, 3),
             )
-        self.state.on_dirty_node = self.persist.mark_node
-        self.state.on_dirty_object = self.persist.mark_object
-        self.persist.start()
-        self._server = grpclib.server.Server([_Service(self)])  # type: ignore[list-item]
+        if not isinstance(self.store, MemoryStore):
+            # Nothing durable to write for the in-memory store: skip the bookkeeping.
+            self.state.on_dirty_node = self.persist.mark_node
+            self.state.on_dirty_object = self.persist.mark_object
+            self.persist.start()
+        self.service = _Service(self)
+        self._server = grpclib.server.Server([self.service])  # type: ignore[list-item]
         try:
             await self._server.start(host, port, reuse_address=True)
         except OSError as exc:
@@ -465,17 +477,26 @@ class DirectoryServer:
         period = min(0.5, self.config.directory.node_timeout_s / 4)
         while True:
             await asyncio.sleep(period)
-            lost_before = self.state.n_lost
-            for nid in self.state.check_deaths(loop.time()):
-                node = self.state.nodes.get(nid)
-                log.warning(
-                    "node declared dead",
-                    node_id=nid.hex(),
-                    pid=node.pid if node else 0,
-                    silent_s=self.config.directory.node_timeout_s,
-                    objects_lost=self.state.n_lost - lost_before,
-                )
-                lost_before = self.state.n_lost
+            for nid in self.state.silent_nodes(loop.time()):
+                node = self.state.nodes[nid]
+                if node.alive:
+                    await self._declare_dead(nid)
+
+    async def _declare_dead(self, node_id: bytes) -> None:
+        """Remove a dead node's copies a slice at a time, letting the loop serve others."""
+        t0 = time.perf_counter()
+        node = self.state.nodes[node_id]
+        lost = 0
+        for lost in self.state.declare_dead_steps(node_id):
+            await asyncio.sleep(0)
+        log.warning(
+            "node declared dead",
+            node_id=node_id.hex(),
+            pid=node.pid,
+            silent_s=self.config.directory.node_timeout_s,
+            objects_lost=lost,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
 
     async def stop(self) -> None:
         """Stop serving; write what is left of the state."""
@@ -491,3 +512,87 @@ class DirectoryServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
         await self.persist.close(10.0)
         await self.store.close()
+
+
+class LocalLink:
+    """The head node's own link to its directory: the same calls, in-process.
+
+    Requests and notifications are passed as message objects (no encoding, no
+    HTTP/2): a location report from the head's store costs the directory's
+    bookkeeping only.  Errors arrive as the same gRPC statuses a remote node
+    sees, so :class:`~objstore.directory.client.DirectoryClient` treats both alike.
+    """
+
+    def __init__(self, server: DirectoryServer) -> None:
+        assert server.service is not None, "the directory server is not started"
+        self.service = server.service
+        self.stub = _LocalStub(server.service)
+
+    def open_stream(self) -> _LocalStream:
+        return _LocalStream(self.service)
+
+    def close(self) -> None:
+        return None
+
+
+class _LocalStub:
+    """Calls the service's handlers directly, with gRPC's error statuses."""
+
+    def __init__(self, service: _Service) -> None:
+        self._service = service
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
+        fn = getattr(self._service, name)
+
+        async def call(message: Any, *, timeout: float | None = None) -> Any:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await fn(message)
+            except ObjectStoreError as exc:
+                status, text = _status_of(exc)
+                raise GRPCError(status, text) from exc
+
+        return call
+
+
+class _LocalStream:
+    """A subscription stream between two tasks of one process (bounded like HTTP/2's window)."""
+
+    def __init__(self, service: _Service) -> None:
+        self._service = service
+        self._to_server: asyncio.Queue[Any] = asyncio.Queue()
+        self._to_client: asyncio.Queue[pb.Notification] = asyncio.Queue(maxsize=64)
+        self._task: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.ensure_future(
+            self._service.serve_subscription(self._to_server.get, self._to_client.put)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def send_message(self, message: Any, *, end: bool = False) -> None:
+        await self._to_server.put(message)
+        if end:
+            await self._to_server.put(None)
+
+    async def recv_message(self) -> pb.Notification | None:
+        assert self._task is not None
+        get = asyncio.ensure_future(self._to_client.get())
+        waiting: set[asyncio.Future[Any]] = {get, self._task}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if get in done:
+            return get.result()
+        get.cancel()
+        err = self._task.exception()
+        if isinstance(err, ObjectStoreError):
+            status, text = _status_of(err)
+            raise GRPCError(status, text) from err
+        if err is not None:
+            raise err
+        return None

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from objstore.errors import ObjectExistsError, ObjectNotFoundError, ObjectStoreError
@@ -194,6 +194,8 @@ class DirectoryState:
         self.deleted_memory = deleted_memory
         self.max_subscriptions = max_subscriptions
         self.n_locations = 0
+        # Nodes whose death is being processed (see ``declare_dead_steps``).
+        self.dying: set[bytes] = set()
         self.n_lost = 0
         self.spilled_objects = 0
         self.spilled_bytes = 0
@@ -222,6 +224,10 @@ class DirectoryState:
             raise InvalidRequestError(f"a node id is {NODE_ID_SIZE} bytes, got {len(node_id)}")
         if len(session) != SESSION_SIZE:
             raise InvalidRequestError(f"a session is {SESSION_SIZE} bytes, got {len(session)}")
+        if node_id in self.dying:
+            raise NotRegisteredError(
+                f"node {node_id.hex()} was declared dead a moment ago; register again shortly"
+            )
         node = self.nodes.get(node_id)
         if node is not None and node.alive and node.session != session:
             if now - node.last_seen <= self.node_timeout:
@@ -256,7 +262,7 @@ class DirectoryState:
             raise NotRegisteredError(f"node {node_id.hex()} is not registered")
         if not node.alive:
             raise NotRegisteredError(f"node {node_id.hex()} was declared dead; register again")
-        if session and node.session != session:
+        if node.session != session:
             raise NotRegisteredError(
                 f"node {node_id.hex()} is registered by another process; register again"
             )
@@ -271,53 +277,86 @@ class DirectoryState:
 
     def check_deaths(self, now: float) -> list[bytes]:
         """Declare dead every node silent for longer than ``node_timeout``."""
-        dead = [
-            nid
-            for nid, node in self.nodes.items()
-            if node.alive and now - node.last_seen > self.node_timeout
-        ]
+        dead = self.silent_nodes(now)
         for nid in dead:
             self.declare_dead(nid)
         return dead
 
+    def silent_nodes(self, now: float) -> list[bytes]:
+        """Live nodes silent for longer than ``node_timeout``."""
+        return [
+            nid
+            for nid, node in self.nodes.items()
+            if node.alive and now - node.last_seen > self.node_timeout
+        ]
+
     def declare_dead(self, node_id: bytes) -> int:
         """Remove a node's copies; objects left with none are lost.  Returns objects lost."""
+        lost = 0
+        for lost in self.declare_dead_steps(node_id):
+            pass
+        return lost
+
+    def declare_dead_steps(self, node_id: bytes, step: int = 10_000) -> Iterator[int]:
+        """:meth:`declare_dead` in steps of ``step`` objects, yielding the objects lost so far.
+
+        The server lets its event loop turn between steps: a node holding a
+        million objects takes about a second to remove.  Until the last step
+        the node cannot register again (it is told to retry).
+        """
         node = self.nodes[node_id]
         node.alive = False
         node.frees.clear()
         node.unconfirmed = None
-        lost = 0
-        for oid in node.objects:
-            rec = self.objects.get(oid)
-            if rec is None:
-                continue
-            lost += self._remove_location(oid, rec, node_id, dying=True)
-        node.objects = set()
-        # Test-found fix: objects spilled to a local file there whose memory
-        # copy had left (so not in ``node.objects``): the file died with the
-        # node.  A scan of every object, but deaths are rare.
-        for oid, rec in self.objects.items():
-            if rec.spilled_node == node_id and not self._spill_survives(rec, node_id):
-                self._clear_spill(rec)
-                if not rec.nodes and rec.state == PRESENT:
-                    rec.state = LOST
-                    self.n_lost += 1
-                    lost += 1
-                self._changed(oid)
-        # Objects being created there (a name reserved, never sealed) are lost too.
-        for oid in node.pending:
-            rec = self.objects.get(oid)
-            if rec is not None and rec.state == PENDING:
-                rec.state = LOST
-                self.n_lost += 1
-                lost += 1
-                self._changed(oid)
-        node.pending = set()
+        objects, node.objects = node.objects, set()
+        pending, node.pending = node.pending, set()
         stream = self.streams.pop(node_id, None)
         if stream is not None:
             self.drop_subscriber(stream)
         self.on_dirty_node(node_id)
-        return lost
+        self.dying.add(node_id)
+        lost = 0
+        try:
+            for i, oid in enumerate(objects):
+                rec = self.objects.get(oid)
+                if rec is not None:
+                    lost += self._remove_location(oid, rec, node_id, dying=True)
+                if i % step == step - 1:
+                    yield lost
+            # Test-found fix: objects spilled to a local file there whose memory
+            # copy had left (so not in ``node.objects``): the file died with the
+            # node.  A scan of every object, but deaths are rare.
+            everything = list(self.objects)
+            for i, oid in enumerate(everything):
+                rec = self.objects.get(oid)
+                if (
+                    rec is not None
+                    and rec.spilled_node == node_id
+                    and not self._spill_survives(rec, node_id)
+                ):
+                    self._clear_spill(rec)
+                    if not rec.nodes and rec.state == PRESENT:
+                        rec.state = LOST
+                        self.n_lost += 1
+                        lost += 1
+                    self._changed(oid)
+                if i % (4 * step) == 4 * step - 1:
+                    yield lost
+            # Objects being created there (a name reserved, never sealed) are
+            # lost too, and their names free: no bytes of them ever existed.
+            for oid in pending:
+                rec = self.objects.get(oid)
+                if rec is not None and rec.state == PENDING:
+                    rec.state = LOST
+                    self.n_lost += 1
+                    lost += 1
+                    if rec.name:
+                        self.names.pop(rec.name, None)
+                        rec.name = ""
+                    self._changed(oid)
+        finally:
+            self.dying.discard(node_id)
+        yield lost
 
     def _forget_node(self, node_id: bytes) -> None:
         node = self.nodes.pop(node_id)

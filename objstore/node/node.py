@@ -21,7 +21,7 @@ import structlog
 
 from objstore.config import Config, format_size
 from objstore.directory.client import DirectoryClient
-from objstore.directory.server import DirectoryServer
+from objstore.directory.server import DirectoryServer, LocalLink
 from objstore.directory.state import DELETED, LOST, ObjectRow, Usage
 from objstore.errors import ObjectLostError, ObjectNotFoundError
 from objstore.ids import new_node_id
@@ -106,6 +106,8 @@ class Node:
             on_update=self._on_update,
             on_free=self._on_free,
             socket=self.server.path,
+            # The head's own node calls its directory in-process.
+            link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )
         self.directory = client
         store.listener = client

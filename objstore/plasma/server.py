@@ -30,6 +30,7 @@ from objstore.config import Config, default_socket_path
 from objstore.errors import (
     ConfigError,
     GetTimeoutError,
+    ObjectNotFoundError,
     ObjectStoreError,
     ProtocolError,
 )
@@ -546,6 +547,10 @@ class _Connection(asyncio.Protocol):
         except ObjectStoreError as exc:
             self._send_error(req_id, exc)
             return
+        if self.store.was_deleted(row.object_id):
+            # Deleted here a moment ago; the directory has not heard yet.
+            self._send_error(req_id, ObjectNotFoundError(f"no object is named {name!r}"))
+            return
         await self._get_slow(req_id, [*ids, row.object_id], timeout)
 
     async def _get_slow(self, req_id: int, ids: list[bytes], timeout: float | None) -> None:
@@ -628,7 +633,10 @@ class _Connection(asyncio.Protocol):
         directory = self.server.directory
         if directory is not None:
             names = [body.name] if body.name and body.name not in store.names else []
-            remote = [oid for oid in ids if oid not in store.objects]
+            # Not here, and not deleted here a moment ago (its report may be on its way).
+            remote = [
+                oid for oid in ids if oid not in store.objects and not store.was_deleted(oid)
+            ]
             if names or remote:
                 self._spawn(self._delete_cluster(req.id, ids, body.name, remote, names))
                 return

@@ -231,6 +231,10 @@ class PlasmaStore:
         if len(self._deleted) > self._deleted_max:
             self._deleted.popitem(last=False)
 
+    def was_deleted(self, object_id: bytes) -> bool:
+        """Whether this node deleted (or aborted) the object recently."""
+        return object_id in self._deleted
+
     def _check_id(self, object_id: bytes) -> None:
         if len(object_id) != OBJECT_ID_SIZE:
             raise ObjectStoreError(

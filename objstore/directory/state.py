@@ -552,6 +552,12 @@ class DirectoryState:
         for oid in oids:
             rec = self.objects.pop(oid, None)
             if rec is None:
+                # Never heard of (a put deleted before its report went out, or
+                # gone already): still remembered and told to subscribers, so a
+                # get waiting for it elsewhere fails instead of waiting on.
+                if oid not in self.deleted and len(oid) == OBJECT_ID_SIZE:
+                    self._remember_deleted(oid)
+                    self._changed(oid)
                 continue
             n += 1
             if rec.state == LOST:
@@ -575,11 +581,14 @@ class DirectoryState:
                     node.pending.discard(oid)
                     if rec.primary != requester:
                         self._queue_free(node, oid)
-            self.deleted[oid] = None
-            if len(self.deleted) > self.deleted_memory:
-                self.deleted.popitem(last=False)
+            self._remember_deleted(oid)
             self._changed(oid)
         return n
+
+    def _remember_deleted(self, oid: bytes) -> None:
+        self.deleted[oid] = None
+        if len(self.deleted) > self.deleted_memory:
+            self.deleted.popitem(last=False)
 
     def _queue_free(self, node: NodeRecord, oid: bytes) -> None:
         if not node.alive:

@@ -848,7 +848,21 @@ def test_delete_frees_other_holders_only(env: Env) -> None:
     assert env.frees(3) == [O(1)]
     assert env.state.n_locations == 0
     assert all(not env.state.nodes[N(n)].objects for n in (1, 2, 3))
-    assert [r.state for r in env.state.lookup([O(1), O(2), O(99)])] == [DELETED, DELETED, UNKNOWN]
+    # An id never heard of is remembered as deleted too: its put may have been
+    # deleted before it was reported, and a get waiting elsewhere must hear it.
+    assert [r.state for r in env.state.lookup([O(1), O(2), O(99)])] == [DELETED] * 3
+
+
+def test_delete_of_an_unknown_id_tells_its_subscribers(env: Env) -> None:
+    env.register(1)
+    woken = []
+    sub = Subscriber(N(1), lambda: woken.append(1))
+    env.state.attach(sub)
+    env.state.subscribe(sub, [O(7)])
+    assert [r.state for r in env.state.take_pending(sub, 10)] == [UNKNOWN]
+    assert env.state.delete([O(7)], requester=N(1)) == 0
+    assert [r.state for r in env.state.take_pending(sub, 10)] == [DELETED]
+    assert woken
 
 
 def test_delete_without_requester_frees_everywhere(env: Env) -> None:

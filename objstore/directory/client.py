@@ -32,8 +32,9 @@ from grpclib.exceptions import StreamTerminatedError
 
 from objstore.config import Config
 from objstore.directory.book import ReportBatch, ReportBook, WatchBook
-from objstore.directory.codec import join_ids, pb, table_to_rows
+from objstore.directory.codec import join_ids, pb, table_to_rows, usage_to_pb
 from objstore.directory.state import ObjectRow, Usage, split_ids
+from objstore.directory.tasks import race
 from objstore.errors import (
     ConfigError,
     NodeUnavailableError,
@@ -70,18 +71,6 @@ def error_from_grpc(exc: GRPCError, what: str) -> ObjectStoreError:
     if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
         return NodeUnavailableError(f"{what}: the directory is unavailable: {msg}")
     return ObjectStoreError(f"{what}: the directory refused: {msg}")
-
-
-def usage_to_pb(u: Usage) -> pb.NodeUsage:
-    return pb.NodeUsage(
-        memory_used=u.memory_used,
-        memory_total=u.memory_total,
-        pinned_bytes=u.pinned_bytes,
-        objects=u.objects,
-        spilled_bytes=u.spilled_bytes,
-        fallback_used=u.fallback_used,
-        clients=u.clients,
-    )
 
 
 Snapshot = Callable[[], list[tuple[bytes, int, bool, str]]]
@@ -267,22 +256,8 @@ class DirectoryClient:
                 directory=f"{self.host}:{self.port}",
                 objects=len(objects),
             )
-            tasks = [
-                asyncio.ensure_future(self._heartbeats(stub)),
-                asyncio.ensure_future(self._reports(stub)),
-                asyncio.ensure_future(self._subscription(link)),
-            ]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    t.result()
-                raise ConnectionError("directory session ended")
-            finally:
-                for t in tasks:
-                    t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(BaseException):
-                        await t
+            await race(self._heartbeats(stub), self._reports(stub), self._subscription(link))
+            raise ConnectionError("directory session ended")
         finally:
             link.close()
 
@@ -424,17 +399,7 @@ class DirectoryClient:
                     if note.updates is not None and note.updates.object_ids:
                         self._on_update(table_to_rows(note.updates))
 
-            tasks = [asyncio.ensure_future(writer()), asyncio.ensure_future(reader())]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    t.result()
-            finally:
-                for t in tasks:
-                    t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(BaseException):
-                        await t
+            await race(writer(), reader())
 
     # ------------------------------------------------------------ requests for the node
     async def _call(self, what: str, fn: Callable[[Any], Awaitable[T]]) -> T:

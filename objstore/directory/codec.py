@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from objstore._proto.grpc.objstore.directory import v1 as pb
-from objstore.directory.state import InvalidRequestError, ObjectRow, split_ids
+from objstore.directory.state import InvalidRequestError, ObjectRow, Usage, split_ids
 from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
 
-__all__ = ["pb", "rows_to_table", "table_to_rows", "join_ids"]
+__all__ = ["pb", "rows_to_table", "table_to_rows", "join_ids", "usage_to_pb", "usage_from_pb"]
 
 _STATES = {int(s): s for s in pb.ObjectState}
 
@@ -117,3 +117,24 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
     except IndexError as exc:
         raise InvalidRequestError("location table: a node index is out of range") from exc
     return out
+
+
+def usage_to_pb(u: Usage) -> pb.NodeUsage:
+    return pb.NodeUsage(
+        memory_used=u.memory_used,
+        memory_total=u.memory_total,
+        pinned_bytes=u.pinned_bytes,
+        objects=u.objects,
+        spilled_bytes=u.spilled_bytes,
+        fallback_used=u.fallback_used,
+        clients=u.clients,
+    )
+
+
+def usage_from_pb(u: pb.NodeUsage | None) -> Usage:
+    if u is None:
+        return Usage()
+    return Usage(
+        u.memory_used, u.memory_total, u.pinned_bytes, u.objects, u.spilled_bytes,
+        u.fallback_used, u.clients,
+    )

@@ -33,7 +33,7 @@ from grpclib import GRPCError
 from grpclib.const import Status
 
 from objstore.config import Config
-from objstore.directory.codec import pb, rows_to_table
+from objstore.directory.codec import pb, rows_to_table, usage_from_pb, usage_to_pb
 from objstore.directory.persist import MemoryStore, StateStore, WriteBehind, open_store
 from objstore.directory.state import (
     DirectoryState,
@@ -41,13 +41,13 @@ from objstore.directory.state import (
     NotRegisteredError,
     Subscriber,
     TooManySubscriptionsError,
-    Usage,
     split_ids,
 )
+from objstore.directory.tasks import race
 from objstore.errors import ObjectExistsError, ObjectNotFoundError, ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
 
-__all__ = ["DirectoryServer", "usage_from_pb"]
+__all__ = ["DirectoryServer", "LocalLink"]
 
 log = structlog.get_logger("objstore.directory.server")
 
@@ -59,15 +59,6 @@ _NOTIFY_ROWS = 2000
 _NOTIFY_FREES = 10000
 
 M = TypeVar("M")
-
-
-def usage_from_pb(u: pb.NodeUsage | None) -> Usage:
-    if u is None:
-        return Usage()
-    return Usage(
-        u.memory_used, u.memory_total, u.pinned_bytes, u.objects, u.spilled_bytes,
-        u.fallback_used, u.clients,
-    )
 
 
 def _status_of(exc: BaseException) -> tuple[Status, str]:
@@ -293,7 +284,6 @@ class _Service:
         st = self.state
         nodes = []
         for node in st.nodes.values():
-            u = node.usage
             nodes.append(
                 pb.NodeStatus(
                     node_id=node.node_id,
@@ -302,15 +292,7 @@ class _Service:
                     hostname=node.hostname,
                     pid=node.pid,
                     alive=node.alive,
-                    usage=pb.NodeUsage(
-                        memory_used=u.memory_used,
-                        memory_total=u.memory_total,
-                        pinned_bytes=u.pinned_bytes,
-                        objects=u.objects,
-                        spilled_bytes=u.spilled_bytes,
-                        fallback_used=u.fallback_used,
-                        clients=u.clients,
-                    ),
+                    usage=usage_to_pb(node.usage),
                     silent_s=max(0.0, now - node.last_seen),
                     registered_at=node.registered_at,
                     head=node.node_id == self.server.head_node_id,
@@ -394,30 +376,18 @@ class _Service:
                     if sub.closed:
                         return
 
-        tasks = [
-            asyncio.ensure_future(reader()),
-            asyncio.ensure_future(sender()),
-        ]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                err = t.exception()
-                if isinstance(err, ObjectStoreError):
-                    status, message = _status_of(err)
-                    raise GRPCError(status, message) from err
-                if err is not None:
-                    raise err
+            try:
+                await race(reader(), sender())
+            except ObjectStoreError as err:
+                status, message = _status_of(err)
+                raise GRPCError(status, message) from err
             if sub.closed:
                 raise GRPCError(
                     Status.UNAVAILABLE,
                     "subscription stream closed: replaced by a newer one, or the node was declared dead",
                 )
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(BaseException):
-                    await t
             self.server.streams.discard(sub)
             if not sub.closed:
                 state.drop_subscriber(sub)

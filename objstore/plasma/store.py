@@ -425,6 +425,11 @@ class PlasmaStore:
             self.listener.added(
                 object_id, entry.size, entry.primary, self.names_by_id.get(object_id, "")
             )
+        self._wake_waiters(object_id)
+        return entry
+
+    def _wake_waiters(self, object_id: bytes) -> None:
+        """Gets waiting for this object look at it again (sealed, or gone)."""
         waiters = self._seal_waiters.pop(object_id, None)
         if waiters is not None:
             if self.remote is not None:
@@ -432,7 +437,6 @@ class PlasmaStore:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-        return entry
 
     def put_inline(
         self, object_id: bytes, data: bytes, meta: bytes, client: ClientState, name: str = ""
@@ -475,13 +479,7 @@ class PlasmaStore:
         self._drop(object_id, entry)
         self._remember_deleted(object_id, aborted=True)
         # Gets waiting for the seal wake up and find it gone (ObjectLostError).
-        waiters = self._seal_waiters.pop(object_id, None)
-        if waiters is not None:
-            if self.remote is not None:
-                self.remote.unwatch(object_id)
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        self._wake_waiters(object_id)
 
     def fail_waiters(self, object_id: bytes, exc: ObjectStoreError) -> int:
         """Fail the gets waiting for an object (lost or deleted elsewhere); returns how many."""

@@ -8,6 +8,7 @@ does; see ``node.loop_lag_warn_ms``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -192,3 +193,15 @@ def cluster_factory(node_factory: type) -> object:
 def cluster(cluster_factory: object) -> Cluster:
     """A head and two nodes, 64 MiB each."""
     return cluster_factory(2)  # type: ignore[operator,no-any-return]
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    """``python -m objstore ARGS``: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "objstore", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -312,7 +312,8 @@ class _Service:
         )
 
     async def list_objects(self, req: pb.ListObjectsRequest) -> pb.LocationTable:
-        limit = req.limit or 1000
+        # At most max_lookup rows: building a million rows would stall the loop.
+        limit = min(req.limit or 1000, self.cfg.max_lookup)
         rows = []
         for oid in self.state.objects:
             rows.append(self.state.row(oid))

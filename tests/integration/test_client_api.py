@@ -12,7 +12,6 @@ import gc
 import json
 import os
 import pickle
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 import objstore
 import objstore.client
@@ -746,17 +746,6 @@ async def test_fallback_segment(node_factory) -> None:
 
 
 # ---------------------------------------------------------------------- command line
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "objstore", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(20):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_cli_status_and_memory(node) -> None:
     async with objstore.connect(node.socket) as a:
         r1 = await a.put(pattern(3 * MiB), name="cli-object")

@@ -15,14 +15,13 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpclib.const
 import pytest
-from conftest import CLUSTER_ENV
+from conftest import CLUSTER_ENV, run_cli
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -134,17 +133,6 @@ async def _node_alive(address: str, node_id: str) -> bool | None:
     return None
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "objstore", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 # ---------------------------------------------------------------------- membership
 async def test_nodes_register_and_show_in_status(cluster) -> None:
     st = await _status(cluster.directory)
@@ -167,6 +155,15 @@ async def test_nodes_register_and_show_in_status(cluster) -> None:
     code, out, err = await run_cli("status", "--directory", cluster.directory)
     assert code == 0, err
     assert "(head)" in out and out.count("alive") >= 3 and "3 alive of 3" in out
+    # A node in a cluster answers for the cluster too.
+    code, out, err = await run_cli("status", "--socket", cluster.nodes[0].socket, "--json")
+    assert code == 0, err
+    js = json.loads(out)
+    assert js["node_id"] == cluster.nodes[0].ready["node_id"]
+    assert js["directory"] == cluster.directory and js["cluster"]["totals"]["alive"] == 3
+    code, out, err = await run_cli("status", "--socket", cluster.nodes[0].socket)
+    assert code == 0, err
+    assert cluster.directory in out and "3 alive of 3" in out
 
 
 async def test_heartbeats_carry_usage(cluster) -> None:

@@ -171,7 +171,11 @@ def _print_status(s: dict[str, Any]) -> None:
         ["evictable", format_size(s.get("evictable_bytes", 0))],
         ["evictions", str(s.get("evictions", 0))],
         ["spilled", "0 B (spilling not built yet)"],
-        ["transfers", "0 (transfers not built yet)"],
+        [
+            "transfers",
+            (f"{s.get('pulled', 0)} objects pulled ({format_size(s.get('bytes_pulled', 0))}), "
+            f"{s.get('chunks_served', 0)} chunks served ({format_size(s.get('bytes_served', 0))})"),
+        ],
         ["clients", str(s.get("clients", 0))],
         ["puts / gets", f"{s.get('puts', 0)} / {s.get('gets', 0)}"],
         ["directory", s.get("directory") or "none (a node on its own)"],

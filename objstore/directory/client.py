@@ -32,7 +32,7 @@ from grpclib.exceptions import StreamTerminatedError
 
 from objstore.config import Config
 from objstore.directory.book import ReportBatch, ReportBook, WatchBook
-from objstore.directory.codec import join_ids, pb, table_to_rows, usage_to_pb
+from objstore.directory.codec import join_ids, pb, table_addresses, table_to_rows, usage_to_pb
 from objstore.directory.state import ObjectRow, Usage, split_ids
 from objstore.directory.tasks import race
 from objstore.errors import (
@@ -150,6 +150,8 @@ class DirectoryClient:
         self.reports_sent = 0
         self.notifications = 0
         self.directory_id = b""
+        # Node id -> data plane address, from every table the directory sent.
+        self.addresses: dict[bytes, str] = {}
 
     # ------------------------------------------------------------ store hooks (hot path)
     def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
@@ -397,6 +399,7 @@ class DirectoryClient:
                     if note.free_ids:
                         self._on_free(split_ids(note.free_ids))
                     if note.updates is not None and note.updates.object_ids:
+                        self.addresses.update(table_addresses(note.updates))
                         self._on_update(table_to_rows(note.updates))
 
             await race(writer(), reader())

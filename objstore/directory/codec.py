@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from objstore._proto.grpc.objstore.directory import v1 as pb
 from objstore.directory.state import InvalidRequestError, ObjectRow, Usage, split_ids
 from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
 
-__all__ = ["pb", "rows_to_table", "table_to_rows", "join_ids", "usage_to_pb", "usage_from_pb"]
+__all__ = [
+    "pb",
+    "rows_to_table",
+    "table_to_rows",
+    "table_addresses",
+    "join_ids",
+    "usage_to_pb",
+    "usage_from_pb",
+]
 
 _STATES = {int(s): s for s in pb.ObjectState}
 
@@ -18,8 +26,12 @@ def join_ids(ids: Iterable[bytes]) -> bytes:
     return b"".join(ids)
 
 
-def rows_to_table(rows: Sequence[ObjectRow], total: int = 0) -> pb.LocationTable:
-    """Columns of many rows; node ids are written once each."""
+def rows_to_table(
+    rows: Sequence[ObjectRow],
+    total: int = 0,
+    address_of: Callable[[bytes], str] | None = None,
+) -> pb.LocationTable:
+    """Columns of many rows; node ids (and their data plane addresses) are written once each."""
     node_index: dict[bytes, int] = {}
     nodes: list[bytes] = []
 
@@ -68,7 +80,16 @@ def rows_to_table(rows: Sequence[ObjectRow], total: int = 0) -> pb.LocationTable
         named_rows=named_rows,
         names=names,
         total=total,
+        node_addresses=[address_of(n) for n in nodes] if address_of is not None else [],
     )
+
+
+def table_addresses(t: pb.LocationTable) -> dict[bytes, str]:
+    """Node id -> data plane address, for the nodes a table names."""
+    if not t.node_addresses:
+        return {}
+    nodes = split_ids(t.nodes, NODE_ID_SIZE, "node ids")
+    return {n: a for n, a in zip(nodes, t.node_addresses) if a}
 
 
 def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:

@@ -182,6 +182,10 @@ class _Service:
         await stream.send_message(reply)
 
     # -- helpers
+    def _address(self, node_id: bytes) -> str:
+        node = self.state.nodes.get(node_id)
+        return node.address if node is not None and node.alive else ""
+
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
@@ -260,7 +264,7 @@ class _Service:
         return pb.ReportReply()
 
     async def lookup(self, req: pb.LookupRequest) -> pb.LocationTable:
-        return rows_to_table(self.state.lookup(self._ids(req.object_ids)))
+        return rows_to_table(self.state.lookup(self._ids(req.object_ids)), address_of=self._address)
 
     async def reserve_name(self, req: pb.ReserveNameRequest) -> pb.ReserveNameReply:
         self.state.reserve_name(
@@ -270,7 +274,7 @@ class _Service:
 
     async def resolve_name(self, req: pb.ResolveNameRequest) -> pb.LocationTable:
         oid = self.state.resolve_name(req.name)
-        return rows_to_table([self.state.row(oid)])
+        return rows_to_table([self.state.row(oid)], address_of=self._address)
 
     async def delete(self, req: pb.DeleteRequest) -> pb.DeleteReply:
         ids = self._ids(req.object_ids)
@@ -319,7 +323,7 @@ class _Service:
             rows.append(self.state.row(oid))
             if len(rows) >= limit:
                 break
-        return rows_to_table(rows, total=len(self.state.objects))
+        return rows_to_table(rows, total=len(self.state.objects), address_of=self._address)
 
     # -- subscriptions
     async def _subscribe(self, stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -372,7 +376,7 @@ class _Service:
                         break
                     note = pb.Notification(free_ids=b"".join(frees))
                     if rows:
-                        note.updates = rows_to_table(rows)
+                        note.updates = rows_to_table(rows, address_of=self._address)
                     await send(note)
                     if sub.closed:
                         return

@@ -27,6 +27,8 @@ from objstore.errors import ObjectLostError, ObjectNotFoundError
 from objstore.ids import new_node_id
 from objstore.plasma.server import PlasmaServer
 from objstore.plasma.store import PlasmaStore
+from objstore.transfer.manager import ObjectManager
+from objstore.transfer.server import TransferServer
 
 __all__ = ["Node"]
 
@@ -43,6 +45,8 @@ class Node:
         self.server: PlasmaServer | None = None
         self.directory_server: DirectoryServer | None = None
         self.directory: DirectoryClient | None = None
+        self.transfer: TransferServer | None = None
+        self.objects: ObjectManager | None = None
         self._stopped = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -71,7 +75,7 @@ class Node:
             "event": "ready",
             "node_id": self.node_id.hex(),
             "socket": self.server.path,
-            "address": None,
+            "address": self.transfer.address if self.transfer else None,
             "directory": self.config.node.directory,
             "memory": self.store.capacity,
             "pid": os.getpid(),
@@ -98,6 +102,9 @@ class Node:
             return
         store = self.store
         assert store is not None and self.server is not None
+        # The data plane: other nodes fetch chunks of this node's objects here.
+        self.transfer = TransferServer(store, cfg)
+        await self.transfer.start(cfg.node.host, cfg.node.port)
         client = DirectoryClient(
             cfg,
             self.node_id,
@@ -106,13 +113,19 @@ class Node:
             on_update=self._on_update,
             on_free=self._on_free,
             socket=self.server.path,
+            address=self.transfer.address,
             # The head's own node calls its directory in-process.
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )
         self.directory = client
+        self.objects = ObjectManager(store, cfg, self.node_id, client.addresses.get)
         store.listener = client
-        store.remote = client
+        store.remote = _Watcher(client, self.objects)
         self.server.directory = client
+        objects, transfer = self.objects, self.transfer
+        self.server.transfer_stats = lambda: (
+            objects.pulled, objects.bytes_pulled, transfer.chunks_sent, transfer.bytes_sent
+        )
         await client.start()
 
     def _usage(self) -> Usage:
@@ -147,7 +160,9 @@ class Node:
                 store.fail_waiters(
                     row.object_id, ObjectNotFoundError(f"object {row.object_id.hex()} was deleted")
                 )
-            # PRESENT on another node: gets wait until a copy is here.
+            if self.objects is not None:
+                # PRESENT on another node: pull it (one pull however many gets wait).
+                self.objects.on_locations(row)
 
     def _on_free(self, ids: list[bytes]) -> None:
         """Objects deleted on another node: free the copies here."""
@@ -170,8 +185,12 @@ class Node:
         """Close every client, remove the socket file, release the arena."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self.objects is not None:
+            await self.objects.close()
         if self.directory is not None:
             await self.directory.stop()
+        if self.transfer is not None:
+            await self.transfer.close()
         if self.server is not None:
             await self.server.close()
         if self.directory_server is not None:
@@ -186,3 +205,19 @@ class Node:
         """Print the ready line on stdout (one JSON object, flushed)."""
         sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
+
+
+class _Watcher:
+    """The store's remote watcher: subscriptions through the directory, pulls
+    cancelled when no get waits any more."""
+
+    def __init__(self, directory: DirectoryClient, objects: ObjectManager) -> None:
+        self.directory = directory
+        self.objects = objects
+
+    def watch(self, oid: bytes) -> None:
+        self.directory.watch(oid)
+
+    def unwatch(self, oid: bytes) -> None:
+        self.directory.unwatch(oid)
+        self.objects.cancel(oid)

@@ -108,6 +108,8 @@ class PlasmaServer:
         self._closing = False
         # In a cluster: names are unique cluster-wide and deletes reach every node.
         self.directory: DirectoryClient | None = None
+        # In a cluster: (objects pulled, bytes pulled, chunks served, bytes served).
+        self.transfer_stats: Callable[[], tuple[int, int, int, int]] | None = None
 
     async def start(self) -> None:
         """Bind the socket (mode 0600) and start accepting."""
@@ -753,6 +755,9 @@ class _Connection(asyncio.Protocol):
         directory = self.server.directory
         if directory is not None:
             st.directory = f"{directory.host}:{directory.port}"
+        counters = self.server.transfer_stats
+        if counters is not None:
+            st.pulled, st.bytes_pulled, st.chunks_served, st.bytes_served = counters()
         self._send(reply)
 
     def _on_list(self, req: pb.Request) -> None:

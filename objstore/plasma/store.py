@@ -481,6 +481,15 @@ class PlasmaStore:
         # Gets waiting for the seal wake up and find it gone (ObjectLostError).
         self._wake_waiters(object_id)
 
+    def discard_partial(self, object_id: bytes) -> None:
+        """Drop a secondary copy that failed while being written (a pull that
+        will try another source): gets waiting for the object keep waiting."""
+        entry = self.objects.get(object_id)
+        if entry is None or entry.primary or entry.state is not _CREATING:
+            return
+        transition(entry.state, ObjectEvent.ABORT, object_id)
+        self._drop(object_id, entry)
+
     def fail_waiters(self, object_id: bytes, exc: ObjectStoreError) -> int:
         """Fail the gets waiting for an object (lost or deleted elsewhere); returns how many."""
         waiters = self._seal_waiters.pop(object_id, None)

@@ -32,7 +32,6 @@ from objstore.directory.client import DirectoryAdmin
 from objstore.directory.codec import join_ids, pb, table_to_rows
 from objstore.directory.state import DELETED, LOST, PRESENT, UNKNOWN
 from objstore.errors import (
-    GetTimeoutError,
     NodeUnavailableError,
     ObjectExistsError,
     ObjectLostError,
@@ -326,10 +325,8 @@ async def test_names_are_unique_cluster_wide(cluster) -> None:
             await cb.put(b"other", name="model")
         with pytest.raises(ObjectExistsError, match="'model'"):
             await ch.put(b"other", name="model")
-        # B knows the name through the directory; the bytes stay on A until
-        # transfers between nodes exist, so a get there waits (here: times out).
-        with pytest.raises(GetTimeoutError):
-            await cb.get("model", timeout=0.5)
+        # B knows the name through the directory and pulls the bytes from A.
+        assert bytes(await cb.get("model", timeout=10)) == b"weights"
         with pytest.raises(ObjectNotFoundError, match="'nothing'"):
             await cb.get("nothing", timeout=0.5)
         rows = await _lookup(cluster.directory, [ref._id])
@@ -396,11 +393,13 @@ async def test_objects_of_a_dead_node_are_lost_not_waited_for(cluster) -> None:
     async with objstore.connect(a.socket) as ca, objstore.connect(b.socket) as cb:
         ref = await ca.put(b"only on a")
         await until(lambda: _present(cluster.directory, ref._id), 5, "reported")
+        t0 = time.monotonic()
+        a.kill()
+        # B's get cannot pull from a dead node; it waits until the death is
+        # known, then fails: the object had no other copy.
         waiting = asyncio.ensure_future(cb.get(ref, timeout=60))
         await asyncio.sleep(0.5)
         assert not waiting.done()
-        t0 = time.monotonic()
-        a.kill()
         with pytest.raises(ObjectLostError, match=ref.hex()):
             await waiting
         # Soon after the death is detected (timeout 3 s), far from the get's 60 s.
@@ -429,8 +428,9 @@ async def _restart_directory(cluster_factory, node_factory, head_args: list[str]
         on_b = await cb.put(b"on b")
         ids = [named._id, on_b._id, *(r._id for r in plain)]
         await until(lambda: _all_state(c.directory, ids, PRESENT), 5, "reported")
-        # A get on B waiting for A's object, through the restart.
-        waiting = asyncio.ensure_future(cb.get(named, timeout=60))
+        # A get on B waiting for an object nobody has put (yet), through the restart.
+        unknown = objstore.ObjectRef.from_hex(os.urandom(20).hex())
+        waiting = asyncio.ensure_future(cb.get(unknown, timeout=60))
         await asyncio.sleep(0.3)
         await asyncio.sleep(0.3)  # the state is written behind every 50 ms
         assert c.head.stop() == 0
@@ -454,10 +454,11 @@ async def _restart_directory(cluster_factory, node_factory, head_args: list[str]
             await cb.put(b"y", name="survives")
         # The old head never comes back: declared dead after the node timeout.
         await until(lambda: _dead(c.directory, old_head_id), 10, "old head dead")
-        # The waiting get still has its subscription: a delete on A reaches it.
-        assert await ca.delete(named) == 1
+        # The waiting get still has its subscription: a delete of that id on A reaches it.
+        assert await ca.delete(unknown) == 0
         with pytest.raises(ObjectNotFoundError):
             await asyncio.wait_for(waiting, 10)
+        assert await ca.delete(named) == 1
         assert "directory state recovered" in head2.stderr()
     a.allow_loop_stall = b.allow_loop_stall = False
 

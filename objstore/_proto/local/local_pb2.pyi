@@ -235,7 +235,7 @@ class ContainsReply(_message.Message):
     def __init__(self, present: _Optional[bool] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted", "directory")
+    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted", "directory", "pulled", "bytes_pulled", "chunks_served", "bytes_served")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,10 @@ class StatsReply(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     PREFAULTED_FIELD_NUMBER: _ClassVar[int]
     DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    PULLED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PULLED_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SERVED_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     capacity: int
     used: int
@@ -270,7 +274,11 @@ class StatsReply(_message.Message):
     uptime_s: float
     prefaulted: int
     directory: str
-    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ...) -> None: ...
+    pulled: int
+    bytes_pulled: int
+    chunks_served: int
+    bytes_served: int
+    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ..., pulled: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., chunks_served: _Optional[int] = ..., bytes_served: _Optional[int] = ...) -> None: ...
 
 class ObjectSummary(_message.Message):
     __slots__ = ("object_id", "data_size", "state", "name", "primary", "pins", "segment", "metadata")

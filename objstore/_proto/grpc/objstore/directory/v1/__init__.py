@@ -281,6 +281,11 @@ class LocationTable(betterproto2.Message):
     ListObjects: how many objects the directory holds in all.
     """
 
+    node_addresses: "list[str]" = betterproto2.field(14, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The data plane address (host:port) of each node in `nodes`, in order.
+    """
+
 
 default_message_pool.register_message("objstore.directory.v1", "LocationTable", LocationTable)
 

@@ -1,0 +1,321 @@
+"""The pulling side: fetch objects other nodes hold into this node's arena.
+
+When a get waits for an object that is not here, the node subscribes to its
+locations (the directory client); :meth:`ObjectManager.on_locations` then
+starts one pull per object, however many gets wait for it:
+
+1. ask one source for the first chunk (``FETCH`` at offset 0): the reply says
+   the object's size and metadata;
+2. create a *secondary* copy of that size in the store (which may evict other
+   secondaries, or wait for room), receive the first chunk straight into it
+   (``sock_recv_into`` a view of the arena), then the other chunks, several at
+   a time over a few pooled connections, within a cap of bytes in flight;
+3. verify each chunk's CRC-32 (in a thread) and seal: the waiting gets wake.
+
+A source that fails, stalls past ``transfer.pull_timeout_s`` or sends a bad
+chunk is dropped for this attempt and the next source is tried; the partial
+copy is aborted (never visible). With no source left the pull waits with
+exponential backoff and jitter for the directory's next word (a new copy, or
+LOST, which fails the gets). A pull ends when its last get stops waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import socket
+import time
+import zlib
+from collections.abc import Callable
+
+import structlog
+
+from objstore.config import Config
+from objstore.directory.state import PRESENT, ObjectRow
+from objstore.errors import ObjectStoreError
+from objstore.plasma.store import PlasmaStore
+from objstore.transfer import wire
+from objstore.transfer.server import recv_exact
+
+__all__ = ["ObjectManager", "PeerPool", "TransferError"]
+
+log = structlog.get_logger("objstore.transfer.manager")
+
+_THREAD_CRC_BYTES = 256 * 1024
+
+
+class TransferError(ObjectStoreError):
+    """One attempt to fetch from one source failed (the pull tries another)."""
+
+
+class _Conn:
+    __slots__ = ("sock", "address")
+
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        self.sock = sock
+        self.address = address
+
+
+class PeerPool:
+    """A few open data plane connections per peer, reused between chunks."""
+
+    def __init__(self, per_peer: int = 8, connect_timeout: float = 5.0) -> None:
+        self.per_peer = per_peer
+        self.connect_timeout = connect_timeout
+        self._idle: dict[str, list[_Conn]] = {}
+        self._slots: dict[str, asyncio.Semaphore] = {}
+
+    def slots(self, address: str) -> asyncio.Semaphore:
+        sem = self._slots.get(address)
+        if sem is None:
+            sem = self._slots[address] = asyncio.Semaphore(self.per_peer)
+        return sem
+
+    async def get(self, address: str) -> _Conn:
+        idle = self._idle.get(address)
+        if idle:
+            return idle.pop()
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.sock_connect(sock, (host, int(port)))
+        except BaseException:
+            sock.close()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Conn(sock, address)
+
+    def put(self, conn: _Conn) -> None:
+        self._idle.setdefault(conn.address, []).append(conn)
+
+    def close(self) -> None:
+        for conns in self._idle.values():
+            for c in conns:
+                c.sock.close()
+        self._idle.clear()
+
+
+class _ByteBudget:
+    """At most ``limit`` bytes of chunks in flight (one chunk always may go)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class ObjectManager:
+    """Pulls remote objects that gets on this node wait for."""
+
+    def __init__(
+        self,
+        store: PlasmaStore,
+        config: Config,
+        node_id: bytes,
+        address_of: Callable[[bytes], str | None],
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.node_id = node_id
+        self.address_of = address_of
+        tc = config.transfer
+        self.chunk = tc.chunk_size
+        self.timeout = tc.pull_timeout_s
+        self.budget = _ByteBudget(tc.max_bytes_in_flight)
+        self.peers = PeerPool()
+        # object id -> its pull task; one per object.
+        self.pulls: dict[bytes, asyncio.Task[None]] = {}
+        # object id -> the latest locations the directory gave.
+        self.rows: dict[bytes, ObjectRow] = {}
+        self.pulled = 0
+        self.bytes_pulled = 0
+        self.failures = 0
+
+    # -- driven by the node
+    def on_locations(self, row: ObjectRow) -> None:
+        """A subscribed object's state: start (or feed) its pull if it is elsewhere."""
+        oid = row.object_id
+        if row.state != PRESENT or self.store.contains(oid):
+            self.rows.pop(oid, None)
+            return
+        self.rows[oid] = row
+        if oid not in self.pulls and any(n != self.node_id for n in row.nodes):
+            task = asyncio.get_running_loop().create_task(self._pull(oid), name="pull")
+            self.pulls[oid] = task
+            task.add_done_callback(functools.partial(self._done, oid))
+
+    def cancel(self, oid: bytes) -> None:
+        """No get waits for the object any more (or it was just sealed here)."""
+        self.rows.pop(oid, None)
+        task = self.pulls.get(oid)
+        if task is not None and not self.store.contains(oid):
+            task.cancel()
+
+    def _done(self, oid: bytes, _task: object = None) -> None:
+        task = self.pulls.pop(oid, None)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("pull failed", object_id=oid.hex(), error=repr(task.exception()))
+
+    async def close(self) -> None:
+        for t in list(self.pulls.values()):
+            t.cancel()
+        for t in list(self.pulls.values()):
+            with contextlib.suppress(BaseException):
+                await t
+        self.peers.close()
+
+    # -- one pull
+    async def _pull(self, oid: bytes) -> None:
+        backoff = 0.05
+        while True:
+            row = self.rows.get(oid)
+            if row is None or self.store.contains(oid):
+                return
+            sources = [n for n in row.nodes if n != self.node_id]
+            random.shuffle(sources)
+            for node in sources:
+                address = self.address_of(node)
+                if not address:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    size = await self._fetch_from(oid, address)
+                except TransferError as exc:
+                    self.failures += 1
+                    log.warning(
+                        "pull from a source failed; trying the next",
+                        object_id=oid.hex(), source=address, error=str(exc),
+                    )
+                    continue
+                self.pulled += 1
+                self.bytes_pulled += size
+                log.debug(
+                    "pulled", object_id=oid.hex(), source=address, size=size,
+                    seconds=round(time.perf_counter() - t0, 4),
+                )
+                return
+            # No source worked: wait for the directory's next word, then retry.
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+
+    async def _fetch_from(self, oid: bytes, address: str) -> int:
+        """Fetch the whole object from one source and seal it; TransferError on failure."""
+        store = self.store
+        loop = asyncio.get_running_loop()
+        created = False
+        try:
+            async with self.peers.slots(address):
+                conn = await self._connect(address)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await loop.sock_sendall(
+                            conn.sock, wire.encode_request(wire.FETCH, oid, 0, self.chunk)
+                        )
+                        status, size, n, meta_len, crc = wire.decode_reply(
+                            await recv_exact(loop, conn.sock, wire.REPLY.size)
+                        )
+                        if status != wire.OK:
+                            raise TransferError(
+                                f"source says {wire.STATUS_NAMES.get(status, status)}"
+                            )
+                        if n > min(self.chunk, size) or meta_len > 65536:
+                            raise TransferError(f"bad first chunk: {n} of {size} bytes")
+                        meta = await recv_exact(loop, conn.sock, meta_len) if meta_len else b""
+                        # Room for the copy (may evict other secondaries, or wait).
+                        entry = await store.create(oid, size, meta, None, primary=False)
+                        created = True
+                        await self._recv_chunk(loop, conn, entry, 0, n, crc)
+                except BaseException:
+                    conn.sock.close()
+                    raise
+                self.peers.put(conn)
+            rest = [(off, min(self.chunk, size - off)) for off in range(n, size, self.chunk)]
+            if rest:
+                await asyncio.gather(*(self._chunk(oid, address, entry, o, k) for o, k in rest))
+            store.seal(oid, None)
+            created = False
+            return size
+        except (OSError, ConnectionError, TimeoutError, wire.WireError) as exc:
+            raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+        except ObjectStoreError as exc:
+            if isinstance(exc, TransferError):
+                raise
+            raise TransferError(str(exc)) from exc
+        finally:
+            if created:
+                store.discard_partial(oid)
+
+    async def _connect(self, address: str) -> _Conn:
+        try:
+            return await self.peers.get(address)
+        except (OSError, TimeoutError) as exc:
+            raise TransferError(f"cannot connect to {address}: {exc}") from exc
+
+    async def _chunk(self, oid: bytes, address: str, entry: object, offset: int, n: int) -> None:
+        loop = asyncio.get_running_loop()
+        await self.budget.acquire(n)
+        try:
+            async with self.peers.slots(address):
+                conn = await self._connect(address)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await loop.sock_sendall(
+                            conn.sock, wire.encode_request(wire.FETCH, oid, offset, n)
+                        )
+                        status, _, got, _, crc = wire.decode_reply(
+                            await recv_exact(loop, conn.sock, wire.REPLY.size)
+                        )
+                        if status != wire.OK or got != n:
+                            raise TransferError(
+                                f"chunk at {offset}: source says "
+                                f"{wire.STATUS_NAMES.get(status, status)}, {got} of {n} bytes"
+                            )
+                        await self._recv_chunk(loop, conn, entry, offset, n, crc)
+                except BaseException:
+                    conn.sock.close()
+                    raise
+                self.peers.put(conn)
+        finally:
+            await self.budget.release(n)
+
+    async def _recv_chunk(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: _Conn,
+        entry: object,
+        offset: int,
+        n: int,
+        crc: int,
+    ) -> None:
+        """Receive ``n`` bytes straight into the copy and check their CRC."""
+        whole = self.store.view(entry)  # type: ignore[arg-type]
+        view = whole[offset : offset + n]
+        try:
+            got = 0
+            while got < n:
+                k = await loop.sock_recv_into(conn.sock, view[got:])
+                if not k:
+                    raise ConnectionError(f"source closed after {got} of {n} bytes")
+                got += k
+            mine = await asyncio.to_thread(zlib.crc32, view) if n >= _THREAD_CRC_BYTES else zlib.crc32(view)
+            if mine != crc:
+                raise TransferError(f"chunk at {offset} of {n} bytes failed its checksum")
+        finally:
+            with contextlib.suppress(BufferError):
+                view.release()
+                whole.release()

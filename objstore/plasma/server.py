@@ -557,13 +557,22 @@ class _Connection(asyncio.Protocol):
 
     async def _get_slow(self, req_id: int, ids: list[bytes], timeout: float | None) -> None:
         store = self.store
+        waits: list[asyncio.Future[Any]] = []
         try:
             async with asyncio.timeout(timeout):
+                missing = []
                 for i, oid in enumerate(ids):
                     if store.get_now(oid) is None:
-                        await store.wait_sealed(oid)
+                        missing.append(oid)
                     if i % _BATCH == _BATCH - 1:
                         await asyncio.sleep(0)
+                if len(missing) == 1:
+                    await store.wait_sealed(missing[0])
+                elif missing:
+                    # Wait for all at once: in a cluster each missing object is
+                    # subscribed to (and pulled) now, not after the one before it.
+                    waits = [asyncio.ensure_future(store.wait_sealed(o)) for o in dict.fromkeys(missing)]
+                    await asyncio.gather(*waits)
         except TimeoutError:
             pending = [oid.hex() for oid in dict.fromkeys(ids) if not store.contains(oid)]
             self._send_error(
@@ -577,6 +586,9 @@ class _Connection(asyncio.Protocol):
         except ObjectStoreError as exc:
             self._send_error(req_id, exc)
             return
+        finally:
+            for w in waits:
+                w.cancel()
         reply = pb.Reply(id=req_id)
         pinned: list[bytes] = []
         try:

@@ -44,10 +44,18 @@ __all__ = ["ObjectManager", "PeerPool", "TransferError"]
 log = structlog.get_logger("objstore.transfer.manager")
 
 _THREAD_CRC_BYTES = 256 * 1024
+# Objects up to this size (and the chunk size) are fetched many per request.
+_SMALL_BYTES = 256 * 1024
+# Most objects in one batched request.
+_BATCH = 1000
 
 
 class TransferError(ObjectStoreError):
     """One attempt to fetch from one source failed (the pull tries another)."""
+
+
+class _NoRoomNow(TransferError):
+    """A small object fetched in a batch found no room at once: fetch it alone."""
 
 
 class _Conn:
@@ -145,6 +153,10 @@ class ObjectManager:
         self.pulled = 0
         self.bytes_pulled = 0
         self.failures = 0
+        self.small = min(self.chunk, _SMALL_BYTES)
+        # source address -> small objects waiting to go in its next batched request.
+        self._batches: dict[str, list[tuple[bytes, asyncio.Future[int]]]] = {}
+        self._batch_tasks: set[asyncio.Task[None]] = set()
 
     # -- driven by the node
     def on_locations(self, row: ObjectRow) -> None:
@@ -172,7 +184,7 @@ class ObjectManager:
             log.error("pull failed", object_id=oid.hex(), error=repr(task.exception()))
 
     async def close(self) -> None:
-        for t in list(self.pulls.values()):
+        for t in [*self.pulls.values(), *self._batch_tasks]:
             t.cancel()
         for t in list(self.pulls.values()):
             with contextlib.suppress(BaseException):
@@ -194,7 +206,13 @@ class ObjectManager:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    size = await self._fetch_from(oid, address)
+                    try:
+                        if row.size <= self.small:
+                            size = await self._fetch_small(oid, address)
+                        else:
+                            size = await self._fetch_from(oid, address)
+                    except _NoRoomNow:
+                        size = await self._fetch_from(oid, address)
                 except TransferError as exc:
                     self.failures += 1
                     log.warning(
@@ -259,6 +277,90 @@ class ObjectManager:
         finally:
             if created:
                 store.discard_partial(oid)
+
+    # -- many small objects per request
+    async def _fetch_small(self, oid: bytes, address: str) -> int:
+        """Fetch a small object in the next batched request to ``address``."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        queue = self._batches.get(address)
+        if queue is None:
+            queue = self._batches[address] = []
+            # Everything asked for in this turn of the loop goes together.
+            loop.call_soon(self._send_batches, address)
+        queue.append((oid, fut))
+        return await fut
+
+    def _send_batches(self, address: str) -> None:
+        queue = self._batches.pop(address, [])
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(queue), _BATCH):
+            task = loop.create_task(self._batch(address, queue[i : i + _BATCH]))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    async def _batch(self, address: str, items: list[tuple[bytes, asyncio.Future[int]]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with self.peers.slots(address):
+                conn = await self._connect(address)
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        request = wire.encode_request(wire.FETCH_MANY, bytes(20), 0, len(items))
+                        await loop.sock_sendall(conn.sock, request + b"".join(o for o, _ in items))
+                        for oid, fut in items:
+                            self._take_small(oid, fut, *await self._read_small(loop, conn))
+                except BaseException:
+                    conn.sock.close()
+                    raise
+                self.peers.put(conn)
+        except Exception as exc:  # noqa: BLE001 - every waiting pull hears of it
+            err = exc if isinstance(exc, TransferError) else TransferError(f"{type(exc).__name__}: {exc}")
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(err)
+
+    @staticmethod
+    async def _read_small(
+        loop: asyncio.AbstractEventLoop, conn: _Conn
+    ) -> tuple[int, int, bytes, bytes, int]:
+        status, size, n, meta_len, crc = wire.decode_reply(
+            await recv_exact(loop, conn.sock, wire.REPLY.size)
+        )
+        if status == wire.OK and (n != size or meta_len > 65536):
+            raise TransferError(f"bad reply in a batch: {n} of {size} bytes")
+        meta = await recv_exact(loop, conn.sock, meta_len) if meta_len else b""
+        data = await recv_exact(loop, conn.sock, n) if n else b""
+        return status, size, meta, data, crc
+
+    def _take_small(
+        self, oid: bytes, fut: asyncio.Future[int], status: int, size: int, meta: bytes,
+        data: bytes, crc: int,
+    ) -> None:
+        """Seal one object of a batch (copied: it is small) and tell its pull."""
+        if fut.done():
+            return  # that pull was cancelled meanwhile
+        if status != wire.OK:
+            fut.set_exception(TransferError(f"source says {wire.STATUS_NAMES.get(status, status)}"))
+            return
+        if zlib.crc32(data) != crc:
+            fut.set_exception(TransferError(f"object of {size} bytes failed its checksum"))
+            return
+        store = self.store
+        try:
+            entry = store.create_now(oid, size, meta, None, primary=False)
+        except ObjectStoreError as exc:
+            fut.set_exception(TransferError(str(exc)))
+            return
+        if entry is None:
+            fut.set_exception(_NoRoomNow("no room at once"))
+            return
+        if size:
+            whole = store.view(entry)
+            whole[:] = data
+            whole.release()
+        store.seal(oid, None)
+        fut.set_result(size)
 
     async def _connect(self, address: str) -> _Conn:
         try:

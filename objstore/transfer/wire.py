@@ -23,6 +23,8 @@ __all__ = [
     "REQUEST",
     "REPLY",
     "FETCH",
+    "FETCH_MANY",
+    "MAX_MANY",
     "OK",
     "NOT_FOUND",
     "BAD_REQUEST",
@@ -41,6 +43,11 @@ REQUEST = struct.Struct("<4sBBH20sQQ")
 REPLY = struct.Struct("<4sBBHQQII")
 
 FETCH = 1
+# Many small objects at once: ``length`` is the count, the ids follow the
+# request (20 bytes each); each object's reply is a header, its metadata and
+# all its bytes (objects larger than the chunk size get BAD_REQUEST).
+FETCH_MANY = 2
+MAX_MANY = 10_000
 
 OK = 0
 NOT_FOUND = 1
@@ -64,8 +71,10 @@ def decode_request(data: bytes) -> tuple[int, bytes, int, int]:
         raise WireError(f"bad magic {magic!r}")
     if version != VERSION:
         raise WireError(f"version {version} is not served (this node speaks {VERSION})")
-    if kind != FETCH:
+    if kind not in (FETCH, FETCH_MANY):
         raise WireError(f"unknown request kind {kind}")
+    if kind == FETCH_MANY and not 0 < length <= MAX_MANY:
+        raise WireError(f"FETCH_MANY of {length} objects (1..{MAX_MANY})")
     return kind, oid, offset, length
 
 

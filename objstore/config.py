@@ -224,6 +224,9 @@ class NodeConfig:
     port: int = _setting(0, _port, "object manager port (0: any free port)")
     directory_port: int = _setting(0, _port, "directory port on the head (0: any free port)")
     directory: str | None = _setting(None, _opt_str, "HOST:PORT of the head's directory")
+    # The data plane address other nodes are told to use ("" : the one it listens on),
+    # for a node behind a proxy or NAT.
+    advertise: str = _setting("", _str, "data plane HOST:PORT told to other nodes")
     log_format: str = _setting("console", _one_of("console", "json"), "stderr log format")
     log_level: str = _setting("info", _one_of("debug", "info", "warning", "error"), "log level")
     # The node logs "event loop blocked" when a tick of its loop comes this late (0: off).

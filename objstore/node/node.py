@@ -20,7 +20,7 @@ import time
 import structlog
 
 from objstore.config import Config, format_size
-from objstore.directory.client import DirectoryClient
+from objstore.directory.client import DirectoryClient, parse_address
 from objstore.directory.server import DirectoryServer, LocalLink
 from objstore.directory.state import DELETED, LOST, ObjectRow, Usage
 from objstore.errors import ObjectLostError, ObjectNotFoundError
@@ -102,6 +102,8 @@ class Node:
             return
         store = self.store
         assert store is not None and self.server is not None
+        if cfg.node.advertise:
+            parse_address(cfg.node.advertise, "node.advertise")  # a clear error if malformed
         # The data plane: other nodes fetch chunks of this node's objects here.
         self.transfer = TransferServer(store, cfg)
         await self.transfer.start(cfg.node.host, cfg.node.port)
@@ -113,7 +115,7 @@ class Node:
             on_update=self._on_update,
             on_free=self._on_free,
             socket=self.server.path,
-            address=self.transfer.address,
+            address=cfg.node.advertise or self.transfer.address,
             # The head's own node calls its directory in-process.
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )

@@ -194,6 +194,7 @@ class ObjectManager:
     # -- one pull
     async def _pull(self, oid: bytes) -> None:
         backoff = 0.05
+        failed = False
         while True:
             row = self.rows.get(oid)
             if row is None or self.store.contains(oid):
@@ -215,10 +216,12 @@ class ObjectManager:
                         size = await self._fetch_from(oid, address)
                 except TransferError as exc:
                     self.failures += 1
-                    log.warning(
+                    # Once per pull at warning level; the retries of a long outage at debug.
+                    (log.warning if not failed else log.debug)(
                         "pull from a source failed; trying the next",
                         object_id=oid.hex(), source=address, error=str(exc),
                     )
+                    failed = True
                     continue
                 self.pulled += 1
                 self.bytes_pulled += size

@@ -172,3 +172,88 @@ async def test_data_plane_garbage_closes_that_connection_only(tcluster) -> None:
         # The node carries on: a real pull works.
         assert bytes(await ch.get(ref, timeout=20)) == pattern(300 * KiB, 4)
     assert "bad request" in a.stderr()
+
+
+class Proxy:
+    """A TCP proxy the test can stall (stop forwarding) or cut (close every link)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.links: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, port: int) -> None:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", port)
+        self.port = port
+
+    async def _link(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection(*self.target)
+        except OSError:
+            w.close()
+            return
+        self.links |= {w, uw}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(1 << 16):
+                    await self.flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+
+    def cut(self) -> None:
+        for w in list(self.links):
+            w.close()
+        self.links.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_link_that_stalls_or_drops(cluster_factory, node_factory) -> None:
+    c = cluster_factory(0, env=ENV, memory="128MiB")
+    real, front = _free_port(), _free_port()
+    proxy = Proxy(("127.0.0.1", real))
+    await proxy.start(front)
+    env = {**ENV, "OBJSTORE_NODE_ADVERTISE": f"127.0.0.1:{front}"}
+    a = c.add_node("--port", str(real), env=env, memory="128MiB")
+    try:
+        async with objstore.connect(a.socket) as ca, objstore.connect(c.head.socket) as ch:
+            refs = [await ca.put(pattern(2 * MiB, 10 + i)) for i in range(3)]
+            # Through the proxy: fine.
+            assert bytes(await ch.get(refs[0], timeout=20)) == pattern(2 * MiB, 10)
+            # Stalled: each attempt times out (3 s); the get ends with a clear
+            # error at its own timeout, not later.
+            proxy.flowing.clear()
+            t0 = time.monotonic()
+            with pytest.raises(objstore.GetTimeoutError, match=refs[1].hex()):
+                await ch.get(refs[1], timeout=4)
+            assert time.monotonic() - t0 < 6
+            # Dropped mid-transfer, then flowing again: the retry succeeds.
+            waiting = asyncio.ensure_future(ch.get(refs[2], timeout=30))
+            await asyncio.sleep(0.3)
+            proxy.cut()
+            proxy.flowing.set()
+            assert bytes(await waiting) == pattern(2 * MiB, 12)
+            # Nothing torn was left behind: the stalled object arrives whole later.
+            assert bytes(await ch.get(refs[1], timeout=30)) == pattern(2 * MiB, 11)
+    finally:
+        await proxy.close()
+    assert "pull from a source failed" in c.head.stderr()

@@ -1,14 +1,14 @@
-"""Two nodes in one cluster: names and deletes reach across nodes.
+"""Two nodes in one cluster: names, gets and deletes reach across nodes.
 
     python -m objstore.node --head --directory-port 6380 --socket /tmp/head.sock &
     python -m objstore.node --directory 127.0.0.1:6380 --socket /tmp/node2.sock &
     python examples/cluster.py /tmp/head.sock /tmp/node2.sock 127.0.0.1:6380
 
-A client of the head puts a named object; a client of the second node finds
-the name taken (names are unique in the cluster), deletes the object by name
-(the directory frees it on the head), then claims the name for itself.  The
-directory's view is printed at each step.  Reading the bytes of an object
-that lives on another node needs the transfer between nodes, which comes next.
+A client of the head puts a named object; a client of the second node reads
+it by name (the second node pulls a copy from the head), finds the name taken
+(names are unique in the cluster), deletes the object by name (the directory
+frees every copy), then claims the name for itself.  The directory's view is
+printed at each step.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ async def main(head_socket: str, other_socket: str, directory: str) -> None:
         ref = await head.put(b"weights v1", name="model")
         await asyncio.sleep(0.1)  # location reports are batched: give this one a moment
         print(f"put 'model' on the head: {await where(directory, ref)}")
+        print(f"the second node reads it: {bytes(await other.get('model', timeout=10))!r}")
+        await asyncio.sleep(0.1)
+        print(f"now {await where(directory, ref)}")
         try:
             await other.put(b"weights v2", name="model")
         except objstore.ObjectExistsError as exc:

@@ -1,5 +1,9 @@
-"""Moving objects between nodes: pull and push managers, the chunked data plane.
+"""Moving objects between nodes: the chunked data plane and the pulling side.
 
-Not built yet (the transfer issue).  The store already keeps what it needs:
-secondary copies (``primary=False``) that are evictable in LRU order.
+* :mod:`~objstore.transfer.wire` — the data plane's frames (fixed headers).
+* :mod:`~objstore.transfer.server` — serves chunks straight from shared memory,
+  bounded per peer and overall.
+* :mod:`~objstore.transfer.manager` — pulls objects that gets here wait for into
+  secondary copies: one pull per object, chunks over pooled connections within a
+  bytes-in-flight cap, CRC-checked before seal, the next source on failure.
 """

@@ -108,6 +108,7 @@ async def test_client_loop_stays_responsive_during_large_put(node_factory) -> No
 async def test_cluster(cluster) -> None:
     a = cluster.nodes[0]
     out = await _run_args(["cluster.py", cluster.head.socket, a.socket, cluster.directory])
+    assert "the second node reads it: b'weights v1'" in out
     assert "the second node cannot take the name" in out and "'model'" in out
     assert "deleted 1" in out and "the head still holds it? False" in out
     assert "owns 'model': b'weights v2'" in out

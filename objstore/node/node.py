@@ -217,9 +217,10 @@ class _Watcher:
         self.directory = directory
         self.objects = objects
 
-    def watch(self, oid: bytes) -> None:
+    def watch(self, oid: bytes, priority: int) -> None:
+        self.objects.want(oid, priority)
         self.directory.watch(oid)
 
-    def unwatch(self, oid: bytes) -> None:
+    def unwatch(self, oid: bytes, priority: int) -> None:
         self.directory.unwatch(oid)
-        self.objects.cancel(oid)
+        self.objects.unwant(oid, priority)

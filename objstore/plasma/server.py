@@ -726,7 +726,7 @@ class _Connection(asyncio.Protocol):
 
         async def one(oid: bytes) -> None:
             with contextlib.suppress(ObjectStoreError):
-                await store.wait_sealed(oid)
+                await store.wait_sealed(oid, priority=1)
 
         tasks = [asyncio.ensure_future(one(oid)) for oid in pending_ids]
         try:

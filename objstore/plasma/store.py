@@ -83,11 +83,12 @@ class StoreListener(Protocol):
 
 
 class RemoteWatcher(Protocol):
-    """Told when gets start and stop waiting for an object that is not here."""
+    """Told of each get (priority 0) or wait (1) that starts or stops waiting
+    for an object that is not here."""
 
-    def watch(self, oid: bytes) -> None: ...
+    def watch(self, oid: bytes, priority: int) -> None: ...
 
-    def unwatch(self, oid: bytes) -> None: ...
+    def unwatch(self, oid: bytes, priority: int) -> None: ...
 
 
 class ClientState:
@@ -180,7 +181,7 @@ class PlasmaStore:
         self.names: dict[str, bytes] = {}
         self.names_by_id: dict[bytes, str] = {}
         # object id -> futures of gets waiting for it to be sealed.
-        self._seal_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._seal_waiters: dict[bytes, list[tuple[asyncio.Future[None], int]]] = {}
         # Ids of objects recently deleted (False) or aborted unsealed (True), so a
         # get of one fails at once instead of waiting for an object that is gone.
         self._deleted: OrderedDict[bytes, bool] = OrderedDict()
@@ -207,7 +208,7 @@ class PlasmaStore:
     def close(self) -> None:
         """Release every segment (the node is shutting down)."""
         for waiters in self._seal_waiters.values():
-            for fut in waiters:
+            for fut, _ in waiters:
                 if not fut.done():
                     fut.cancel()
         self._seal_waiters.clear()
@@ -432,9 +433,10 @@ class PlasmaStore:
         """Gets waiting for this object look at it again (sealed, or gone)."""
         waiters = self._seal_waiters.pop(object_id, None)
         if waiters is not None:
-            if self.remote is not None:
-                self.remote.unwatch(object_id)
-            for fut in waiters:
+            remote = self.remote
+            for fut, priority in waiters:
+                if remote is not None:
+                    remote.unwatch(object_id, priority)
                 if not fut.done():
                     fut.set_result(None)
 
@@ -495,10 +497,10 @@ class PlasmaStore:
         waiters = self._seal_waiters.pop(object_id, None)
         if waiters is None:
             return 0
-        if self.remote is not None:
-            self.remote.unwatch(object_id)
         n = 0
-        for fut in waiters:
+        for fut, priority in waiters:
+            if self.remote is not None:
+                self.remote.unwatch(object_id, priority)
             if not fut.done():
                 fut.set_exception(exc)
                 n += 1
@@ -531,33 +533,32 @@ class PlasmaStore:
         self._check_id(object_id)
         return None
 
-    async def wait_sealed(self, object_id: bytes) -> ObjectEntry:
-        """Wait until the object is sealed here (the caller bounds it with a timeout)."""
+    async def wait_sealed(self, object_id: bytes, priority: int = 0) -> ObjectEntry:
+        """Wait until the object is sealed here (the caller bounds it with a timeout).
+
+        ``priority``: 0 for a get, 1 for a wait (in a cluster, pulls of objects
+        gets wait for go first).
+        """
         while True:
             entry = self.get_now(object_id)
             if entry is not None:
                 return entry
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            waiters = self._seal_waiters.get(object_id)
-            if waiters is None:
-                waiters = self._seal_waiters[object_id] = []
-                if self.remote is not None:
-                    self.remote.watch(object_id)
-            waiters.append(fut)
+            item = (fut, priority)
+            self._seal_waiters.setdefault(object_id, []).append(item)
+            if self.remote is not None:
+                self.remote.watch(object_id, priority)
             try:
                 await fut
             finally:
                 if not fut.done() or fut.cancelled():
                     lst = self._seal_waiters.get(object_id)
-                    if lst is not None:
-                        try:
-                            lst.remove(fut)
-                        except ValueError:
-                            pass
+                    if lst is not None and item in lst:
+                        lst.remove(item)
                         if not lst:
                             del self._seal_waiters[object_id]
-                            if self.remote is not None:
-                                self.remote.unwatch(object_id)
+                        if self.remote is not None:
+                            self.remote.unwatch(object_id, priority)
 
     def pin(self, object_id: bytes, entry: ObjectEntry, client: ClientState) -> None:
         """Record that ``client`` holds a view of the object (owners need none)."""

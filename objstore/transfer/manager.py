@@ -1,8 +1,9 @@
 """The pulling side: fetch objects other nodes hold into this node's arena.
 
 When a get waits for an object that is not here, the node subscribes to its
-locations (the directory client); :meth:`ObjectManager.on_locations` then
-starts one pull per object, however many gets wait for it:
+locations (the directory client) and tells :class:`ObjectManager`, whose pure
+policy (:class:`~objstore.transfer.pull.PullManager`) decides which pulls run
+and from where: one per object, however many gets wait for it.  An attempt:
 
 1. ask one source for the first chunk (``FETCH`` at offset 0): the reply says
    the object's size and metadata;
@@ -13,9 +14,9 @@ starts one pull per object, however many gets wait for it:
 3. verify each chunk's CRC-32 (in a thread) and seal: the waiting gets wake.
 
 A source that fails, stalls past ``transfer.pull_timeout_s`` or sends a bad
-chunk is dropped for this attempt and the next source is tried; the partial
-copy is aborted (never visible). With no source left the pull waits with
-exponential backoff and jitter for the directory's next word (a new copy, or
+chunk ends the attempt and the policy picks another source; the partial copy
+is discarded (never visible). With no source left the pull backs off
+(exponential, with jitter) until the directory's next word (a new copy, or
 LOST, which fails the gets). A pull ends when its last get stops waiting.
 """
 
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import random
 import socket
 import time
 import zlib
@@ -37,6 +36,7 @@ from objstore.directory.state import PRESENT, ObjectRow
 from objstore.errors import ObjectStoreError
 from objstore.plasma.store import PlasmaStore
 from objstore.transfer import wire
+from objstore.transfer.pull import Priority, PullManager, Start
 from objstore.transfer.server import recv_exact
 
 __all__ = ["ObjectManager", "PeerPool", "TransferError"]
@@ -146,10 +146,12 @@ class ObjectManager:
         self.timeout = tc.pull_timeout_s
         self.budget = _ByteBudget(tc.max_bytes_in_flight)
         self.peers = PeerPool()
-        # object id -> its pull task; one per object.
-        self.pulls: dict[bytes, asyncio.Task[None]] = {}
-        # object id -> the latest locations the directory gave.
-        self.rows: dict[bytes, ObjectRow] = {}
+        self.policy = PullManager(node_id, max_bytes_in_flight=tc.max_bytes_in_flight)
+        # object id -> its attempt in flight (one per object).
+        self.tasks: dict[bytes, asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._kick_pending = False
+        self._failed_once: set[bytes] = set()
         self.pulled = 0
         self.bytes_pulled = 0
         self.failures = 0
@@ -159,80 +161,108 @@ class ObjectManager:
         self._batch_tasks: set[asyncio.Task[None]] = set()
 
     # -- driven by the node
+    def want(self, oid: bytes, priority: int) -> None:
+        """A get (0) or wait (1) here started waiting for an object not here."""
+        self.policy.want(oid, Priority(priority))
+
+    def unwant(self, oid: bytes, priority: int) -> None:
+        """One of them stopped waiting (the object came, or it gave up)."""
+        if self.policy.unwant(oid, Priority(priority)):
+            task = self.tasks.get(oid)
+            if task is not None and not self.store.contains(oid):
+                task.cancel()
+        self._kick()
+
     def on_locations(self, row: ObjectRow) -> None:
-        """A subscribed object's state: start (or feed) its pull if it is elsewhere."""
-        oid = row.object_id
-        if row.state != PRESENT or self.store.contains(oid):
-            self.rows.pop(oid, None)
-            return
-        self.rows[oid] = row
-        if oid not in self.pulls and any(n != self.node_id for n in row.nodes):
-            task = asyncio.get_running_loop().create_task(self._pull(oid), name="pull")
-            self.pulls[oid] = task
-            task.add_done_callback(functools.partial(self._done, oid))
+        """A subscribed object's state from the directory."""
+        if row.state == PRESENT and not self.store.contains(row.object_id):
+            self.policy.located(row.object_id, row.size, row.nodes)
+            self._kick()
 
-    def cancel(self, oid: bytes) -> None:
-        """No get waits for the object any more (or it was just sealed here)."""
-        self.rows.pop(oid, None)
-        task = self.pulls.get(oid)
-        if task is not None and not self.store.contains(oid):
-            task.cancel()
+    def _kick(self) -> None:
+        """Start what the policy allows, once per loop turn however many events."""
+        if not self._kick_pending:
+            self._kick_pending = True
+            asyncio.get_running_loop().call_soon(self._start_pulls)
 
-    def _done(self, oid: bytes, _task: object = None) -> None:
-        task = self.pulls.pop(oid, None)
-        if task is not None and not task.cancelled() and task.exception() is not None:
-            log.error("pull failed", object_id=oid.hex(), error=repr(task.exception()))
+    def _start_pulls(self) -> None:
+        self._kick_pending = False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        store = self.store
+        free = store.capacity - store.used + store.eviction.evictable_bytes
+        for start in self.policy.next_pulls(now, free):
+            self.tasks[start.object_id] = loop.create_task(self._attempt(start), name="pull")
+        wake = self.policy.next_wakeup(now)
+        if wake is not None and (self._timer is None or self._timer.when() > wake):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(wake, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._kick()
 
     async def close(self) -> None:
-        for t in [*self.pulls.values(), *self._batch_tasks]:
+        if self._timer is not None:
+            self._timer.cancel()
+        tasks = [*self.tasks.values(), *self._batch_tasks]
+        for t in tasks:
             t.cancel()
-        for t in list(self.pulls.values()):
+        for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
         self.peers.close()
 
-    # -- one pull
-    async def _pull(self, oid: bytes) -> None:
-        backoff = 0.05
-        failed = False
-        while True:
-            row = self.rows.get(oid)
-            if row is None or self.store.contains(oid):
+    # -- one attempt
+    async def _attempt(self, start: Start) -> None:
+        oid, node, size = start
+        t0 = time.perf_counter()
+        address = self.address_of(node)
+        try:
+            if self.store.contains(oid):
+                self.policy.succeeded(oid)
                 return
-            sources = [n for n in row.nodes if n != self.node_id]
-            random.shuffle(sources)
-            for node in sources:
-                address = self.address_of(node)
-                if not address:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    try:
-                        if row.size <= self.small:
-                            size = await self._fetch_small(oid, address)
-                        else:
-                            size = await self._fetch_from(oid, address)
-                    except _NoRoomNow:
-                        size = await self._fetch_from(oid, address)
-                except TransferError as exc:
-                    self.failures += 1
-                    # Once per pull at warning level; the retries of a long outage at debug.
-                    (log.warning if not failed else log.debug)(
-                        "pull from a source failed; trying the next",
-                        object_id=oid.hex(), source=address, error=str(exc),
-                    )
-                    failed = True
-                    continue
-                self.pulled += 1
-                self.bytes_pulled += size
-                log.debug(
-                    "pulled", object_id=oid.hex(), source=address, size=size,
-                    seconds=round(time.perf_counter() - t0, 4),
-                )
-                return
-            # No source worked: wait for the directory's next word, then retry.
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 2.0)
+            if not address:
+                raise TransferError(f"no data plane address known for node {node.hex()}")
+            try:
+                if size <= self.small:
+                    got = await self._fetch_small(oid, address)
+                else:
+                    got = await self._fetch_from(oid, address)
+            except _NoRoomNow:
+                got = await self._fetch_from(oid, address)
+        except TransferError as exc:
+            self.failures += 1
+            # Once per object at warning level; the retries of a long outage at debug.
+            first = oid not in self._failed_once
+            self._failed_once.add(oid)
+            (log.warning if first else log.debug)(
+                "pull from a source failed; trying the next",
+                object_id=oid.hex(), source=address, error=str(exc),
+            )
+            self.policy.failed(oid, node)
+        except asyncio.CancelledError:
+            self.policy.failed(oid, node)
+            raise
+        except Exception:
+            log.exception("pull failed", object_id=oid.hex(), source=address)
+            self.policy.failed(oid, node)
+        else:
+            self.pulled += 1
+            self.bytes_pulled += got
+            self.policy.succeeded(oid)
+            self._failed_once.discard(oid)
+            log.debug(
+                "pulled", object_id=oid.hex(), source=address, size=got,
+                seconds=round(time.perf_counter() - t0, 4),
+            )
+        finally:
+            if self.tasks.get(oid) is asyncio.current_task():
+                del self.tasks[oid]
+            if oid not in self.policy.pulls:
+                self._failed_once.discard(oid)
+            self._kick()
 
     async def _fetch_from(self, oid: bytes, address: str) -> int:
         """Fetch the whole object from one source and seal it; TransferError on failure."""

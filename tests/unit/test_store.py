@@ -746,7 +746,7 @@ def test_close_cancels_waiters(tmp_path: Path) -> None:
     loop = asyncio.new_event_loop()
     try:
         fut = loop.create_future()
-        s._seal_waiters[new_object_id()] = [fut]
+        s._seal_waiters[new_object_id()] = [(fut, 0)]
         s.close()
         assert fut.cancelled()
         assert s.objects == {} and s.segments == {}

@@ -1,0 +1,224 @@
+"""The pull manager's policy, pure: which pulls run, from where, and when.
+
+:class:`PullManager` holds no sockets and no clock: the node's
+:class:`~objstore.transfer.manager.ObjectManager` tells it what gets and waits
+want, where the directory says objects are, and how each attempt ended, and
+asks it which pulls to start now.  The rules (Ray's pull manager, simplified):
+
+* **One pull per object**, however many waiters; a pull's priority is the
+  highest of its waiters': get > wait > prefetch.  When its last waiter goes,
+  the pull goes (an attempt in flight is to be cancelled).
+* **Admission**: pulls start by priority, then in the order they were asked
+  for, while the bytes of pulls in flight stay within ``max_bytes_in_flight``
+  and the object fits in the free memory the node reports; the first pull in
+  line always may start, so one object larger than either still moves.  A pull
+  that does not fit waits; it does not let pulls behind it pass (no starvation).
+* **Sources**: each attempt takes a source not tried in this round, at random;
+  a failed or timed-out attempt marks its source tried.  When every source was
+  tried, the pull backs off (exponential, with jitter) and starts a new round.
+* The directory's word ends a pull: a copy here, or the object lost or deleted.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+__all__ = ["PullManager", "Priority", "Start"]
+
+
+class Priority(enum.IntEnum):
+    GET = 0
+    WAIT = 1
+    PREFETCH = 2
+
+
+class Start(NamedTuple):
+    """An attempt to start: fetch ``object_id`` (``size`` bytes) from ``node``."""
+
+    object_id: bytes
+    node: bytes
+    size: int
+
+
+@dataclass(slots=True)
+class _Pull:
+    seq: int
+    waiters: list[int] = field(default_factory=lambda: [0, 0, 0])
+    size: int = -1
+    sources: tuple[bytes, ...] = ()
+    tried: set[bytes] = field(default_factory=set)
+    active: bytes | None = None
+    rounds: int = 0
+    not_before: float = 0.0
+
+    @property
+    def priority(self) -> int:
+        for p, n in enumerate(self.waiters):
+            if n:
+                return p
+        return len(self.waiters)
+
+    @property
+    def wanted(self) -> bool:
+        return any(self.waiters)
+
+
+class PullManager:
+    """See the module docstring.
+
+    Pulls ready to start wait in one insertion-ordered queue per priority, and
+    pulls backing off in another, so choosing the next pulls costs in
+    proportion to the pulls started, not to all the pulls known.
+    """
+
+    def __init__(
+        self,
+        node_id: bytes,
+        *,
+        max_bytes_in_flight: int,
+        backoff_min: float = 0.05,
+        backoff_max: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.max_bytes_in_flight = max_bytes_in_flight
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.rng = rng or random.Random()
+        self.pulls: dict[bytes, _Pull] = {}
+        self.in_flight_bytes = 0
+        self._seq = 0
+        # Ready to start (located, not in flight, not backing off), per priority.
+        self._ready: list[dict[bytes, None]] = [{} for _ in Priority]
+        # Backing off: object id -> not before.
+        self._backoff: dict[bytes, float] = {}
+
+    # -- queues
+    def _unqueue(self, oid: bytes) -> None:
+        for q in self._ready:
+            q.pop(oid, None)
+        self._backoff.pop(oid, None)
+
+    def _queue(self, oid: bytes, pull: _Pull) -> None:
+        """Put a pull where it belongs now (ready, backing off, or nowhere)."""
+        self._unqueue(oid)
+        if pull.active is not None or not pull.sources or pull.size < 0:
+            return
+        if pull.not_before > 0:
+            self._backoff[oid] = pull.not_before
+        else:
+            self._ready[pull.priority][oid] = None
+
+    # -- demand
+    def want(self, oid: bytes, priority: Priority = Priority.GET) -> None:
+        """One more waiter of this priority."""
+        pull = self.pulls.get(oid)
+        if pull is None:
+            self._seq += 1
+            pull = self.pulls[oid] = _Pull(self._seq)
+        before = pull.priority
+        pull.waiters[priority] += 1
+        if before < len(self._ready) and pull.priority != before and oid in self._ready[before]:
+            self._queue(oid, pull)
+
+    def unwant(self, oid: bytes, priority: Priority = Priority.GET) -> bool:
+        """One waiter fewer; True when the pull was in flight and must be cancelled."""
+        pull = self.pulls.get(oid)
+        if pull is None or pull.waiters[priority] <= 0:
+            return False
+        before = pull.priority
+        pull.waiters[priority] -= 1
+        if pull.wanted:
+            if pull.priority != before and oid in self._ready[before]:
+                self._queue(oid, pull)
+            return False
+        active = pull.active is not None
+        self.forget(oid)
+        return active
+
+    # -- what the directory says
+    def located(self, oid: bytes, size: int, nodes: tuple[bytes, ...] | list[bytes]) -> None:
+        """The object (wanted or not) is on ``nodes``; ignored if nobody wants it."""
+        pull = self.pulls.get(oid)
+        if pull is None:
+            return
+        pull.size = size if pull.active is None else pull.size
+        pull.sources = tuple(n for n in nodes if n != self.node_id)
+        pull.tried &= set(pull.sources)
+        self._queue(oid, pull)
+
+    def forget(self, oid: bytes) -> None:
+        """The pull is over: a copy is here, the object is gone, or nobody waits."""
+        pull = self.pulls.pop(oid, None)
+        if pull is not None:
+            self._unqueue(oid)
+            if pull.active is not None:
+                self.in_flight_bytes -= pull.size
+
+    # -- attempts
+    def next_pulls(self, now: float, free_bytes: int) -> list[Start]:
+        """Attempts to start now (marked in flight)."""
+        due = [oid for oid, t in self._backoff.items() if t <= now]
+        for oid in due:
+            pull = self.pulls[oid]
+            pull.not_before = 0.0
+            self._queue(oid, pull)
+        out: list[Start] = []
+        for queue in self._ready:
+            while queue:
+                oid = next(iter(queue))
+                pull = self.pulls[oid]
+                untried = [n for n in pull.sources if n not in pull.tried]
+                if not untried:
+                    # Every source failed this round: back off, then try them all again.
+                    pull.tried.clear()
+                    pull.rounds += 1
+                    delay = min(self.backoff_max, self.backoff_min * 2 ** (pull.rounds - 1))
+                    pull.not_before = now + delay * (0.5 + self.rng.random())
+                    self._queue(oid, pull)
+                    continue
+                if self.in_flight_bytes and (
+                    self.in_flight_bytes + pull.size > self.max_bytes_in_flight
+                    or pull.size > free_bytes
+                ):
+                    return out  # the pulls behind it wait too: no starvation of big objects
+                del queue[oid]
+                node = self.rng.choice(untried)
+                pull.active = node
+                self.in_flight_bytes += pull.size
+                free_bytes -= pull.size
+                out.append(Start(oid, node, pull.size))
+        return out
+
+    def succeeded(self, oid: bytes) -> None:
+        self.forget(oid)
+
+    def failed(self, oid: bytes, node: bytes) -> None:
+        """An attempt from ``node`` failed or timed out: another source next."""
+        pull = self.pulls.get(oid)
+        if pull is None or pull.active != node:
+            return
+        pull.active = None
+        self.in_flight_bytes -= pull.size
+        pull.tried.add(node)
+        self._queue(oid, pull)
+
+    def next_wakeup(self, now: float) -> float | None:
+        """When a pull backing off may go again (None: none is backing off)."""
+        return min(self._backoff.values()) if self._backoff else None
+
+    def check(self) -> None:
+        """Invariants (tests): bytes in flight match the active pulls; queues are right."""
+        active = sum(p.size for p in self.pulls.values() if p.active is not None)
+        assert active == self.in_flight_bytes, (active, self.in_flight_bytes)
+        queued = [oid for q in self._ready for oid in q] + list(self._backoff)
+        assert len(queued) == len(set(queued)), "a pull queued twice"
+        for oid in queued:
+            pull = self.pulls[oid]
+            assert pull.active is None and pull.sources and pull.size >= 0
+        for p in self.pulls.values():
+            assert p.wanted, "a pull nobody waits for is kept"
+            assert all(n >= 0 for n in p.waiters)

@@ -22,6 +22,7 @@ asks it which pulls to start now.  The rules (Ray's pull manager, simplified):
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -69,8 +70,9 @@ class _Pull:
 class PullManager:
     """See the module docstring.
 
-    Pulls ready to start wait in one insertion-ordered queue per priority, and
-    pulls backing off in another, so choosing the next pulls costs in
+    Pulls ready to start wait in one heap per priority, ordered by when they
+    were asked for (entries that went stale are skipped as they surface), and
+    pulls backing off in a dict, so choosing the next pulls costs in
     proportion to the pulls started, not to all the pulls known.
     """
 
@@ -91,26 +93,42 @@ class PullManager:
         self.pulls: dict[bytes, _Pull] = {}
         self.in_flight_bytes = 0
         self._seq = 0
-        # Ready to start (located, not in flight, not backing off), per priority.
-        self._ready: list[dict[bytes, None]] = [{} for _ in Priority]
+        # Ready to start (located, not in flight, not backing off): a heap of
+        # (seq, id) per priority; `_queued` says which entries are current.
+        self._ready: list[list[tuple[int, bytes]]] = [[] for _ in Priority]
+        self._queued: dict[bytes, int] = {}
         # Backing off: object id -> not before.
         self._backoff: dict[bytes, float] = {}
 
     # -- queues
     def _unqueue(self, oid: bytes) -> None:
-        for q in self._ready:
-            q.pop(oid, None)
+        self._queued.pop(oid, None)  # its heap entry goes stale
         self._backoff.pop(oid, None)
 
     def _queue(self, oid: bytes, pull: _Pull) -> None:
         """Put a pull where it belongs now (ready, backing off, or nowhere)."""
-        self._unqueue(oid)
         if pull.active is not None or not pull.sources or pull.size < 0:
+            self._unqueue(oid)
             return
         if pull.not_before > 0:
+            self._queued.pop(oid, None)
             self._backoff[oid] = pull.not_before
-        else:
-            self._ready[pull.priority][oid] = None
+            return
+        self._backoff.pop(oid, None)
+        if self._queued.get(oid) != pull.priority:
+            self._queued[oid] = pull.priority
+            heapq.heappush(self._ready[pull.priority], (pull.seq, oid))
+
+    def _head(self, priority: int) -> bytes | None:
+        """The oldest current entry of a priority's heap (stale ones dropped)."""
+        heap = self._ready[priority]
+        while heap:
+            seq, oid = heap[0]
+            pull = self.pulls.get(oid)
+            if pull is not None and pull.seq == seq and self._queued.get(oid) == priority:
+                return oid
+            heapq.heappop(heap)
+        return None
 
     # -- demand
     def want(self, oid: bytes, priority: Priority = Priority.GET) -> None:
@@ -121,7 +139,7 @@ class PullManager:
             pull = self.pulls[oid] = _Pull(self._seq)
         before = pull.priority
         pull.waiters[priority] += 1
-        if before < len(self._ready) and pull.priority != before and oid in self._ready[before]:
+        if pull.priority != before and oid in self._queued:
             self._queue(oid, pull)
 
     def unwant(self, oid: bytes, priority: Priority = Priority.GET) -> bool:
@@ -132,7 +150,7 @@ class PullManager:
         before = pull.priority
         pull.waiters[priority] -= 1
         if pull.wanted:
-            if pull.priority != before and oid in self._ready[before]:
+            if pull.priority != before and oid in self._queued:
                 self._queue(oid, pull)
             return False
         active = pull.active is not None
@@ -167,16 +185,19 @@ class PullManager:
             pull.not_before = 0.0
             self._queue(oid, pull)
         out: list[Start] = []
-        for queue in self._ready:
-            while queue:
-                oid = next(iter(queue))
+        for priority in range(len(self._ready)):
+            while True:
+                head = self._head(priority)
+                if head is None:
+                    break
+                oid = head
                 pull = self.pulls[oid]
                 untried = [n for n in pull.sources if n not in pull.tried]
                 if not untried:
                     # Every source failed this round: back off, then try them all again.
                     pull.tried.clear()
                     pull.rounds += 1
-                    delay = min(self.backoff_max, self.backoff_min * 2 ** (pull.rounds - 1))
+                    delay = min(self.backoff_max, self.backoff_min * 2 ** min(pull.rounds - 1, 60))
                     pull.not_before = now + delay * (0.5 + self.rng.random())
                     self._queue(oid, pull)
                     continue
@@ -185,7 +206,8 @@ class PullManager:
                     or pull.size > free_bytes
                 ):
                     return out  # the pulls behind it wait too: no starvation of big objects
-                del queue[oid]
+                heapq.heappop(self._ready[priority])
+                del self._queued[oid]
                 node = self.rng.choice(untried)
                 pull.active = node
                 self.in_flight_bytes += pull.size
@@ -210,13 +232,29 @@ class PullManager:
         """When a pull backing off may go again (None: none is backing off)."""
         return min(self._backoff.values()) if self._backoff else None
 
+    def ready(self) -> list[list[bytes]]:
+        """The pulls ready to start, per priority, in the order they would start."""
+        out: list[list[bytes]] = []
+        for priority, heap in enumerate(self._ready):
+            current = sorted(
+                {
+                    (seq, oid)
+                    for seq, oid in heap
+                    if self._queued.get(oid) == priority and self.pulls[oid].seq == seq
+                }
+            )
+            out.append([oid for _, oid in current])
+        return out
+
     def check(self) -> None:
         """Invariants (tests): bytes in flight match the active pulls; queues are right."""
         active = sum(p.size for p in self.pulls.values() if p.active is not None)
         assert active == self.in_flight_bytes, (active, self.in_flight_bytes)
-        queued = [oid for q in self._ready for oid in q] + list(self._backoff)
-        assert len(queued) == len(set(queued)), "a pull queued twice"
-        for oid in queued:
+        assert not set(self._queued) & set(self._backoff), "a pull queued twice"
+        for oid, priority in self._queued.items():
+            assert priority == self.pulls[oid].priority
+            assert any(o == oid for _, o in self._ready[priority])
+        for oid in [*self._queued, *self._backoff]:
             pull = self.pulls[oid]
             assert pull.active is None and pull.sources and pull.size >= 0
         for p in self.pulls.values():

@@ -243,7 +243,9 @@ class ObjectManager:
             )
             self.policy.failed(oid, node)
         except asyncio.CancelledError:
-            self.policy.failed(oid, node)
+            # Cancelled because nobody waits any more (the policy forgot the pull
+            # already) or at shutdown: nothing to report, lest a later attempt
+            # from the same source be counted as failed.
             raise
         except Exception:
             log.exception("pull failed", object_id=oid.hex(), source=address)

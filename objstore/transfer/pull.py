@@ -117,7 +117,16 @@ class PullManager:
         self._backoff.pop(oid, None)
         if self._queued.get(oid) != pull.priority:
             self._queued[oid] = pull.priority
-            heapq.heappush(self._ready[pull.priority], (pull.seq, oid))
+            heap = self._ready[pull.priority]
+            heapq.heappush(heap, (pull.seq, oid))
+            if len(heap) > 2 * len(self._queued) + 64:
+                # Stale entries pile up behind a blocked head: keep the current ones.
+                keep = [
+                    (seq, o)
+                    for seq, o in heap
+                    if self._queued.get(o) == pull.priority and self.pulls[o].seq == seq
+                ]
+                heap[:] = sorted(set(keep))
 
     def _head(self, priority: int) -> bytes | None:
         """The oldest current entry of a priority's heap (stale ones dropped)."""

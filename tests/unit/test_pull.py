@@ -22,7 +22,7 @@ GET, WAIT, PREFETCH = Priority.GET, Priority.WAIT, Priority.PREFETCH
 
 ME = b"me"
 N1, N2, N3 = b"n1", b"n2", b"n3"
-A, B, C, D, P, X = b"A", b"B", b"C", b"D", b"P", b"X"
+A, B, C, D, P, W, X = b"A", b"B", b"C", b"D", b"P", b"W", b"X"
 
 BIG_FREE = 1 << 40
 
@@ -39,6 +39,8 @@ def invariants(pm: PullManager) -> None:
             assert pull.not_before <= 0, (oid, pull.not_before)
     for oid, t in pm._backoff.items():
         assert pm.pulls[oid].not_before == t > 0
+        # Backing off ends a round: when it is due, every source may be tried again.
+        assert pm.pulls[oid].tried == set(), (oid, pm.pulls[oid].tried)
     for oid, pull in pm.pulls.items():
         assert pm.node_id not in pull.sources, "this node is never a source"
         assert pull.active != pm.node_id
@@ -143,6 +145,9 @@ class Harness:
         assert all(q == [] for q in pm.ready()) and pm._queued == {}
         assert pm._backoff == {}
         assert pm.next_wakeup(self.now) is None
+        # The heaps drop stale entries lazily: the next call leaves them empty.
+        assert pm.next_pulls(self.now, self.free) == []
+        assert pm._ready == [[] for _ in Priority]
 
 
 # -- one pull per object
@@ -497,6 +502,29 @@ def test_location_update_keeps_the_place_in_line() -> None:
     h.located(A, 50, N1, N2)  # the directory: one copy more
     # Nothing passes A: it is still first in line.
     assert h.started() == []
+
+
+def test_stale_entries_do_not_pile_up_behind_a_blocked_head() -> None:
+    h = Harness(cap=100)
+    h.wanted_at(X, 60)
+    assert h.started() == [X]
+    h.wanted_at(A, 60)  # blocked at the head for as long as X is in flight
+    h.wanted_at(W, 10, priority=WAIT)
+    for i in range(200):
+        # Gets come and go (a wait pull upgraded and back; short-lived pulls), and
+        # the node asks for pulls after each event, as ObjectManager does.
+        h.want(W, GET)
+        assert h.unwant(W, GET) is False
+        oid = b"t%d" % i
+        h.wanted_at(oid, 10)
+        assert h.unwant(oid) is False
+        assert h.started() == []
+    # The pulls queued are A and W: the heaps are compacted once they hold more
+    # than twice the live entries plus 64, so they stay bounded, not hundreds.
+    live = len(h.pm._queued)
+    assert all(len(heap) <= 2 * live + 65 for heap in h.pm._ready), [
+        len(heap) for heap in h.pm._ready
+    ]
 
 
 # -- unlocated, and this node as the only source
@@ -920,12 +948,15 @@ class PullMachine(RuleBasedStateMachine):
         # (object, priority) -> waiters; attempts the machine was told to start.
         self.waiters: dict[tuple[bytes, Priority], int] = {}
         self.active: dict[bytes, Start] = {}
+        # object -> sources that failed in this round (absent: none).
+        self.tried: dict[bytes, set[bytes]] = {}
 
     def _drop(self, oid: bytes) -> None:
         """The pull is over (copy here, object gone): its waiters leave too."""
         for prio in Priority:
             self.waiters.pop((oid, prio), None)
         self.active.pop(oid, None)
+        self.tried.pop(oid, None)
 
     @rule(oid=objects, prio=priorities)
     def want(self, oid: bytes, prio: Priority) -> None:
@@ -949,7 +980,7 @@ class PullMachine(RuleBasedStateMachine):
         assert cancel is (last and oid in self.active)
         if last:
             assert oid not in self.pm.pulls
-            self.active.pop(oid, None)
+            self._drop(oid)
 
     @rule(oid=objects, size=sizes, nodes=st.lists(st.sampled_from(NODES), max_size=4))
     def located(self, oid: bytes, size: int, nodes: list[bytes]) -> None:
@@ -959,6 +990,8 @@ class PullMachine(RuleBasedStateMachine):
             assert oid not in self.pm.pulls
         else:
             assert set(self.pm.pulls[oid].sources) == set(nodes) - {ME}
+            # A source gone from the directory's list is no longer "tried".
+            self.tried[oid] = self.tried.get(oid, set()) & set(nodes)
 
     @rule(oid=objects, prio=priorities, size=sizes, nodes=remote_nodes)
     def want_located(self, oid: bytes, prio: Priority, size: int, nodes: list[bytes]) -> None:
@@ -987,6 +1020,7 @@ class PullMachine(RuleBasedStateMachine):
             pull = pm.pulls[s.object_id]
             assert s.node != ME
             assert s.node in pull.sources
+            assert s.node not in self.tried.get(s.object_id, set()), "retried in the same round"
             assert s.object_id not in self.active
             assert s.size == pull.size >= 0
             if in_flight:
@@ -1006,8 +1040,18 @@ class PullMachine(RuleBasedStateMachine):
             assert set(head.sources) - head.tried
             assert in_flight and (in_flight + head.size > CAP or head.size > left)
             assert all(pm.pulls[s.object_id].priority <= p for s in starts)
-        # What backs off is due later, never now.
+        # By priority, then in the order asked for: nothing still ready was passed.
+        def rank(oid: bytes) -> tuple[int, int]:
+            return pm.pulls[oid].priority, pm.pulls[oid].seq
+
+        started = [rank(s.object_id) for s in starts]
+        assert started == sorted(started)
+        waiting = [rank(oid) for queue in pm.ready() for oid in queue]
+        assert not started or not waiting or max(started) < min(waiting)
+        # What backs off is due later, never now; its next round starts afresh.
         assert all(t > self.now for t in pm._backoff.values())
+        for oid in pm._backoff:
+            self.tried.pop(oid, None)
         wake = pm.next_wakeup(self.now)
         assert wake == (min(pm._backoff.values()) if pm._backoff else None)
 
@@ -1028,7 +1072,7 @@ class PullMachine(RuleBasedStateMachine):
         self.pm.failed(oid, start.node)
         assert self.pm.pulls[oid].active is None
         assert self.pm.in_flight_bytes == before - start.size
-        assert start.node in self.pm.pulls[oid].tried
+        self.tried.setdefault(oid, set()).add(start.node)
 
     @rule(oid=objects, node=st.sampled_from(NODES))
     def stale_failed(self, oid: bytes, node: bytes) -> None:
@@ -1057,9 +1101,10 @@ class PullMachine(RuleBasedStateMachine):
         assert {o: p.active for o, p in pm.pulls.items() if p.active is not None} == {
             o: s.node for o, s in self.active.items()
         }
-        # Waiters match the model.
+        # Waiters and the sources tried in this round match the model.
         for oid, pull in pm.pulls.items():
             assert pull.waiters == [self.waiters.get((oid, p), 0) for p in Priority]
+            assert pull.tried == self.tried.get(oid, set()), (oid, pull.tried)
         assert set(pm.pulls) == {oid for oid, _ in self.waiters}
         # Over the cap only for a single pull (that started with nothing in flight).
         if pm.in_flight_bytes > CAP:
@@ -1077,6 +1122,8 @@ class PullMachine(RuleBasedStateMachine):
         assert all(q == [] for q in pm.ready()) and pm._queued == {}
         assert pm._backoff == {}
         assert pm.next_wakeup(self.now) is None
+        assert pm.next_pulls(self.now, 1 << 30) == []
+        assert pm._ready == [[] for _ in Priority]
 
 
 PullMachine.TestCase.settings = settings(

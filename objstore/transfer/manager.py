@@ -11,7 +11,7 @@ and from where: one per object, however many gets wait for it.  An attempt:
    secondaries, or wait for room), receive the first chunk straight into it
    (``sock_recv_into`` a view of the arena), then the other chunks, several at
    a time over a few pooled connections, within a cap of bytes in flight;
-3. verify each chunk's CRC-32 (in a thread) and seal: the waiting gets wake.
+3. verify each chunk's CRC-32 and seal: the waiting gets wake.
 
 A source that fails, stalls past ``transfer.pull_timeout_s`` or sends a bad
 chunk ends the attempt and the policy picks another source; the partial copy
@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import socket
 import time
-import zlib
 from collections.abc import Callable
 
 import structlog
@@ -43,7 +42,6 @@ __all__ = ["ObjectManager", "PeerPool", "TransferError"]
 
 log = structlog.get_logger("objstore.transfer.manager")
 
-_THREAD_CRC_BYTES = 256 * 1024
 # Objects up to this size (and the chunk size) are fetched many per request.
 _SMALL_BYTES = 256 * 1024
 # Most objects in one batched request.
@@ -106,6 +104,35 @@ class PeerPool:
             for c in conns:
                 c.sock.close()
         self._idle.clear()
+
+
+class _Buffered:
+    """Reads a socket through a buffer: many small replies per ``recv``."""
+
+    def __init__(self, sock: socket.socket, size: int = 1 << 20) -> None:
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    async def read(self, loop: asyncio.AbstractEventLoop, n: int) -> bytes:
+        if self.end - self.start >= n:
+            out = bytes(self.view[self.start : self.start + n])
+            self.start += n
+            return out
+        have = bytes(self.view[self.start : self.end])
+        self.start = self.end = 0
+        if n - len(have) > len(self.buf):
+            return have + await recv_exact(loop, self.sock, n - len(have))
+        while self.end < n - len(have):
+            k = await loop.sock_recv_into(self.sock, self.view[self.end :])
+            if not k:
+                raise ConnectionError("source closed in the middle of a batch")
+            self.end += k
+        need = n - len(have)
+        self.start = need
+        return have + bytes(self.view[:need])
 
 
 class _ByteBudget:
@@ -343,8 +370,11 @@ class ObjectManager:
                     async with asyncio.timeout(self.timeout):
                         request = wire.encode_request(wire.FETCH_MANY, bytes(20), 0, len(items))
                         await loop.sock_sendall(conn.sock, request + b"".join(o for o, _ in items))
+                        reader = _Buffered(conn.sock)
                         for oid, fut in items:
-                            self._take_small(oid, fut, *await self._read_small(loop, conn))
+                            self._take_small(oid, fut, *await self._read_small(loop, reader))
+                        if reader.end > reader.start:
+                            raise TransferError("the source sent more than the batch")
                 except BaseException:
                     conn.sock.close()
                     raise
@@ -357,15 +387,15 @@ class ObjectManager:
 
     @staticmethod
     async def _read_small(
-        loop: asyncio.AbstractEventLoop, conn: _Conn
+        loop: asyncio.AbstractEventLoop, reader: _Buffered
     ) -> tuple[int, int, bytes, bytes, int]:
         status, size, n, meta_len, crc = wire.decode_reply(
-            await recv_exact(loop, conn.sock, wire.REPLY.size)
+            await reader.read(loop, wire.REPLY.size)
         )
         if status == wire.OK and (n != size or meta_len > 65536):
             raise TransferError(f"bad reply in a batch: {n} of {size} bytes")
-        meta = await recv_exact(loop, conn.sock, meta_len) if meta_len else b""
-        data = await recv_exact(loop, conn.sock, n) if n else b""
+        meta = await reader.read(loop, meta_len) if meta_len else b""
+        data = await reader.read(loop, n) if n else b""
         return status, size, meta, data, crc
 
     def _take_small(
@@ -378,7 +408,7 @@ class ObjectManager:
         if status != wire.OK:
             fut.set_exception(TransferError(f"source says {wire.STATUS_NAMES.get(status, status)}"))
             return
-        if zlib.crc32(data) != crc:
+        if wire.crc32(data) != crc:
             fut.set_exception(TransferError(f"object of {size} bytes failed its checksum"))
             return
         store = self.store
@@ -449,7 +479,7 @@ class ObjectManager:
                 if not k:
                     raise ConnectionError(f"source closed after {got} of {n} bytes")
                 got += k
-            mine = await asyncio.to_thread(zlib.crc32, view) if n >= _THREAD_CRC_BYTES else zlib.crc32(view)
+            mine = wire.crc32(view)
             if mine != crc:
                 raise TransferError(f"chunk at {offset} of {n} bytes failed its checksum")
         finally:

@@ -1,9 +1,9 @@
 """The serving side of the data plane: chunks straight from shared memory.
 
 Each connection reads one request at a time; a chunk is pinned while it is
-sent (so no delete can reuse its memory underneath), its CRC-32 is computed in
-a thread (zlib releases the GIL), then it goes out with ``sock_sendall`` from
-a view of the arena.  Chunks in flight are bounded per peer and overall.  A
+sent (so no delete can reuse its memory underneath), its CRC-32 is computed
+(ISA-L, inline), then it goes out with ``sock_sendall`` from a view of the
+arena.  Chunks in flight are bounded per peer and overall.  A
 peer that sends garbage (a bad magic, an unknown kind, a range outside the
 object) gets an error reply or a closed connection; the node carries on.
 """
@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import errno
 import socket
-import zlib
 
 import structlog
 
@@ -27,8 +26,6 @@ __all__ = ["TransferServer"]
 
 log = structlog.get_logger("objstore.transfer.server")
 
-# Chunks from this size have their CRC computed in a thread.
-_THREAD_CRC_BYTES = 256 * 1024
 _IDLE_TIMEOUT_S = 300.0
 
 
@@ -168,7 +165,7 @@ class TransferServer:
                 seg = store.segments[entry.segment].mm
                 data = seg[entry.offset : entry.offset + entry.size]
                 meta = entry.meta
-                out += wire.encode_reply(wire.OK, entry.size, entry.size, len(meta), zlib.crc32(data))
+                out += wire.encode_reply(wire.OK, entry.size, entry.size, len(meta), wire.crc32(data))
                 out += meta
                 out += data
                 self.chunks_sent += 1
@@ -213,10 +210,7 @@ class TransferServer:
         whole = store.view(entry)
         view = whole[offset : offset + n]
         try:
-            if n >= _THREAD_CRC_BYTES:
-                crc = await asyncio.to_thread(zlib.crc32, view)
-            else:
-                crc = zlib.crc32(view)
+            crc = wire.crc32(view)
             await loop.sock_sendall(sock, wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta)
             if n:
                 await loop.sock_sendall(sock, view)

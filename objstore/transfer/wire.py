@@ -11,13 +11,22 @@ id (20 bytes), offset and length (8 bytes each, little-endian).
 Reply (28 bytes): magic, version, status, 2 spare bytes, the object's size
 (8), the chunk's length (8), the metadata's length (4) and the chunk's CRC-32
 (4); then the metadata (only for a chunk at offset 0), then the chunk.
+The CRC-32 is zlib's polynomial (computed with ISA-L where it is installed).
 """
 
 from __future__ import annotations
 
 import struct
 
+try:
+    # ISA-L's CRC-32: the same values as zlib's, 26 GB/s here against 3.9, so
+    # it runs inline instead of in a thread and costs ~0.2 ms per 5 MiB chunk.
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - a platform without isal wheels
+    from zlib import crc32
+
 __all__ = [
+    "crc32",
     "MAGIC",
     "VERSION",
     "REQUEST",

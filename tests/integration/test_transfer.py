@@ -257,3 +257,34 @@ async def test_a_link_that_stalls_or_drops(cluster_factory, node_factory) -> Non
     finally:
         await proxy.close()
     assert "pull from a source failed" in c.head.stderr()
+
+
+async def test_secondary_copies_are_evicted_lru_and_the_directory_hears(cluster_factory) -> None:
+    c = cluster_factory(0, env=ENV, memory="128MiB")
+    small = c.add_node(env=ENV, memory="32MiB")
+    async with objstore.connect(c.head.socket) as ch, objstore.connect(small.socket) as cs:
+        refs = [await ch.put(pattern(12 * MiB, 20 + i)) for i in range(3)]
+        mine = await cs.put(pattern(4 * MiB, 30))  # a primary there: never evicted
+        for i, ref in enumerate(refs):
+            view = await cs.get(ref, timeout=30)
+            assert bytes(view) == pattern(12 * MiB, 20 + i)
+            del view  # released: the copy becomes evictable
+            await asyncio.sleep(0.1)
+        st = await cs.stats()
+        assert st["evictions"] >= 1 and st["pulled"] == 3
+        assert bytes(await cs.get(mine)) == pattern(4 * MiB, 30)
+        # The first copy (least recently used) went; the directory was told.
+        from objstore.directory.client import DirectoryAdmin
+
+        small_id = bytes.fromhex(str(small.ready["node_id"]))
+        deadline = time.monotonic() + 5
+        while True:
+            async with DirectoryAdmin(c.directory) as d:
+                (row,) = await d.lookup([refs[0]._id])
+            if small_id not in row.nodes:
+                break
+            assert time.monotonic() < deadline, "the eviction was never reported"
+            await asyncio.sleep(0.05)
+        assert not await cs.contains(refs[0])
+        # Gets of it pull it again.
+        assert bytes(await cs.get(refs[0], timeout=30)) == pattern(12 * MiB, 20)

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 import grpclib.const
+from _proc import CLK_TCK, machine_busy_s
 from grpclib.client import Channel
 
 from objstore.directory.codec import join_ids, pb, table_to_rows
@@ -60,7 +61,6 @@ MiB = 1 << 20
 GiB = 1 << 30
 HOST = "127.0.0.1"
 _PREFIX = "/objstore.directory.v1.Directory/"
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 RPC_TIMEOUT = 30.0
 
 
@@ -210,7 +210,7 @@ class Head:
         """User + system CPU seconds of the head so far."""
         with open(f"/proc/{self.pid}/stat") as fh:
             fields = fh.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
     def stop(self, timeout: float = 30.0) -> float:
         """SIGTERM and wait; returns the seconds to exit (SIGKILL after ``timeout``)."""
@@ -239,12 +239,6 @@ class Head:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores, from /proc/stat)."""
-    with open("/proc/stat") as fh:
-        f = [int(x) for x in fh.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / _CLK_TCK
 
 
 class CpuMeter:

@@ -72,6 +72,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import numpy as np
+from _proc import CLK_TCK, machine_busy_s
 
 import objstore
 from objstore.config import Config, parse_size
@@ -79,7 +80,6 @@ from objstore.config import Config, parse_size
 MiB = 1 << 20
 GiB = 1 << 30
 HOST = "127.0.0.1"
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 GET_TIMEOUT = 120.0
 PARTS = ("raw", "pull", "small", "broadcast", "memory")
@@ -121,12 +121,6 @@ def gbps(nbytes: float, seconds: float) -> float:
 
 
 # --------------------------------------------------------------------------- /proc
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores, from /proc/stat)."""
-    with open("/proc/stat") as fh:
-        f = [int(x) for x in fh.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / _CLK_TCK
 
 
 def _stat_fields(path: str) -> list[str]:
@@ -141,7 +135,7 @@ def proc_cpu_s(pid: int, tid: int | None = None) -> float:
         f = _stat_fields(path)
     except OSError:
         return 0.0
-    return (int(f[11]) + int(f[12])) / _CLK_TCK
+    return (int(f[11]) + int(f[12])) / CLK_TCK
 
 
 def proc_minflt(pid: int) -> int:

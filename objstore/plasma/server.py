@@ -448,7 +448,7 @@ class _Connection(asyncio.Protocol):
         assert directory is not None
         self._note_owned()
         # The local checks first: a name taken here fails without a round trip.
-        self.store._precheck_create(object_id, name, self.client)
+        self.store.precheck_create(object_id, name, self.client)
 
         async def claim_then_create() -> None:
             try:

@@ -329,7 +329,7 @@ class PlasmaStore:
             f"{format_size(self.fallback_used)} of {format_size(self.fallback_max)}"
         )
 
-    def _precheck_create(self, object_id: bytes, name: str, client: ClientState | None) -> None:
+    def precheck_create(self, object_id: bytes, name: str, client: ClientState | None) -> None:
         self._check_id(object_id)
         if object_id in self.objects:
             raise ObjectExistsError(f"object {object_id.hex()} exists already")
@@ -350,7 +350,7 @@ class PlasmaStore:
         primary: bool = True,
     ) -> ObjectEntry | None:
         """Create without waiting; None when room must be made first (see :meth:`create`)."""
-        self._precheck_create(object_id, name, client)
+        self.precheck_create(object_id, name, client)
         if size < 0:
             raise ObjectStoreError(f"an object size cannot be negative, got {size}")
         got = self._allocate_now(size)
@@ -374,7 +374,7 @@ class PlasmaStore:
         got = await self._make_room(size)
         try:
             # Checks again: the world may have changed while room was made.
-            self._precheck_create(object_id, name, client)
+            self.precheck_create(object_id, name, client)
         except BaseException:
             self._release_space(got[0], got[1], size)
             raise

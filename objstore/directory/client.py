@@ -42,6 +42,7 @@ from objstore.errors import (
     ObjectNotFoundError,
     ObjectStoreError,
 )
+from objstore.ids import NODE_ID_SIZE
 
 __all__ = ["DirectoryClient", "DirectoryAdmin", "parse_address", "error_from_grpc"]
 
@@ -117,6 +118,7 @@ class DirectoryClient:
         usage: Callable[[], Usage],
         on_update: Callable[[list[ObjectRow]], None],
         on_free: Callable[[list[bytes]], None],
+        on_dead: Callable[[list[bytes]], None] = lambda ids: None,
         address: str = "",
         socket: str = "",
         link: Callable[[], Link] | None = None,
@@ -134,6 +136,7 @@ class DirectoryClient:
         self._usage = usage
         self._on_update = on_update
         self._on_free = on_free
+        self._on_dead = on_dead
         self.book = ReportBook()
         self.watches = WatchBook()
         self.registered = asyncio.Event()
@@ -263,9 +266,7 @@ class DirectoryClient:
         finally:
             link.close()
 
-    async def _full_report(
-        self, stub: Any, objects: list[tuple[bytes, int, bool, str]]
-    ) -> None:
+    async def _full_report(self, stub: Any, objects: list[tuple[bytes, int, bool, str]]) -> None:
         step = self.max_report
         n = max(1, -(-len(objects) // step))
         for i in range(n):
@@ -375,7 +376,9 @@ class DirectoryClient:
                 )
             )
             for i in range(chunk, len(ids), chunk):
-                await stream.send_message(pb.SubscribeRequest(subscribe_ids=join_ids(ids[i : i + chunk])))
+                await stream.send_message(
+                    pb.SubscribeRequest(subscribe_ids=join_ids(ids[i : i + chunk]))
+                )
 
             async def writer() -> None:
                 while True:
@@ -398,6 +401,11 @@ class DirectoryClient:
                     self.notifications += 1
                     if note.free_ids:
                         self._on_free(split_ids(note.free_ids))
+                    if note.dead_nodes:
+                        dead = note.dead_nodes
+                        self._on_dead(
+                            [dead[i : i + NODE_ID_SIZE] for i in range(0, len(dead), NODE_ID_SIZE)]
+                        )
                     if note.updates is not None and note.updates.object_ids:
                         self.addresses.update(table_addresses(note.updates))
                         self._on_update(table_to_rows(note.updates))
@@ -457,7 +465,9 @@ class DirectoryClient:
 
     async def lookup(self, oids: list[bytes]) -> list[ObjectRow]:
         msg = pb.LookupRequest(object_ids=join_ids(oids))
-        return table_to_rows(await self._call("lookup", lambda s: s.lookup(msg, timeout=self.timeout)))
+        return table_to_rows(
+            await self._call("lookup", lambda s: s.lookup(msg, timeout=self.timeout))
+        )
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -501,9 +511,13 @@ class DirectoryAdmin:
         return await self._call("status", self.stub.cluster_status(pb.ClusterStatusRequest()))
 
     async def list_objects(self, limit: int = 1000) -> tuple[list[ObjectRow], int]:
-        table = await self._call("memory", self.stub.list_objects(pb.ListObjectsRequest(limit=limit)))
+        table = await self._call(
+            "memory", self.stub.list_objects(pb.ListObjectsRequest(limit=limit))
+        )
         return table_to_rows(table), table.total
 
     async def lookup(self, oids: list[bytes]) -> list[ObjectRow]:
-        table = await self._call("lookup", self.stub.lookup(pb.LookupRequest(object_ids=join_ids(oids))))
+        table = await self._call(
+            "lookup", self.stub.lookup(pb.LookupRequest(object_ids=join_ids(oids)))
+        )
         return table_to_rows(table)

@@ -372,9 +372,10 @@ class _Service:
                 while True:
                     rows = state.take_pending(sub, _NOTIFY_ROWS)
                     frees = state.take_frees(sub.node_id, _NOTIFY_FREES)
-                    if not rows and not frees:
+                    dead, sub.dead_nodes = sub.dead_nodes, []
+                    if not rows and not frees and not dead:
                         break
-                    note = pb.Notification(free_ids=b"".join(frees))
+                    note = pb.Notification(free_ids=b"".join(frees), dead_nodes=b"".join(dead))
                     if rows:
                         note.updates = rows_to_table(rows, address_of=self._address)
                     await send(note)
@@ -416,7 +417,9 @@ class DirectoryServer:
         )
         self.store = store or open_store(dc.store, dc.state_dir)
         self.persist = WriteBehind(
-            self.store, self.state.encode_node, self.state.encode_object,
+            self.store,
+            self.state.encode_node,
+            self.state.encode_object,
             interval=dc.flush_interval_s,
         )
         self.head_node_id = head_node_id
@@ -496,6 +499,11 @@ class DirectoryServer:
         lost = 0
         for lost in self.state.declare_dead_steps(node_id):
             await asyncio.sleep(0)
+        # Every other node stops serving the dead one's transfers.
+        for sub in self.streams:
+            if sub.node_id != node_id and not sub.closed:
+                sub.dead_nodes.append(node_id)
+                sub.wake()
         log.warning(
             "node declared dead",
             node_id=node_id.hex(),

@@ -158,13 +158,15 @@ class ObjectRow:
 class Subscriber:
     """One node's subscription stream."""
 
-    __slots__ = ("node_id", "subscribed", "pending", "wake", "closed")
+    __slots__ = ("node_id", "subscribed", "pending", "dead_nodes", "wake", "closed")
 
     def __init__(self, node_id: bytes, wake: Callable[[], None] = lambda: None) -> None:
         self.node_id = node_id
         self.subscribed: set[bytes] = set()
         # Subscribed ids whose state changed since last sent (coalesced).
         self.pending: dict[bytes, None] = {}
+        # Nodes declared dead since last sent (every stream hears of every death).
+        self.dead_nodes: list[bytes] = []
         self.wake = wake
         self.closed = False
 

@@ -63,7 +63,10 @@ class Node:
             await self.stop()
             raise
         first = self.store.arena.start_prefault(
-            cfg.plasma.prefault_bytes, first=cfg.plasma.prefault_before_ready_bytes
+            cfg.plasma.prefault_bytes,
+            first=cfg.plasma.prefault_before_ready_bytes,
+            # A node in a cluster receives objects into its own mapping.
+            own=bool(cfg.node.directory),
         )
         # The first part before ready, so that the first puts land on warm pages.
         await asyncio.to_thread(first.wait, 5.0)
@@ -114,6 +117,7 @@ class Node:
             usage=self._usage,
             on_update=self._on_update,
             on_free=self._on_free,
+            on_dead=self._on_dead,
             socket=self.server.path,
             address=cfg.node.advertise or self.transfer.address,
             # The head's own node calls its directory in-process.
@@ -171,6 +175,12 @@ class Node:
         assert self.store is not None
         n = self.store.delete_many(ids, report=False)
         log.debug("objects deleted elsewhere freed here", requested=len(ids), freed=n)
+
+    def _on_dead(self, node_ids: list[bytes]) -> None:
+        """Nodes declared dead: stop serving their transfers."""
+        if self.transfer is not None:
+            for nid in node_ids:
+                self.transfer.drop_destination(nid)
 
     async def _watch_loop(self, limit: float) -> None:
         """Log when the event loop was kept from running for longer than ``limit``."""

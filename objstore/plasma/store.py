@@ -193,6 +193,8 @@ class PlasmaStore:
         # and of every object gets wait for that is not here.
         self.listener: StoreListener | None = None
         self.remote: RemoteWatcher | None = None
+        # Called whenever memory is given back (pulls waiting for room retry).
+        self.on_space: Callable[[], None] | None = None
         self._quiet = False
         self.pinned_bytes = 0
         # Objects in state CREATING, and DELETED ones still held (kept, not counted).
@@ -408,6 +410,8 @@ class PlasmaStore:
             seg = self.segments.pop(segment)
             self.fallback_used -= seg.size
             seg.close()
+        if self.on_space is not None:
+            self.on_space()
 
     # ------------------------------------------------------------------ seal / abort
     def seal(self, object_id: bytes, client: ClientState | None) -> ObjectEntry:

@@ -27,12 +27,13 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from objstore.config import Config
 from objstore.directory.state import PRESENT, ObjectRow
-from objstore.errors import ObjectStoreError
+from objstore.errors import ObjectStoreError, ObjectStoreFullError
 from objstore.plasma.store import PlasmaStore
 from objstore.transfer import wire
 from objstore.transfer.pull import Priority, PullManager, Start
@@ -67,7 +68,14 @@ class _Conn:
 class PeerPool:
     """A few open data plane connections per peer, reused between chunks."""
 
-    def __init__(self, per_peer: int = 8, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, node_id: bytes = b"", per_peer: int = 8, connect_timeout: float = 5.0
+    ) -> None:
+        # Said first on every connection (wire.HELLO), so the source bounds and
+        # cancels its sends to this node by node rather than by address.
+        self._hello = (
+            wire.encode_request(wire.HELLO, node_id.ljust(20, b"\0"), 0, 0) if node_id else b""
+        )
         self.per_peer = per_peer
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[_Conn]] = {}
@@ -90,6 +98,8 @@ class PeerPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await loop.sock_connect(sock, (host, int(port)))
+                if self._hello:
+                    await loop.sock_sendall(sock, self._hello)
         except BaseException:
             sock.close()
             raise
@@ -172,7 +182,7 @@ class ObjectManager:
         self.chunk = tc.chunk_size
         self.timeout = tc.pull_timeout_s
         self.budget = _ByteBudget(tc.max_bytes_in_flight)
-        self.peers = PeerPool()
+        self.peers = PeerPool(node_id)
         self.policy = PullManager(node_id, max_bytes_in_flight=tc.max_bytes_in_flight)
         # object id -> its attempt in flight (one per object).
         self.tasks: dict[bytes, asyncio.Task[None]] = {}
@@ -186,6 +196,10 @@ class ObjectManager:
         # source address -> small objects waiting to go in its next batched request.
         self._batches: dict[str, list[tuple[bytes, asyncio.Future[int]]]] = {}
         self._batch_tasks: set[asyncio.Task[None]] = set()
+        # Set when the store gives memory back; pulls that found no room wait on it.
+        self._space = asyncio.Event()
+        self._space_waiters = 0
+        store.on_space = self._on_space
 
     # -- driven by the node
     def want(self, oid: bytes, priority: int) -> None:
@@ -205,6 +219,28 @@ class ObjectManager:
         if row.state == PRESENT and not self.store.contains(row.object_id):
             self.policy.located(row.object_id, row.size, row.nodes)
             self._kick()
+
+    def _on_space(self) -> None:
+        """Memory was freed here: admission may let waiting pulls in."""
+        if self._space_waiters:
+            self._space.set()
+        if self.policy.pulls:
+            self._kick()
+
+    async def _create_when_room(self, oid: bytes, size: int, meta: bytes) -> Any:
+        """A secondary copy's space, waiting (within the attempt's deadline) while the store is full."""
+        while True:
+            try:
+                return await self.store.create(oid, size, meta, None, primary=False)
+            except ObjectStoreFullError:
+                # Every secondary is evicted and the fallback is full: wait until
+                # something frees memory (a delete, a release), then try again.
+                self._space.clear()
+                self._space_waiters += 1
+                try:
+                    await self._space.wait()
+                finally:
+                    self._space_waiters -= 1
 
     def _kick(self) -> None:
         """Start what the policy allows, once per loop turn however many events."""
@@ -266,7 +302,9 @@ class ObjectManager:
             self._failed_once.add(oid)
             (log.warning if first else log.debug)(
                 "pull from a source failed; trying the next",
-                object_id=oid.hex(), source=address, error=str(exc),
+                object_id=oid.hex(),
+                source=address,
+                error=str(exc),
             )
             self.policy.failed(oid, node)
         except asyncio.CancelledError:
@@ -283,7 +321,10 @@ class ObjectManager:
             self.policy.succeeded(oid)
             self._failed_once.discard(oid)
             log.debug(
-                "pulled", object_id=oid.hex(), source=address, size=got,
+                "pulled",
+                object_id=oid.hex(),
+                source=address,
+                size=got,
                 seconds=round(time.perf_counter() - t0, 4),
             )
         finally:
@@ -317,7 +358,7 @@ class ObjectManager:
                             raise TransferError(f"bad first chunk: {n} of {size} bytes")
                         meta = await recv_exact(loop, conn.sock, meta_len) if meta_len else b""
                         # Room for the copy (may evict other secondaries, or wait).
-                        entry = await store.create(oid, size, meta, None, primary=False)
+                        entry = await self._create_when_room(oid, size, meta)
                         created = True
                         await self._recv_chunk(loop, conn, entry, 0, n, crc)
                 except BaseException:
@@ -380,7 +421,11 @@ class ObjectManager:
                     raise
                 self.peers.put(conn)
         except Exception as exc:  # noqa: BLE001 - every waiting pull hears of it
-            err = exc if isinstance(exc, TransferError) else TransferError(f"{type(exc).__name__}: {exc}")
+            err = (
+                exc
+                if isinstance(exc, TransferError)
+                else TransferError(f"{type(exc).__name__}: {exc}")
+            )
             for _, fut in items:
                 if not fut.done():
                     fut.set_exception(err)
@@ -389,9 +434,7 @@ class ObjectManager:
     async def _read_small(
         loop: asyncio.AbstractEventLoop, reader: _Buffered
     ) -> tuple[int, int, bytes, bytes, int]:
-        status, size, n, meta_len, crc = wire.decode_reply(
-            await reader.read(loop, wire.REPLY.size)
-        )
+        status, size, n, meta_len, crc = wire.decode_reply(await reader.read(loop, wire.REPLY.size))
         if status == wire.OK and (n != size or meta_len > 65536):
             raise TransferError(f"bad reply in a batch: {n} of {size} bytes")
         meta = await reader.read(loop, meta_len) if meta_len else b""
@@ -399,8 +442,14 @@ class ObjectManager:
         return status, size, meta, data, crc
 
     def _take_small(
-        self, oid: bytes, fut: asyncio.Future[int], status: int, size: int, meta: bytes,
-        data: bytes, crc: int,
+        self,
+        oid: bytes,
+        fut: asyncio.Future[int],
+        status: int,
+        size: int,
+        meta: bytes,
+        data: bytes,
+        crc: int,
     ) -> None:
         """Seal one object of a batch (copied: it is small) and tell its pull."""
         if fut.done():

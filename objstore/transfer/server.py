@@ -2,10 +2,14 @@
 
 Each connection reads one request at a time; a chunk is pinned while it is
 sent (so no delete can reuse its memory underneath), its CRC-32 is computed
-(ISA-L, inline), then it goes out with ``sock_sendall`` from a view of the
-arena.  Chunks in flight are bounded per peer and overall.  A
-peer that sends garbage (a bad magic, an unknown kind, a range outside the
-object) gets an error reply or a closed connection; the node carries on.
+(ISA-L, inline; remembered per chunk, so a broadcast computes it once), then
+it goes out with ``sock_sendall`` from a view of the arena.  Which sends run
+is the :class:`~objstore.transfer.push.PushManager`'s call: bounded per
+destination node (named by the connection's HELLO) and overall, one push per
+(destination, object), everything of a node aborted when the directory
+declares it dead.  A peer that sends garbage (a bad magic, an unknown kind, a
+range outside the object) gets an error reply or a closed connection; the
+node carries on.
 """
 
 from __future__ import annotations
@@ -13,20 +17,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import socket
+from collections import OrderedDict
+from collections.abc import Hashable
 
 import structlog
 
 from objstore.config import Config
 from objstore.errors import ObjectStoreError
+from objstore.ids import NODE_ID_SIZE
 from objstore.plasma.store import ClientState, PlasmaStore
 from objstore.transfer import wire
+from objstore.transfer.push import PushManager
 
 __all__ = ["TransferServer"]
 
 log = structlog.get_logger("objstore.transfer.server")
 
 _IDLE_TIMEOUT_S = 300.0
+# Chunk CRCs remembered (object id, offset, length): objects are immutable.
+_CRC_CACHE = 4096
 
 
 async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
@@ -52,9 +63,15 @@ class TransferServer:
         self.max_chunk = tc.chunk_size
         # One pseudo-client holds the pins of chunks being sent.
         self._pins = ClientState(0, lambda ids: None)
-        self._overall = asyncio.Semaphore(max(1, tc.max_bytes_in_flight // tc.chunk_size))
-        self._per_peer: dict[str, asyncio.Semaphore] = {}
-        self._per_peer_chunks = max(1, tc.max_bytes_in_flight // tc.chunk_size // 2)
+        chunks = max(1, tc.max_bytes_in_flight // tc.chunk_size)
+        self.push = PushManager(max_overall=chunks, max_per_destination=max(1, chunks // 2))
+        # Request key -> future a queued send waits on; the send's task.
+        self._granted: dict[Hashable, asyncio.Future[None]] = {}
+        self._senders: dict[Hashable, asyncio.Task[None]] = {}
+        # Destination -> its open connections' tasks (closed when it dies).
+        self._by_dest: dict[Hashable, set[asyncio.Task[None]]] = {}
+        self._keys = itertools.count(1)
+        self._crcs: OrderedDict[tuple[bytes, int, int], int] = OrderedDict()
         self._listener: socket.socket | None = None
         self._accept: asyncio.Task[None] | None = None
         self._conns: set[asyncio.Task[None]] = set()
@@ -63,6 +80,7 @@ class TransferServer:
         self.chunks_sent = 0
         self.bytes_sent = 0
         self.bad_requests = 0
+        self.aborted = 0
 
     @property
     def address(self) -> str:
@@ -82,7 +100,9 @@ class TransferServer:
         sock.setblocking(False)
         self._listener = sock
         self.host, self.port = sock.getsockname()[:2]
-        self._accept = asyncio.get_running_loop().create_task(self._accept_loop(), name="transfer-accept")
+        self._accept = asyncio.get_running_loop().create_task(
+            self._accept_loop(), name="transfer-accept"
+        )
 
     async def close(self) -> None:
         if self._accept is not None:
@@ -118,7 +138,11 @@ class TransferServer:
 
     async def _serve(self, sock: socket.socket, peer: str, host: str) -> None:
         loop = asyncio.get_running_loop()
-        per_peer = self._per_peer.setdefault(host, asyncio.Semaphore(self._per_peer_chunks))
+        # Until a HELLO names the node, the connection is a peer of its own.
+        dest: Hashable = peer
+        task = asyncio.current_task()
+        assert task is not None
+        self._by_dest.setdefault(dest, set()).add(task)
         try:
             while True:
                 try:
@@ -130,20 +154,124 @@ class TransferServer:
                     kind, oid, offset, length = wire.decode_request(head)
                 except wire.WireError as exc:
                     self.bad_requests += 1
-                    log.warning("data plane: bad request; connection closed", peer=peer, error=str(exc))
+                    log.warning(
+                        "data plane: bad request; connection closed", peer=peer, error=str(exc)
+                    )
                     return
+                if kind == wire.HELLO:
+                    self._forget_conn(dest, task)
+                    dest = oid[:NODE_ID_SIZE]
+                    # A node that speaks again registered again: serve it.
+                    self.push.revive(dest)
+                    self._by_dest.setdefault(dest, set()).add(task)
+                    continue
                 if kind == wire.FETCH_MANY:
                     ids = await recv_exact(loop, sock, length * 20)
-                    async with per_peer, self._overall:
+                    # Each batch is a push of its own (offset -1 - key never repeats).
+                    key = next(self._keys)
+                    if not await self._admit(key, dest, b"", -key):
+                        return
+                    try:
                         await self._send_many(loop, sock, ids)
+                    finally:
+                        self._finish(key)
                     continue
-                async with per_peer, self._overall:
+                key = next(self._keys)
+                if not await self._admit(key, dest, oid, offset):
+                    return
+                try:
                     if not await self._send_chunk(loop, sock, peer, oid, offset, length):
                         return
+                finally:
+                    self._finish(key)
         except (OSError, ConnectionError, TimeoutError) as exc:
-            log.debug("data plane connection ended", peer=peer, error=str(exc) or type(exc).__name__)
+            log.debug(
+                "data plane connection ended", peer=peer, error=str(exc) or type(exc).__name__
+            )
         finally:
+            self._forget_conn(dest, task)
             sock.close()
+
+    def _forget_conn(self, dest: Hashable, task: asyncio.Task[None]) -> None:
+        conns = self._by_dest.get(dest)
+        if conns is not None:
+            conns.discard(task)
+            if not conns:
+                del self._by_dest[dest]
+
+    async def _admit(self, key: Hashable, dest: Hashable, oid: bytes, offset: int) -> bool:
+        """Wait until the push manager lets this send run; False: refused (dead node)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._senders[key] = task
+        start, abort = self.push.request(key, dest, oid, offset)
+        self._abort(abort)
+        self._release(start)
+        if key in start:
+            return True
+        if key not in self.push.requests:
+            del self._senders[key]
+            log.info("data plane: request from a node declared dead refused", node=_name(dest))
+            return False
+        fut = self._granted[key] = asyncio.get_running_loop().create_future()
+        try:
+            await fut
+        except BaseException:
+            self._granted.pop(key, None)
+            self._finish(key)
+            raise
+        return True
+
+    def _finish(self, key: Hashable) -> None:
+        """A send ended (or its wait did): let the next ones go."""
+        self._senders.pop(key, None)
+        if key in self.push.running:
+            self._release(self.push.done(key))
+        else:
+            self._release(self.push.cancel(key))
+
+    def _release(self, keys: list[Hashable]) -> None:
+        for k in keys:
+            fut = self._granted.pop(k, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def _abort(self, keys: list[Hashable]) -> None:
+        """Cancel the connections of sends the push manager gave up on."""
+        me = asyncio.current_task()
+        for k in keys:
+            self.aborted += 1
+            self._granted.pop(k, None)
+            task = self._senders.pop(k, None)
+            if task is not None and task is not me:
+                task.cancel()
+
+    def drop_destination(self, node_id: bytes) -> None:
+        """The directory declared ``node_id`` dead: abort its sends, close its connections."""
+        start, keys = self.push.drop_destination(node_id)
+        conns = self._by_dest.pop(node_id, set())
+        for task in conns:
+            task.cancel()
+        self._abort(keys)
+        self._release(start)
+        if keys or conns:
+            log.info(
+                "transfers to a dead node cancelled",
+                node_id=node_id.hex(),
+                sends=len(keys),
+                connections=len(conns),
+            )
+
+    def _crc(self, oid: bytes, offset: int, view: memoryview) -> int:
+        key = (oid, offset, len(view))
+        crc = self._crcs.get(key)
+        if crc is None:
+            crc = self._crcs[key] = wire.crc32(view)
+            if len(self._crcs) > _CRC_CACHE:
+                self._crcs.popitem(last=False)
+        else:
+            self._crcs.move_to_end(key)
+        return crc
 
     async def _send_many(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, ids: bytes
@@ -165,7 +293,9 @@ class TransferServer:
                 seg = store.segments[entry.segment].mm
                 data = seg[entry.offset : entry.offset + entry.size]
                 meta = entry.meta
-                out += wire.encode_reply(wire.OK, entry.size, entry.size, len(meta), wire.crc32(data))
+                out += wire.encode_reply(
+                    wire.OK, entry.size, entry.size, len(meta), wire.crc32(data)
+                )
                 out += meta
                 out += data
                 self.chunks_sent += 1
@@ -200,7 +330,11 @@ class TransferServer:
             self.bad_requests += 1
             log.warning(
                 "data plane: chunk outside the object; connection closed",
-                peer=peer, object_id=oid.hex(), offset=offset, length=length, size=size,
+                peer=peer,
+                object_id=oid.hex(),
+                offset=offset,
+                length=length,
+                size=size,
             )
             await loop.sock_sendall(sock, wire.encode_reply(wire.BAD_REQUEST, size))
             return False
@@ -210,8 +344,10 @@ class TransferServer:
         whole = store.view(entry)
         view = whole[offset : offset + n]
         try:
-            crc = wire.crc32(view)
-            await loop.sock_sendall(sock, wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta)
+            crc = self._crc(oid, offset, view)
+            await loop.sock_sendall(
+                sock, wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta
+            )
             if n:
                 await loop.sock_sendall(sock, view)
         finally:
@@ -223,3 +359,7 @@ class TransferServer:
         self.chunks_sent += 1
         self.bytes_sent += n
         return True
+
+
+def _name(dest: Hashable) -> str:
+    return dest.hex() if isinstance(dest, bytes) else str(dest)

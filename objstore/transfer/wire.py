@@ -34,6 +34,7 @@ __all__ = [
     "FETCH",
     "FETCH_MANY",
     "MAX_MANY",
+    "HELLO",
     "OK",
     "NOT_FOUND",
     "BAD_REQUEST",
@@ -57,6 +58,10 @@ FETCH = 1
 # all its bytes (objects larger than the chunk size get BAD_REQUEST).
 FETCH_MANY = 2
 MAX_MANY = 10_000
+# The first request on a connection may say which node is asking: the node id
+# in the id field (padded with zeros), no reply.  The serving side bounds and
+# cancels its sends per node; a connection without it counts as its own peer.
+HELLO = 3
 
 OK = 0
 NOT_FOUND = 1
@@ -80,14 +85,16 @@ def decode_request(data: bytes) -> tuple[int, bytes, int, int]:
         raise WireError(f"bad magic {magic!r}")
     if version != VERSION:
         raise WireError(f"version {version} is not served (this node speaks {VERSION})")
-    if kind not in (FETCH, FETCH_MANY):
+    if kind not in (FETCH, FETCH_MANY, HELLO):
         raise WireError(f"unknown request kind {kind}")
     if kind == FETCH_MANY and not 0 < length <= MAX_MANY:
         raise WireError(f"FETCH_MANY of {length} objects (1..{MAX_MANY})")
     return kind, oid, offset, length
 
 
-def encode_reply(status: int, size: int = 0, length: int = 0, meta_len: int = 0, crc: int = 0) -> bytes:
+def encode_reply(
+    status: int, size: int = 0, length: int = 0, meta_len: int = 0, crc: int = 0
+) -> bytes:
     return REPLY.pack(MAGIC, VERSION, status, 0, size, length, meta_len, crc)
 
 

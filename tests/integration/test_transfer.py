@@ -181,6 +181,13 @@ class Proxy:
         self.target = target
         self.flowing = asyncio.Event()
         self.flowing.set()
+        # Cleared: requests still reach the target, its replies stop.
+        self.replies_flowing = asyncio.Event()
+        self.replies_flowing.set()
+        # While set, a link whose one end closed keeps the other end open
+        # (so a source does not learn of a dead destination from the proxy).
+        self.hold = False
+        self.released = asyncio.Event()
         self.links: set[asyncio.StreamWriter] = set()
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -197,18 +204,24 @@ class Proxy:
             return
         self.links |= {w, uw}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(
+            src: asyncio.StreamReader, dst: asyncio.StreamWriter, back: bool = False
+        ) -> None:
             try:
                 while data := await src.read(1 << 16):
                     await self.flowing.wait()
+                    if back:
+                        await self.replies_flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
                 pass
             finally:
+                if self.hold:
+                    await self.released.wait()
                 dst.close()
 
-        await asyncio.gather(pipe(r, uw), pipe(ur, w))
+        await asyncio.gather(pipe(r, uw), pipe(ur, w, back=True))
 
     def cut(self) -> None:
         for w in list(self.links):
@@ -216,6 +229,7 @@ class Proxy:
         self.links.clear()
 
     async def close(self) -> None:
+        self.released.set()
         self.cut()
         if self.server is not None:
             self.server.close()
@@ -259,6 +273,47 @@ async def test_a_link_that_stalls_or_drops(cluster_factory, node_factory) -> Non
     assert "pull from a source failed" in c.head.stderr()
 
 
+async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> None:
+    """A source stuck sending to a node that died aborts those sends when the directory says so."""
+    # Chunks of 8 MiB, so a stalled link leaves the source inside its sends.
+    big = {**ENV, "OBJSTORE_TRANSFER_CHUNK_SIZE": "8MiB", "OBJSTORE_TRANSFER_MAX_BYTES_IN_FLIGHT": "64MiB"}
+    c = cluster_factory(0, env=big, memory="256MiB")
+    real, front = _free_port(), _free_port()
+    proxy = Proxy(("127.0.0.1", real))
+    await proxy.start(front)
+    env = {**big, "OBJSTORE_NODE_ADVERTISE": f"127.0.0.1:{front}"}
+    a = c.add_node("--port", str(real), env=env, memory="256MiB")
+    b = c.add_node(env=big, memory="256MiB")
+    try:
+        async with objstore.connect(a.socket) as ca:
+            ref = await ca.put(pattern(64 * MiB, 3))
+            proxy.replies_flowing.clear()
+            proxy.hold = True
+            async with objstore.connect(b.socket) as cb:
+                pending = asyncio.ensure_future(cb.get(ref, timeout=30))
+                # The source fills the stalled link, then waits in its sends.
+                await asyncio.sleep(1.5)
+                b.kill()
+                with pytest.raises((objstore.NodeUnavailableError, ConnectionError)):
+                    await pending
+            # Declared dead after 3 s of silence; the source hears and cancels.
+            deadline = time.monotonic() + 15
+            while "transfers to a dead node cancelled" not in a.stderr():
+                assert time.monotonic() < deadline, a.stderr()[-3000:]
+                await asyncio.sleep(0.2)
+            line = next(x for x in a.stderr().splitlines() if "transfers to a dead node cancelled" in x)
+            assert b.ready["node_id"] in line
+            assert "sends=0" not in line, line
+            # The source still serves others.
+            proxy.released.set()
+            proxy.hold = False
+            proxy.replies_flowing.set()
+            async with objstore.connect(c.head.socket) as ch:
+                assert bytes(await ch.get(ref, timeout=30)) == pattern(64 * MiB, 3)
+    finally:
+        await proxy.close()
+
+
 async def test_secondary_copies_are_evicted_lru_and_the_directory_hears(cluster_factory) -> None:
     c = cluster_factory(0, env=ENV, memory="128MiB")
     small = c.add_node(env=ENV, memory="32MiB")
@@ -288,3 +343,21 @@ async def test_secondary_copies_are_evicted_lru_and_the_directory_hears(cluster_
         assert not await cs.contains(refs[0])
         # Gets of it pull it again.
         assert bytes(await cs.get(refs[0], timeout=30)) == pattern(12 * MiB, 20)
+
+
+async def test_a_pull_with_no_room_waits_for_memory_then_goes_on(cluster_factory) -> None:
+    """No secondary to evict, no fallback: the pull waits for a free, not for a retry."""
+    c = cluster_factory(0, env=ENV, memory="128MiB")
+    a = c.add_node(env=ENV, memory="128MiB")
+    b = c.add_node(env={**ENV, "OBJSTORE_PLASMA_FALLBACK_MAX_BYTES": "0"}, memory="16MiB")
+    async with objstore.connect(a.socket) as ca, objstore.connect(b.socket) as cb:
+        remote = await ca.put(pattern(8 * MiB, 5))
+        local = await cb.put(pattern(12 * MiB, 6))
+        pending = asyncio.ensure_future(cb.get(remote, timeout=20))
+        await asyncio.sleep(1.0)
+        assert not pending.done()
+        t0 = time.monotonic()
+        await cb.delete(local)
+        assert bytes(await pending) == pattern(8 * MiB, 5)
+        assert time.monotonic() - t0 < 2.0
+    assert "pull from a source failed" not in b.stderr()

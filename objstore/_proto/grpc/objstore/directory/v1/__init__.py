@@ -363,6 +363,12 @@ class Notification(betterproto2.Message):
     Objects deleted elsewhere that this node holds a copy of: free them.
     """
 
+    dead_nodes: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+    """
+    Nodes just declared dead (16-byte ids back to back): a node stops serving
+    their transfers.
+    """
+
 
 default_message_pool.register_message("objstore.directory.v1", "Notification", Notification)
 

@@ -114,6 +114,16 @@ class PushManager:
         abort: list[Hashable] = []
         chunk = (dest, object_id, offset)
         old = self._by_chunk.get(chunk, _NONE)
+        if old is not _NONE and old not in self.running:
+            # Asked again while the older request waits: the new one takes its
+            # place in the queue (the destination keeps its turn; no slot freed).
+            self.superseded += 1
+            queue = self.queues[dest]
+            queue[queue.index(old)] = key
+            del self.requests[old]
+            self.requests[key] = Request(key, dest, object_id, offset)
+            self._by_chunk[chunk] = key
+            return [], [old]
         if old is not _NONE:
             self.superseded += 1
             abort.append(old)

@@ -118,8 +118,8 @@ class PushManager:
             # Asked again while the older request waits: the new one takes its
             # place in the queue (the destination keeps its turn; no slot freed).
             self.superseded += 1
-            queue = self.queues[dest]
-            queue[queue.index(old)] = key
+            waiting = self.queues[dest]
+            waiting[waiting.index(old)] = key
             del self.requests[old]
             self.requests[key] = Request(key, dest, object_id, offset)
             self._by_chunk[chunk] = key

@@ -170,7 +170,23 @@ def _print_status(s: dict[str, Any]) -> None:
         ["objects", f"{s.get('objects', 0)} ({s.get('sealed', 0)} sealed, {s.get('creating', 0)} being written)"],
         ["evictable", format_size(s.get("evictable_bytes", 0))],
         ["evictions", str(s.get("evictions", 0))],
-        ["spilled", "0 B (spilling not built yet)"],
+        [
+            "spilled",
+            (
+                f"{s.get('spilled_objects', 0)} objects, {format_size(s.get('spilled_bytes', 0))} "
+                f"in {s.get('spill_files', 0)} files; {format_size(s.get('bytes_spilled', 0))} "
+                f"written, {s.get('restored', 0)} restored ({format_size(s.get('bytes_restored', 0))})"
+                f" -> {s['spill']}"
+                + (
+                    f"; {s.get('spill_write_errors', 0)} failed writes, "
+                    f"{s.get('restore_errors', 0)} failed restores"
+                    if s.get("spill_write_errors") or s.get("restore_errors")
+                    else ""
+                )
+            )
+            if s.get("spill")
+            else "off (no --spill)",
+        ],
         [
             "transfers",
             (f"{s.get('pulled', 0)} objects pulled ({format_size(s.get('bytes_pulled', 0))}), "
@@ -198,10 +214,13 @@ def _print_memory(m: dict[str, Any]) -> None:
                 m["node_id"][:12] + ("" if o["segment"] == 0 else " (disk)"),
                 " ".join(n[:12] for n in o.get("locations", ())),
                 o["name"],
+                o.get("spill_url", ""),
             ]
             for o in m["objects"]
         ]
-        headers = ["object", "size", "state", "copy", "pinned", "where", "copies on", "name"]
+        headers = [
+            "object", "size", "state", "copy", "pinned", "where", "copies on", "name", "spilled"
+        ]
     else:
         rows = [
             [

@@ -58,7 +58,9 @@ _CONNECT_TIMEOUT = 10.0
 class _Cached:
     """What this client knows of an object it maps."""
 
-    __slots__ = ("segment", "offset", "size", "meta", "views", "store_pins", "owned", "valid")
+    __slots__ = (
+        "segment", "offset", "size", "meta", "views", "store_pins", "owned", "valid", "released"
+    )
 
     def __init__(
         self, segment: int, offset: int, size: int, meta: bytes, owned: bool, store_pins: int
@@ -72,8 +74,10 @@ class _Cached:
         # Pins the node holds for this client (not counting ownership).
         self.store_pins = store_pins
         self.owned = owned
-        # False once the node said the object was deleted.
+        # False once the node said the object was deleted (or spilled).
         self.valid = True
+        # Its pins were given back (it left the cache).
+        self.released = False
 
 
 class _Protocol(asyncio.Protocol):
@@ -127,7 +131,7 @@ class Client:
         self._orphans: dict[int, Callable[[pb.Reply], None]] = {}
         self._segments: dict[int, mmap.mmap] = {}
         self._cache: dict[bytes, _Cached] = {}
-        self._dead: list[bytes] = []
+        self._dead: list[tuple[bytes, _Cached]] = []
         self._dead_lock = threading.Lock()
         self._flush_scheduled = False
         self._release_batch: list[bytes] = []
@@ -345,13 +349,15 @@ class Client:
         holder.flags.writeable = False
         entry.views += 1
         self._live_views += 1
-        weakref.finalize(holder, self._view_dead, oid)
+        # The entry itself, not the id: a spilled object's entry may be replaced
+        # by a fresh one (new location) while views of the old one live.
+        weakref.finalize(holder, self._view_dead, oid, entry)
         return holder
 
-    def _view_dead(self, oid: bytes) -> None:
+    def _view_dead(self, oid: bytes, entry: _Cached) -> None:
         # May run in any thread, at any point (garbage collection): only queue.
         with self._dead_lock:
-            self._dead.append(oid)
+            self._dead.append((oid, entry))
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
@@ -370,12 +376,8 @@ class Client:
         with self._dead_lock:
             dead, self._dead = self._dead, []
             self._flush_scheduled = False
-        cache = self._cache
-        for oid in dead:
+        for oid, entry in dead:
             self._live_views -= 1
-            entry = cache.get(oid)
-            if entry is None:
-                continue
             entry.views -= 1
             if entry.views <= 0:
                 self._maybe_release(oid, entry)
@@ -387,9 +389,13 @@ class Client:
         """Give pins back once no view is left (owned objects stay until deleted)."""
         if entry.views > 0:
             return
-        if entry.owned and entry.valid:  # owned objects stay mapped until deleted
+        if entry.owned and entry.valid:  # owned objects stay mapped until invalidated
             return
-        del self._cache[oid]
+        if self._cache.get(oid) is entry:
+            del self._cache[oid]
+        elif entry.released:
+            return
+        entry.released = True
         n = entry.store_pins + (1 if entry.owned else 0)
         if n:
             self._release_batch.extend([oid] * n)
@@ -613,8 +619,7 @@ class Client:
             if entry is None or not entry.valid:
                 entry = _Cached(info.segment, info.offset, info.data_size, info.metadata, False, 0)
                 cache[oid] = entry
-            if not entry.owned:  # the node pins for others only: ownership covers the owner
-                entry.store_pins += 1
+            entry.store_pins += 1  # the node pins for every client, the owner too
             got[oid] = entry
         try:
             for entry in got.values():
@@ -635,9 +640,7 @@ class Client:
     def _release_orphan_get(self, reply: pb.Reply) -> None:
         """A get whose caller was cancelled was answered: give the node its pins back."""
         for info in reply.get.objects:
-            entry = self._cache.get(info.object_id)
-            if entry is None or not entry.owned:
-                self._release_batch.append(info.object_id)
+            self._release_batch.append(info.object_id)
 
     # ------------------------------------------------------------------ wait / delete / misc
     async def wait(
@@ -736,6 +739,7 @@ class Client:
                 "pins": o.pins,
                 "segment": o.segment,
                 "format": o.metadata.decode(errors="replace"),
+                "spill_url": o.spill_url,
             }
             for o in lst.objects
         ]

@@ -213,6 +213,8 @@ class SpillConfig:
     threshold: float = _setting(0.8, _fraction, "primary bytes fraction that starts spilling")
     min_spilling_size: int = _setting(100 * MiB, _positive, "smallest fused spill file", size=True)
     max_fused_object_count: int = _setting(2000, _positive, "most objects per spill file")
+    # zstd level for spill files (0: off).  Records that do not shrink are stored raw.
+    compression: int = _setting(0, _non_negative, "zstd level of spill files (0: off)")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,11 @@ transfer and spill components join here in later issues (seam:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import re
+import socket
 import sys
 import time
 
@@ -23,10 +26,12 @@ from objstore.config import Config, format_size
 from objstore.directory.client import DirectoryClient, parse_address
 from objstore.directory.server import DirectoryServer, LocalLink
 from objstore.directory.state import DELETED, LOST, ObjectRow, Usage
-from objstore.errors import ObjectLostError, ObjectNotFoundError
+from objstore.errors import ConfigError, ObjectLostError, ObjectNotFoundError
 from objstore.ids import new_node_id
 from objstore.plasma.server import PlasmaServer
 from objstore.plasma.store import PlasmaStore
+from objstore.spill.backend import open_backend
+from objstore.spill.manager import SpillManager
 from objstore.transfer.manager import ObjectManager
 from objstore.transfer.server import TransferServer
 
@@ -47,6 +52,7 @@ class Node:
         self.directory: DirectoryClient | None = None
         self.transfer: TransferServer | None = None
         self.objects: ObjectManager | None = None
+        self.spill: SpillManager | None = None
         self._stopped = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -58,6 +64,7 @@ class Node:
         try:
             self.server = PlasmaServer(self.store, cfg, self.node_id)
             await self.server.start()
+            await self._start_spilling()
             await self._join_cluster()
         except BaseException:
             await self.stop()
@@ -130,9 +137,33 @@ class Node:
         self.server.directory = client
         objects, transfer = self.objects, self.transfer
         self.server.transfer_stats = lambda: (
-            objects.pulled, objects.bytes_pulled, transfer.chunks_sent, transfer.bytes_sent
+            objects.pulled,
+            objects.bytes_pulled,
+            transfer.chunks_sent,
+            transfer.bytes_sent,
         )
         await client.start()
+
+    async def _start_spilling(self) -> None:
+        """Spilling to ``--spill`` (a directory, several, or s3://bucket/prefix), if given."""
+        cfg = self.config
+        assert self.store is not None and self.server is not None
+        if not cfg.spill.url:
+            return
+        try:
+            backend = open_backend(cfg.spill.url, _spill_namespace(self.server.path))
+        except ValueError as exc:
+            raise ConfigError(f"spill.url: {exc}") from exc
+        self.spill = SpillManager(self.store, cfg, backend, on_spilled=self._on_spilled)
+        await self.spill.start()
+        self.server.spill_stats = self.spill.stats
+        self.server.spill_url_of = self.spill.url_of
+        self.server.spill_target = cfg.spill.url
+        log.info("spilling", to=cfg.spill.url, threshold=cfg.spill.threshold)
+
+    def _on_spilled(self, oid: bytes, url: str) -> None:
+        if self.directory is not None:
+            self.directory.spilled(oid, url)
 
     def _usage(self) -> Usage:
         store = self.store
@@ -142,7 +173,7 @@ class Node:
             memory_total=store.capacity,
             pinned_bytes=store.pinned_bytes,
             objects=len(store.objects),
-            spilled_bytes=0,
+            spilled_bytes=self.spill.spilled_bytes if self.spill is not None else 0,
             fallback_used=store.fallback_used,
             clients=len(self.server.connections) if self.server else 0,
         )
@@ -205,6 +236,8 @@ class Node:
             await self.transfer.close()
         if self.server is not None:
             await self.server.close()
+        if self.spill is not None:
+            await self.spill.close()
         if self.directory_server is not None:
             await self.directory_server.stop()
         if self.store is not None:
@@ -234,3 +267,14 @@ class _Watcher:
     def unwatch(self, oid: bytes, priority: int) -> None:
         self.directory.unwatch(oid)
         self.objects.unwant(oid, priority)
+
+
+def _spill_namespace(socket_path: str) -> str:
+    """This node's folder in the spill target: the host and its socket.
+
+    The node holds its socket exclusively, so whatever is in that folder at
+    start was left by an earlier run of the same node, and is removed.
+    """
+    host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())[:64] or "host"
+    digest = hashlib.sha256(os.path.abspath(socket_path).encode()).hexdigest()[:12]
+    return f"{host}-{digest}"

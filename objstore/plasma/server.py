@@ -34,6 +34,7 @@ from objstore.errors import (
     ObjectStoreError,
     ProtocolError,
 )
+from objstore.plasma.lifecycle import ObjectState
 from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ class PlasmaServer:
         self.directory: DirectoryClient | None = None
         # In a cluster: (objects pulled, bytes pulled, chunks served, bytes served).
         self.transfer_stats: Callable[[], tuple[int, int, int, int]] | None = None
+        # The spill manager's counters (``SpillManager.stats``) and its copies' URLs.
+        self.spill_stats: Callable[[], dict[str, int]] | None = None
+        self.spill_url_of: Callable[[bytes], str] | None = None
+        self.spill_target = ""
 
     async def start(self) -> None:
         """Bind the socket (mode 0600) and start accepting."""
@@ -574,7 +579,9 @@ class _Connection(asyncio.Protocol):
                     waits = [asyncio.ensure_future(store.wait_sealed(o)) for o in dict.fromkeys(missing)]
                     await asyncio.gather(*waits)
         except TimeoutError:
-            pending = [oid.hex() for oid in dict.fromkeys(ids) if not store.contains(oid)]
+            pending = [
+                oid.hex() for oid in dict.fromkeys(ids) if store.state_of(oid) is not ObjectState.SEALED
+            ]
             self._send_error(
                 req_id,
                 GetTimeoutError(
@@ -770,6 +777,19 @@ class _Connection(asyncio.Protocol):
         counters = self.server.transfer_stats
         if counters is not None:
             st.pulled, st.bytes_pulled, st.chunks_served, st.bytes_served = counters()
+        spill = self.server.spill_stats
+        if spill is not None:
+            sp = spill()
+            st.spilled_objects = sp["spilled_objects"]
+            st.spilled_bytes = sp["spilled_bytes"]
+            st.spill_files = sp["spill_files"]
+            st.bytes_spilled = sp["bytes_written"]
+            st.restored = sp["restored"]
+            st.bytes_restored = sp["bytes_restored"]
+            st.spill_write_errors = sp["write_errors"]
+            st.restore_errors = sp["restore_errors"]
+            st.spill_files_deleted = sp["files_deleted"]
+            st.spill = self.server.spill_target
         self._send(reply)
 
     def _on_list(self, req: pb.Request) -> None:
@@ -777,6 +797,7 @@ class _Connection(asyncio.Protocol):
         reply = pb.Reply(id=req.id)
         lst = reply.list_objects
         lst.total = len(store.objects)
+        url_of = self.server.spill_url_of
         for oid, entry in store.iter_objects(req.list_objects.limit):
             pins = sum(entry.pinners.values()) if entry.pinners else 0
             lst.objects.add(
@@ -785,9 +806,10 @@ class _Connection(asyncio.Protocol):
                 state=entry.state.name,
                 name=store.names_by_id.get(oid, ""),
                 primary=entry.primary,
-                pins=pins + (1 if entry.owner is not None else 0),
-                segment=entry.segment,
+                pins=pins + (1 if entry.mapped else 0),
+                segment=max(entry.segment, 0),
                 metadata=entry.meta,
+                spill_url=url_of(oid) if url_of is not None else "",
             )
         self._send(reply)
 

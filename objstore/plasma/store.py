@@ -11,16 +11,22 @@ Ownership and pins
 * The client that creates an object *owns* it: the object lives while that
   client is connected, or until it is deleted.  A named object outlives its
   owner's connection and lives until it is deleted.
-* Every other client that gets an object holds a *pin* on it (counted per
-  client) until it tells the store it has no view left (``release``).  The
-  owner's own views are covered by its ownership.
+* Every client that gets an object from the node holds a *pin* on it
+  (counted per client) until it tells the store it has no view left
+  (``release``).  The owner also keeps the location it wrote to (``mapped``):
+  it reads its own object without asking, until the node invalidates that
+  mapping (the object is deleted or spilled) and the owner answers with a
+  release once its views are gone.
 * Memory is returned to the allocator only when the object is deleted (or
-  aborted), has no owner and no pins: a zero-copy view can never see its
-  bytes reused.
+  aborted, or spilled) and neither a pin nor the owner's mapping holds it: a
+  zero-copy view can never see its bytes reused.
 * Objects put on this node are *primary* copies and are never evicted.
   Secondary copies (pulled from other nodes, from the transfer issue on) with
   no owner and no pins are *evictable*, in LRU order, through
   :class:`~objstore.plasma.eviction.EvictionPolicy`.
+* Primary copies are *spilled* instead (``spiller``, the spill manager): the
+  bytes go to a file and the memory is freed (state SPILLED, ``segment`` -1);
+  a get of a spilled object asks the spiller to restore it.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ log = structlog.get_logger("objstore.plasma.store")
 _CREATING = ObjectState.CREATING
 _SEALED = ObjectState.SEALED
 _DELETED = ObjectState.DELETED
+_SPILLED = ObjectState.SPILLED
 
 # The spill manager (a later issue) plugs in here: asked for `nbytes` of room,
 # it spills primary copies and returns how many bytes it freed.
@@ -80,6 +87,25 @@ class StoreListener(Protocol):
     def removed(self, oid: bytes) -> None: ...
 
     def deleted(self, oid: bytes) -> None: ...
+
+
+class Spiller(Protocol):
+    """The spill manager, as the store sees it (``objstore.spill.manager``)."""
+
+    def sealed(self, oid: bytes, entry: ObjectEntry) -> None:
+        """A primary copy was sealed (or restored) in memory."""
+
+    def touched(self, oid: bytes, entry: ObjectEntry) -> None:
+        """A primary copy was read (least recently used primaries spill first)."""
+
+    def unheld(self, oid: bytes, entry: ObjectEntry) -> None:
+        """A sealed primary's last pin or mapping went (a spilled copy may free it now)."""
+
+    def dropped(self, oid: bytes, entry: ObjectEntry) -> None:
+        """A primary left the table (deleted, aborted); its spill copy is not needed."""
+
+    def restore(self, oid: bytes, entry: ObjectEntry) -> None:
+        """A get waits for a SPILLED object: bring it back (once, however many ask)."""
 
 
 class RemoteWatcher(Protocol):
@@ -120,7 +146,9 @@ class ClientState:
 class ObjectEntry:
     """One object in the table (kept small: a node holds millions)."""
 
-    __slots__ = ("state", "segment", "offset", "size", "meta", "owner", "pinners", "primary")
+    __slots__ = (
+        "state", "segment", "offset", "size", "meta", "owner", "pinners", "primary", "mapped"
+    )
 
     def __init__(
         self,
@@ -140,6 +168,9 @@ class ObjectEntry:
         # None, or client -> pin count (only clients other than the owner).
         self.pinners: dict[ClientState, int] | None = None
         self.primary = primary
+        # The owner reads the object through the location it wrote to, without
+        # pins, until it answers an invalidation with a release.
+        self.mapped = owner is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +226,7 @@ class PlasmaStore:
         self.remote: RemoteWatcher | None = None
         # Called whenever memory is given back (pulls waiting for room retry).
         self.on_space: Callable[[], None] | None = None
+        self.spiller: Spiller | None = None
         self._quiet = False
         self.pinned_bytes = 0
         # Objects in state CREATING, and DELETED ones still held (kept, not counted).
@@ -404,6 +436,8 @@ class PlasmaStore:
         return entry
 
     def _release_space(self, segment: int, offset: int, size: int) -> None:
+        if segment < 0:
+            return  # spilled: holds no memory
         if segment == 0:
             self.allocator.free(offset, size)
         else:
@@ -426,6 +460,8 @@ class PlasmaStore:
         self.puts += 1
         if not entry.primary:
             self._maybe_evictable(object_id, entry)
+        elif self.spiller is not None and entry.segment == 0:
+            self.spiller.sealed(object_id, entry)
         if self.listener is not None:
             self.listener.added(
                 object_id, entry.size, entry.primary, self.names_by_id.get(object_id, "")
@@ -439,7 +475,7 @@ class PlasmaStore:
         if waiters is not None:
             remote = self.remote
             for fut, priority in waiters:
-                if remote is not None:
+                if remote is not None and priority >= 0:
                     remote.unwatch(object_id, priority)
                 if not fut.done():
                     fut.set_result(None)
@@ -503,7 +539,7 @@ class PlasmaStore:
             return 0
         n = 0
         for fut, priority in waiters:
-            if self.remote is not None:
+            if self.remote is not None and priority >= 0:
                 self.remote.unwatch(object_id, priority)
             if not fut.done():
                 fut.set_exception(exc)
@@ -526,6 +562,8 @@ class PlasmaStore:
                 return entry
             if entry.state is _DELETED:
                 raise ObjectNotFoundError(f"object {object_id.hex()} was deleted")
+            if entry.state is _SPILLED and self.spiller is not None:
+                self.spiller.restore(object_id, entry)
             return None
         aborted = self._deleted.get(object_id)
         if aborted is not None:
@@ -537,21 +575,31 @@ class PlasmaStore:
         self._check_id(object_id)
         return None
 
-    async def wait_sealed(self, object_id: bytes, priority: int = 0) -> ObjectEntry:
+    def state_of(self, object_id: bytes) -> ObjectState | None:
+        """The object's state here, or None; asks for nothing (no restore)."""
+        entry = self.objects.get(object_id)
+        return entry.state if entry is not None else None
+
+    async def wait_sealed(
+        self, object_id: bytes, priority: int = 0, local: bool = False
+    ) -> ObjectEntry:
         """Wait until the object is sealed here (the caller bounds it with a timeout).
 
         ``priority``: 0 for a get, 1 for a wait (in a cluster, pulls of objects
-        gets wait for go first).
+        gets wait for go first).  ``local``: do not ask other nodes (a spilled
+        object being restored here).
         """
         while True:
             entry = self.get_now(object_id)
             if entry is not None:
                 return entry
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            item = (fut, priority)
+            # A local waiter is kept with priority -1: it watches nothing remote.
+            item = (fut, -1 if local else priority)
             self._seal_waiters.setdefault(object_id, []).append(item)
-            if self.remote is not None:
-                self.remote.watch(object_id, priority)
+            remote = None if local else self.remote
+            if remote is not None:
+                remote.watch(object_id, priority)
             try:
                 await fut
             finally:
@@ -561,14 +609,20 @@ class PlasmaStore:
                         lst.remove(item)
                         if not lst:
                             del self._seal_waiters[object_id]
-                        if self.remote is not None:
-                            self.remote.unwatch(object_id, priority)
+                        if remote is not None:
+                            remote.unwatch(object_id, priority)
 
-    def pin(self, object_id: bytes, entry: ObjectEntry, client: ClientState) -> None:
-        """Record that ``client`` holds a view of the object (owners need none)."""
-        self.gets += 1
-        if entry.owner is client:
-            return
+    def pin(
+        self, object_id: bytes, entry: ObjectEntry, client: ClientState, count: bool = True
+    ) -> None:
+        """Record that ``client`` holds a view of the object.
+
+        ``count=False``: not a get (the node's own reads: a spill write).
+        """
+        if count:
+            self.gets += 1
+            if entry.primary and self.spiller is not None:
+                self.spiller.touched(object_id, entry)
         pinners = entry.pinners
         if pinners is None:
             entry.pinners = pinners = {}
@@ -587,9 +641,15 @@ class PlasmaStore:
         count = client.pinned.get(object_id)
         if count:
             self._unpin(object_id, entry, client, 1)
-        elif entry.owner is client and entry.state is _DELETED:
-            entry.owner = None
-            self._maybe_free(object_id, entry)
+        elif entry.owner is client and entry.mapped:
+            # The owner's answer to an invalidation: it no longer reads the object
+            # through its own mapping.
+            entry.mapped = False
+            if entry.state is _DELETED:
+                entry.owner = None
+                self._maybe_free(object_id, entry)
+            else:
+                self._unheld(object_id, entry)
 
     def _unpin(self, object_id: bytes, entry: ObjectEntry, client: ClientState, n: int) -> None:
         count = client.pinned.get(object_id, 0) - n
@@ -606,8 +666,24 @@ class PlasmaStore:
                 entry.pinners = None
                 self.pinned_bytes -= entry.size
         self._maybe_free(object_id, entry)
-        if object_id in self.objects and not entry.primary:
-            self._maybe_evictable(object_id, entry)
+        if object_id in self.objects:
+            if not entry.primary:
+                self._maybe_evictable(object_id, entry)
+            else:
+                self._unheld(object_id, entry)
+
+    def _unheld(self, object_id: bytes, entry: ObjectEntry) -> None:
+        if (
+            self.spiller is not None
+            and entry.state is _SEALED
+            and entry.pinners is None
+            and not entry.mapped
+        ):
+            self.spiller.unheld(object_id, entry)
+
+    def held(self, entry: ObjectEntry) -> bool:
+        """Whether a view may be reading the object's memory (a pin, or the owner's mapping)."""
+        return entry.pinners is not None or entry.mapped
 
     def _maybe_evictable(self, object_id: bytes, entry: ObjectEntry) -> None:
         # Only arena copies: evicting a fallback segment frees no arena memory.
@@ -628,6 +704,48 @@ class PlasmaStore:
         if self.listener is not None:
             self.listener.removed(object_id)
         self._drop(object_id, entry)
+
+    # ------------------------------------------------------------------ spill / restore
+    def free_spilled(self, object_id: bytes, entry: ObjectEntry) -> int:
+        """A sealed primary whose bytes are safely in a spill file, held by nobody:
+        free its memory (state SPILLED).  Returns the bytes freed."""
+        if self.held(entry):
+            raise ObjectStoreError(f"object {object_id.hex()} is still held; it cannot be freed")
+        entry.state = transition(entry.state, ObjectEvent.SPILL, object_id)
+        segment, offset = entry.segment, entry.offset
+        entry.segment, entry.offset = -1, 0
+        self._release_space(segment, offset, entry.size)
+        return entry.size
+
+    def restored(self, object_id: bytes, entry: ObjectEntry, got: tuple[int, int]) -> None:
+        """A SPILLED object's bytes are back at ``got`` (segment, offset): readable again."""
+        entry.state = transition(entry.state, ObjectEvent.RESTORE, object_id)
+        entry.segment, entry.offset = got
+        if self.spiller is not None and entry.segment == 0:
+            self.spiller.sealed(object_id, entry)
+        self._wake_waiters(object_id)
+
+    def invalidate_mappings(self, object_ids: Iterable[bytes]) -> None:
+        """Ask the owners that read these objects through their own mapping to let go."""
+        notify: dict[ClientState, list[bytes]] = {}
+        for oid in object_ids:
+            entry = self.objects.get(oid)
+            if entry is not None and entry.mapped and entry.owner is not None:
+                notify.setdefault(entry.owner, []).append(oid)
+        for client, ids in notify.items():
+            if not client.closed:
+                client.invalidate(ids)
+
+    async def allocate(self, size: int) -> tuple[int, int]:
+        """Room for ``size`` bytes outside any object (a restore): (segment, offset)."""
+        got = self._allocate_now(size)
+        if got is None:
+            got = await self._make_room(size)
+        return got
+
+    def free_allocation(self, got: tuple[int, int], size: int) -> None:
+        """Give back what :meth:`allocate` returned (a restore that failed)."""
+        self._release_space(got[0], got[1], size)
 
     # ------------------------------------------------------------------ delete
     def delete(self, object_id: bytes) -> bool:
@@ -674,18 +792,21 @@ class PlasmaStore:
             entry.owner.stale += 1
         if entry.pinners:
             for client in entry.pinners:
-                notify.setdefault(client, []).append(object_id)
+                if client is not entry.owner:  # heard of it already
+                    notify.setdefault(client, []).append(object_id)
         self._maybe_free(object_id, entry)
         return True
 
     def _maybe_free(self, object_id: bytes, entry: ObjectEntry) -> None:
-        if entry.state is _DELETED and entry.owner is None and entry.pinners is None:
+        if entry.state is _DELETED and not entry.mapped and entry.pinners is None:
             entry.state = transition(entry.state, ObjectEvent.RELEASE_LAST, object_id)
             self.n_deleted -= 1
             self._drop(object_id, entry)
 
     def _drop(self, object_id: bytes, entry: ObjectEntry) -> None:
         del self.objects[object_id]
+        if entry.primary and self.spiller is not None:
+            self.spiller.dropped(object_id, entry)
         if entry.state is _CREATING:
             self.n_creating -= 1
         name = self.names_by_id.pop(object_id, None)
@@ -725,6 +846,7 @@ class PlasmaStore:
                     aborted += 1
                     continue
                 entry.owner = None
+                entry.mapped = False
                 if entry.state is _DELETED:
                     self._maybe_free(object_id, entry)
                 elif object_id not in self.names_by_id:
@@ -753,9 +875,9 @@ class PlasmaStore:
 
     # ------------------------------------------------------------------ introspection
     def contains(self, object_id: bytes) -> bool:
-        """Whether a sealed copy is here."""
+        """Whether a sealed copy is here (in memory, or spilled and restorable)."""
         entry = self.objects.get(object_id)
-        return entry is not None and entry.state is _SEALED
+        return entry is not None and (entry.state is _SEALED or entry.state is _SPILLED)
 
     def snapshot(self) -> list[tuple[bytes, int, bool, str]]:
         """Every sealed object as (id, size, primary, name), for a full report."""
@@ -763,7 +885,7 @@ class PlasmaStore:
         return [
             (oid, e.size, e.primary, names.get(oid, ""))
             for oid, e in self.objects.items()
-            if e.state is _SEALED
+            if e.state is _SEALED or e.state is _SPILLED
         ]
 
     def iter_objects(self, limit: int = 0) -> Iterable[tuple[bytes, ObjectEntry]]:

@@ -27,7 +27,8 @@ import structlog
 from objstore.config import Config
 from objstore.errors import ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
-from objstore.plasma.store import ClientState, PlasmaStore
+from objstore.plasma.lifecycle import ObjectState
+from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
 from objstore.transfer import wire
 from objstore.transfer.push import PushManager
 
@@ -36,6 +37,7 @@ __all__ = ["TransferServer"]
 log = structlog.get_logger("objstore.transfer.server")
 
 _IDLE_TIMEOUT_S = 300.0
+_SPILLED = ObjectState.SPILLED
 # Chunk CRCs remembered (object id, offset, length): objects are immutable.
 _CRC_CACHE = 4096
 
@@ -262,6 +264,16 @@ class TransferServer:
                 connections=len(conns),
             )
 
+    async def _restored(self, oid: bytes) -> ObjectEntry | None:
+        """A spilled object here, restored for a peer (None if that fails in time)."""
+        try:
+            async with asyncio.timeout(self.config.transfer.pull_timeout_s):
+                return await self.store.wait_sealed(oid, local=True)
+        except (TimeoutError, ObjectStoreError) as exc:
+            log.info("data plane: a spilled object could not be restored for a peer",
+                     object_id=oid.hex(), error=str(exc) or type(exc).__name__)
+            return None
+
     def _crc(self, oid: bytes, offset: int, view: memoryview) -> int:
         key = (oid, offset, len(view))
         crc = self._crcs.get(key)
@@ -278,6 +290,11 @@ class TransferServer:
     ) -> None:
         """Answer a FETCH_MANY: each object whole, copied into ~1 MiB writes."""
         store = self.store
+        spilled = [
+            oid for i in range(0, len(ids), 20) if store.state_of(oid := ids[i : i + 20]) is _SPILLED
+        ]
+        if spilled:
+            await asyncio.gather(*(self._restored(oid) for oid in spilled))
         out = bytearray()
         for i in range(0, len(ids), 20):
             oid = ids[i : i + 20]
@@ -322,6 +339,8 @@ class TransferServer:
             entry = store.get_now(oid)
         except ObjectStoreError:
             entry = None
+        if entry is None and store.state_of(oid) is _SPILLED:
+            entry = await self._restored(oid)
         if entry is None:
             await loop.sock_sendall(sock, wire.encode_reply(wire.NOT_FOUND))
             return True

@@ -90,13 +90,14 @@ def check_consistent(store: PlasmaStore) -> None:
         assert store.names_by_id[oid] == name
         assert oid in objs
         assert objs[oid].state is not ObjectState.DELETED
-    # Pins: entry.pinners and client.pinned mirror each other; owners never pin.
+    # Pins: entry.pinners and client.pinned mirror each other (owners pin too,
+    # for gets that went to the node); only an owner holds a mapping.
     for oid, e in objs.items():
+        assert not e.mapped or e.owner is not None
         if e.pinners is not None:
             assert e.pinners, "an empty pinners dict must be None"
             for client, count in e.pinners.items():
                 assert count > 0
-                assert client is not e.owner
                 assert client.pinned[oid] == count
     # Eviction: exactly the sealed, unowned, unpinned secondary copies in the
     # arena (evicting a fallback copy would free no arena memory).
@@ -344,15 +345,15 @@ def test_owner_delete_invalidates_and_frees_after_all_release(store: PlasmaStore
     assert store.allocator.used == base + size
     entry = store.get_now(oid)
     assert entry is not None
-    store.pin(oid, entry, owner)  # owner's own views need no pin
-    assert entry.pinners is None and store.pinned_bytes == 0
+    # The owner reads through the location it wrote to: a mapping, not a pin.
+    assert entry.mapped and entry.pinners is None and store.pinned_bytes == 0
     check_consistent(store)
     store.pin(oid, entry, p1)
     store.pin(oid, entry, p1)
     store.pin(oid, entry, p2)
     assert entry.pinners == {p1: 2, p2: 1}
     assert store.pinned_bytes == 1000
-    assert store.stats()["gets"] == 4
+    assert store.stats()["gets"] == 3
     check_consistent(store)
 
     assert store.delete(oid) is True
@@ -367,7 +368,7 @@ def test_owner_delete_invalidates_and_frees_after_all_release(store: PlasmaStore
     check_consistent(store)
 
     store.release(oid, owner)
-    assert entry.owner is None
+    assert entry.owner is None and not entry.mapped
     assert store.allocator.used == base + size
     check_consistent(store)
     store.release(oid, p1)  # one of p1's two views
@@ -399,14 +400,26 @@ def test_pinners_release_before_owner(store: PlasmaStore) -> None:
     store.pin(oid, entry, p1)
     store.release(oid, p1)
     assert store.pinned_bytes == 0 and oid in store.objects
-    store.release(oid, owner)  # owner release of a live object changes nothing
-    assert entry.owner is owner and oid in store.objects
     store.delete(oid)
     assert p1.invalidated == []  # no longer a holder
-    assert oid in store.objects
+    assert oid in store.objects  # the owner still reads it through its mapping
     store.release(oid, owner)
     assert oid not in store.objects
     assert store.allocator.used == 0
+    check_consistent(store)
+
+
+def test_owner_release_of_a_live_object_ends_its_mapping_only(store: PlasmaStore) -> None:
+    owner = Client(1)
+    oid = make(store, owner, 5000)
+    entry = store.get_now(oid)
+    assert entry is not None and entry.mapped
+    store.release(oid, owner)  # the owner answered an invalidation (a spill)
+    assert entry.owner is owner and not entry.mapped and oid in store.objects
+    store.release(oid, owner)  # a second one changes nothing
+    assert entry.owner is owner and oid in store.objects
+    store.delete(oid)  # nobody holds it: freed at once
+    assert oid not in store.objects and store.allocator.used == 0
     check_consistent(store)
 
 

@@ -235,7 +235,7 @@ class ContainsReply(_message.Message):
     def __init__(self, present: _Optional[bool] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted", "directory", "pulled", "bytes_pulled", "chunks_served", "bytes_served")
+    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted", "directory", "pulled", "bytes_pulled", "chunks_served", "bytes_served", "spilled_objects", "spilled_bytes", "spill_files", "bytes_spilled", "restored", "bytes_restored", "spill", "spill_write_errors", "restore_errors", "spill_files_deleted")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +257,16 @@ class StatsReply(_message.Message):
     BYTES_PULLED_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_SERVED_FIELD_NUMBER: _ClassVar[int]
     BYTES_SERVED_FIELD_NUMBER: _ClassVar[int]
+    SPILLED_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    SPILLED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPILL_FILES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SPILLED_FIELD_NUMBER: _ClassVar[int]
+    RESTORED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RESTORED_FIELD_NUMBER: _ClassVar[int]
+    SPILL_FIELD_NUMBER: _ClassVar[int]
+    SPILL_WRITE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SPILL_FILES_DELETED_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     capacity: int
     used: int
@@ -278,10 +288,20 @@ class StatsReply(_message.Message):
     bytes_pulled: int
     chunks_served: int
     bytes_served: int
-    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ..., pulled: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., chunks_served: _Optional[int] = ..., bytes_served: _Optional[int] = ...) -> None: ...
+    spilled_objects: int
+    spilled_bytes: int
+    spill_files: int
+    bytes_spilled: int
+    restored: int
+    bytes_restored: int
+    spill: str
+    spill_write_errors: int
+    restore_errors: int
+    spill_files_deleted: int
+    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ..., pulled: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., chunks_served: _Optional[int] = ..., bytes_served: _Optional[int] = ..., spilled_objects: _Optional[int] = ..., spilled_bytes: _Optional[int] = ..., spill_files: _Optional[int] = ..., bytes_spilled: _Optional[int] = ..., restored: _Optional[int] = ..., bytes_restored: _Optional[int] = ..., spill: _Optional[str] = ..., spill_write_errors: _Optional[int] = ..., restore_errors: _Optional[int] = ..., spill_files_deleted: _Optional[int] = ...) -> None: ...
 
 class ObjectSummary(_message.Message):
-    __slots__ = ("object_id", "data_size", "state", "name", "primary", "pins", "segment", "metadata")
+    __slots__ = ("object_id", "data_size", "state", "name", "primary", "pins", "segment", "metadata", "spill_url")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_SIZE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +310,7 @@ class ObjectSummary(_message.Message):
     PINS_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SPILL_URL_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     data_size: int
     state: str
@@ -298,7 +319,8 @@ class ObjectSummary(_message.Message):
     pins: int
     segment: int
     metadata: bytes
-    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., state: _Optional[str] = ..., name: _Optional[str] = ..., primary: _Optional[bool] = ..., pins: _Optional[int] = ..., segment: _Optional[int] = ..., metadata: _Optional[bytes] = ...) -> None: ...
+    spill_url: str
+    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., state: _Optional[str] = ..., name: _Optional[str] = ..., primary: _Optional[bool] = ..., pins: _Optional[int] = ..., segment: _Optional[int] = ..., metadata: _Optional[bytes] = ..., spill_url: _Optional[str] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("objects", "total")

@@ -32,6 +32,7 @@ from objstore.plasma.server import PlasmaServer
 from objstore.plasma.store import PlasmaStore
 from objstore.spill.backend import open_backend
 from objstore.spill.manager import SpillManager
+from objstore.spill.remote import SpillReader
 from objstore.transfer.manager import ObjectManager
 from objstore.transfer.server import TransferServer
 
@@ -53,6 +54,7 @@ class Node:
         self.transfer: TransferServer | None = None
         self.objects: ObjectManager | None = None
         self.spill: SpillManager | None = None
+        self.spill_reader: SpillReader | None = None
         self._stopped = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -132,6 +134,11 @@ class Node:
         )
         self.directory = client
         self.objects = ObjectManager(store, cfg, self.node_id, client.addresses.get)
+        # A spill copy in S3 whose node is gone is read from S3 directly.
+        reader = self.spill_reader = SpillReader(store)
+        objects = self.objects
+        objects.spill_fetch = lambda oid, url: reader.fetch(oid, url, objects.create_copy)
+        objects.spill_readable = SpillReader.readable
         store.listener = client
         store.remote = _Watcher(client, self.objects)
         self.server.directory = client
@@ -238,6 +245,8 @@ class Node:
             await self.server.close()
         if self.spill is not None:
             await self.spill.close()
+        if self.spill_reader is not None:
+            await self.spill_reader.close()
         if self.directory_server is not None:
             await self.directory_server.stop()
         if self.store is not None:

@@ -823,10 +823,11 @@ class S3Backend:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def start(self) -> int:
+    async def start(self, cleanup: bool = True) -> int:
         """Connect, check the bucket, delete what earlier runs left under the namespace.
 
         Returns how many objects (and unfinished multipart uploads) it deleted.
+        ``cleanup=False``: a reader of another node's files deletes nothing.
         """
         if self._client is not None:
             raise RuntimeError(f"{self!r} is started already")
@@ -858,7 +859,7 @@ class S3Backend:
                     session.create_client("s3", config=config)
                 )
             await self._check_bucket()
-            removed = await self._remove_leftovers()
+            removed = await self._remove_leftovers() if cleanup else 0
         except BaseException:
             self._client = None
             await stack.aclose()

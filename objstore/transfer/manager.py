@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -164,6 +164,14 @@ class _ByteBudget:
             self._cond.notify_all()
 
 
+# The pseudo source "a spill copy in shared storage" among a pull's sources.
+SPILL_SOURCE = b"\x00spill"
+
+# Reads a spill copy (object id, URL) into a sealed secondary copy here; the
+# node plugs the spill package's reader in (see ``objstore.spill.remote``).
+SpillFetch = Callable[[bytes, str], Awaitable[int]]
+
+
 class ObjectManager:
     """Pulls remote objects that gets on this node wait for."""
 
@@ -200,6 +208,11 @@ class ObjectManager:
         self._space = asyncio.Event()
         self._space_waiters = 0
         store.on_space = self._on_space
+        # A spilled copy as a source: the reader, and the URL of each pull's copy.
+        self.spill_fetch: SpillFetch | None = None
+        self.spill_readable: Callable[[str], bool] = lambda url: False
+        self._spill_urls: dict[bytes, str] = {}
+        self.pulled_from_spill = 0
 
     # -- driven by the node
     def want(self, oid: bytes, priority: int) -> None:
@@ -209,6 +222,7 @@ class ObjectManager:
     def unwant(self, oid: bytes, priority: int) -> None:
         """One of them stopped waiting (the object came, or it gave up)."""
         if self.policy.unwant(oid, Priority(priority)):
+            self._spill_urls.pop(oid, None)
             task = self.tasks.get(oid)
             if task is not None and not self.store.contains(oid):
                 task.cancel()
@@ -217,7 +231,17 @@ class ObjectManager:
     def on_locations(self, row: ObjectRow) -> None:
         """A subscribed object's state from the directory."""
         if row.state == PRESENT and not self.store.contains(row.object_id):
-            self.policy.located(row.object_id, row.size, row.nodes)
+            nodes: tuple[bytes, ...] = tuple(row.nodes)
+            if (
+                row.spilled_url
+                and self.spill_fetch is not None
+                and self.spill_readable(row.spilled_url)
+                and not [n for n in nodes if n != self.node_id]
+            ):
+                # No node holds it, but its spill copy is in shared storage.
+                self._spill_urls[row.object_id] = row.spilled_url
+                nodes = (SPILL_SOURCE,)
+            self.policy.located(row.object_id, row.size, nodes)
             self._kick()
 
     def _on_space(self) -> None:
@@ -227,8 +251,11 @@ class ObjectManager:
         if self.policy.pulls:
             self._kick()
 
-    async def _create_when_room(self, oid: bytes, size: int, meta: bytes) -> Any:
-        """A secondary copy's space, waiting (within the attempt's deadline) while the store is full."""
+    async def create_copy(self, oid: bytes, size: int, meta: bytes) -> Any:
+        """A secondary copy in state CREATING, waiting while the store is full.
+
+        The caller bounds the wait (an attempt's deadline).
+        """
         while True:
             try:
                 return await self.store.create(oid, size, meta, None, primary=False)
@@ -281,20 +308,34 @@ class ObjectManager:
     async def _attempt(self, start: Start) -> None:
         oid, node, size = start
         t0 = time.perf_counter()
-        address = self.address_of(node)
+        spill_url = self._spill_urls.get(oid, "") if node == SPILL_SOURCE else ""
+        address = spill_url or self.address_of(node)
         try:
             if self.store.contains(oid):
                 self.policy.succeeded(oid)
                 return
-            if not address:
+            if spill_url:
+                assert self.spill_fetch is not None
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        got = await self.spill_fetch(oid, spill_url)
+                except (OSError, TimeoutError) as exc:
+                    raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+                except ObjectStoreError as exc:
+                    if isinstance(exc, TransferError):
+                        raise
+                    raise TransferError(str(exc)) from exc
+                self.pulled_from_spill += 1
+            elif not address:
                 raise TransferError(f"no data plane address known for node {node.hex()}")
-            try:
-                if size <= self.small:
-                    got = await self._fetch_small(oid, address)
-                else:
+            else:
+                try:
+                    if size <= self.small:
+                        got = await self._fetch_small(oid, address)
+                    else:
+                        got = await self._fetch_from(oid, address)
+                except _NoRoomNow:
                     got = await self._fetch_from(oid, address)
-            except _NoRoomNow:
-                got = await self._fetch_from(oid, address)
         except TransferError as exc:
             self.failures += 1
             # Once per object at warning level; the retries of a long outage at debug.
@@ -332,6 +373,7 @@ class ObjectManager:
                 del self.tasks[oid]
             if oid not in self.policy.pulls:
                 self._failed_once.discard(oid)
+                self._spill_urls.pop(oid, None)
             self._kick()
 
     async def _fetch_from(self, oid: bytes, address: str) -> int:
@@ -358,7 +400,7 @@ class ObjectManager:
                             raise TransferError(f"bad first chunk: {n} of {size} bytes")
                         meta = await recv_exact(loop, conn.sock, meta_len) if meta_len else b""
                         # Room for the copy (may evict other secondaries, or wait).
-                        entry = await self._create_when_room(oid, size, meta)
+                        entry = await self.create_copy(oid, size, meta)
                         created = True
                         await self._recv_chunk(loop, conn, entry, 0, n, crc)
                 except BaseException:

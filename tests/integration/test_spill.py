@@ -290,3 +290,39 @@ async def test_another_node_reads_an_object_spilled_on_its_primary(cluster_facto
             got = await cb.get(ref, timeout=30)
             assert np.array_equal(got, payload(i, 2 * MiB)), f"object {i} came back different"
             del got
+
+
+async def test_an_s3_spill_copy_outlives_its_node(cluster_factory, s3_server) -> None:  # noqa: F811
+    """A node spills to S3 and dies; another node reads the objects from S3 itself."""
+    bucket = s3_server.create_bucket()
+    env = {**SPILL_ENV, **s3_server.env()}
+    c = cluster_factory(0, env=env, memory="64MiB")
+    a = c.add_node("--spill", f"s3://{bucket}/spills", env=env, memory="16MiB")
+    async with objstore.connect(a.socket) as ca:
+        refs = [await ca.put(payload(i, 2 * MiB)) for i in range(16)]  # 32 MiB into 16
+        objects, _ = await ca.list_objects()
+        spilled = {o["object_id"] for o in objects if o["state"] == "SPILLED"}
+        assert len(spilled) >= 4
+        # The directory has heard of every spill URL before the node goes.
+        from objstore.directory.client import DirectoryAdmin
+
+        deadline = time.monotonic() + 10
+        async with DirectoryAdmin(c.directory) as d:
+            while True:
+                rows = await d.lookup([r._id for r in refs if r.hex() in spilled])
+                if all(r.spilled_url.startswith("s3://") for r in rows):
+                    break
+                assert time.monotonic() < deadline, rows
+                await asyncio.sleep(0.1)
+        a.kill()
+    async with objstore.connect(c.head.socket) as ch:
+        for i, ref in enumerate(refs):
+            if ref.hex() not in spilled:
+                continue
+            got = await ch.get(ref, timeout=30)
+            assert np.array_equal(got, payload(i, 2 * MiB)), f"object {i} came back different"
+            del got
+        # One that was only in the dead node's memory is lost.
+        kept = next(r for r in refs if r.hex() not in spilled)
+        with pytest.raises(objstore.ObjectLostError):
+            await ch.get(kept, timeout=30)

@@ -20,7 +20,7 @@ import contextlib
 import os
 import random
 import socket as _socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, Self, TypeVar
 
 import grpclib.const
@@ -155,6 +155,8 @@ class DirectoryClient:
         self.directory_id = b""
         # Node id -> data plane address, from every table the directory sent.
         self.addresses: dict[bytes, str] = {}
+        # (id, URL) of every object with a spill copy, for full reports (the node sets it).
+        self.spilled_snapshot: Callable[[], list[tuple[bytes, str]]] | None = None
 
     # ------------------------------------------------------------ store hooks (hot path)
     def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
@@ -251,7 +253,8 @@ class DirectoryClient:
             # from the store in this same step, with no await between.
             self.book.clear()
             objects = self._snapshot()
-            await self._full_report(stub, objects)
+            spilled = self.spilled_snapshot() if self.spilled_snapshot is not None else []
+            await self._full_report(stub, objects, spilled)
             self._wake_flushers()  # the full report carried every change made before it
             self.registrations += 1
             self._stub = stub
@@ -266,11 +269,22 @@ class DirectoryClient:
         finally:
             link.close()
 
-    async def _full_report(self, stub: Any, objects: list[tuple[bytes, int, bool, str]]) -> None:
+    async def _full_report(
+        self,
+        stub: Any,
+        objects: list[tuple[bytes, int, bool, str]],
+        spilled: Sequence[tuple[bytes, str]] = (),
+    ) -> None:
         step = self.max_report
-        n = max(1, -(-len(objects) // step))
+        # The copies first, then the spill URLs of those that have one.
+        nc = -(-len(objects) // step)
+        n = max(1, nc + -(-len(spilled) // step))
         for i in range(n):
-            batch = ReportBatch(added=objects[i * step : (i + 1) * step])
+            if i < nc:
+                batch = ReportBatch(added=objects[i * step : (i + 1) * step])
+            else:
+                j = i - nc
+                batch = ReportBatch(spilled=list(spilled[j * step : (j + 1) * step]))
             await stub.report(
                 self._report_msg(batch, sync_begin=i == 0, sync_end=i == n - 1),
                 timeout=self.timeout,

@@ -133,6 +133,9 @@ class Node:
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )
         self.directory = client
+        spill = self.spill
+        if spill is not None:
+            client.spilled_snapshot = lambda: [(oid, c.url()) for oid, c in spill.copies.items()]
         self.objects = ObjectManager(store, cfg, self.node_id, client.addresses.get)
         # A spill copy in S3 whose node is gone is read from S3 directly.
         reader = self.spill_reader = SpillReader(store)

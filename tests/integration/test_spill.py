@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -326,3 +327,34 @@ async def test_an_s3_spill_copy_outlives_its_node(cluster_factory, s3_server) ->
         kept = next(r for r in refs if r.hex() not in spilled)
         with pytest.raises(objstore.ObjectLostError):
             await ch.get(kept, timeout=30)
+
+
+async def test_spill_urls_come_back_after_a_directory_restart(cluster_factory, node_factory, tmp_path) -> None:
+    """A directory restarted without a state dir hears the spill URLs in the nodes' full reports."""
+    from objstore.directory.client import DirectoryAdmin
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--directory-port", str(port)]
+    c = cluster_factory(0, *args, env=SPILL_ENV, memory="64MiB")
+    a = c.add_node("--spill", str(tmp_path / "spill"), env=SPILL_ENV, memory="16MiB")
+    async with objstore.connect(a.socket) as ca:
+        refs = [await ca.put(payload(i, 2 * MiB)) for i in range(16)]
+        objects, _ = await ca.list_objects()
+        spilled = [r for r in refs if any(o["object_id"] == r.hex() and o["state"] == "SPILLED" for o in objects)]
+        assert spilled
+        assert c.head.stop() == 0
+        head2 = node_factory(*args, env={**SPILL_ENV, "OBJSTORE_DIRECTORY_HEARTBEAT_S": "0.25"}, memory="64MiB")
+        assert head2.ready["directory"] == c.directory
+        deadline = time.monotonic() + 15
+        async with DirectoryAdmin(c.directory) as d:
+            while True:
+                try:
+                    rows = await d.lookup([r._id for r in spilled])
+                except objstore.ObjectStoreError:
+                    rows = []
+                if rows and all(r.spilled_url.startswith("file://") for r in rows):
+                    break
+                assert time.monotonic() < deadline, rows
+                await asyncio.sleep(0.2)

@@ -152,7 +152,9 @@ class SpillManager:
         """Prepare the backend and remove the files an earlier run left."""
         removed = await self.backend.start()
         if removed:
-            log.info("spill files of an earlier run removed", files=removed, backend=repr(self.backend))
+            log.info(
+                "spill files of an earlier run removed", files=removed, backend=repr(self.backend)
+            )
         self.store.spiller = self
         self.store.spill_hook = self.make_room
 
@@ -185,7 +187,9 @@ class SpillManager:
                         return_exceptions=True,
                     )
             except TimeoutError:
-                log.warning("spill files not all deleted at shutdown", files=len(files) + len(pending))
+                log.warning(
+                    "spill files not all deleted at shutdown", files=len(files) + len(pending)
+                )
         await self.backend.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
@@ -275,9 +279,13 @@ class SpillManager:
                     break
                 await self._wait_backoff()
                 batch = self.policy.next_batch(extra=nbytes, force=True)
-                log.debug("make room", need=nbytes, largest_free=store.allocator.largest_free,
-                          batch=batch and (len(batch.write), len(batch.free_only)),
-                          writes=self.policy.writes_in_flight)
+                log.debug(
+                    "make room",
+                    need=nbytes,
+                    largest_free=store.allocator.largest_free,
+                    batch=batch and (len(batch.write), len(batch.free_only)),
+                    writes=self.policy.writes_in_flight,
+                )
                 if batch is None:
                     if not self.policy.writes_in_flight:
                         break
@@ -381,6 +389,7 @@ class SpillManager:
             entries.append((oid, entry))
         # Owners reading through their own mapping: let go (answered during the write).
         store.invalidate_mappings(oids)
+        t0 = time.monotonic()
         try:
             try:
                 parts, offsets, total = await asyncio.to_thread(self._build, entries)
@@ -393,6 +402,13 @@ class SpillManager:
                 self.policy.written(batch_id, ok=False)
                 raise
             self._write_ok()
+            log.debug(
+                "spilled",
+                objects=len(entries),
+                bytes=total,
+                file=base,
+                seconds=round(time.monotonic() - t0, 4),
+            )
             live = self.policy.written(batch_id, ok=True)
             self.files_written += 1
             self.objects_written += len(entries)
@@ -426,7 +442,11 @@ class SpillManager:
             # Owners answer the invalidation with a release; `unheld` frees then.
             deadline = time.monotonic() + _UNMAP_WAIT_S
             while time.monotonic() < deadline:
-                still = [o for o in held if (e := store.objects.get(o)) is not None and e.state is _SEALED]
+                still = [
+                    o
+                    for o in held
+                    if (e := store.objects.get(o)) is not None and e.state is _SEALED
+                ]
                 if not still:
                     break
                 self._freed.clear()
@@ -434,7 +454,9 @@ class SpillManager:
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                         await self._freed.wait()
             freed += sum(
-                e.size for o in held if (e := store.objects.get(o)) is not None and e.state is _SPILLED
+                e.size
+                for o in held
+                if (e := store.objects.get(o)) is not None and e.state is _SPILLED
             )
         return freed
 
@@ -464,7 +486,9 @@ class SpillManager:
         if self._failures == 1:
             log.warning(
                 "spilling failed; objects stay in memory, retrying with backoff",
-                error=str(exc), objects=n, backend=repr(self.backend),
+                error=str(exc),
+                objects=n,
+                backend=repr(self.backend),
             )
         else:
             log.debug("spilling failed again", error=str(exc), failures=self._failures)
@@ -507,8 +531,11 @@ class SpillManager:
             for item in run:
                 entry = store.objects.get(item.object_id)
                 if entry is None or entry.state is not _SPILLED:
-                    log.debug("restore skipped", object_id=item.object_id.hex(),
-                              state=entry.state.name if entry else None)
+                    log.debug(
+                        "restore skipped",
+                        object_id=item.object_id.hex(),
+                        state=entry.state.name if entry else None,
+                    )
                     self.restores.done(item.object_id)
                     continue
                 got = await store.allocate(entry.size)

@@ -99,7 +99,9 @@ class SpillReader:
             else:
                 target[: len(got)] = got
                 if rest:
-                    await backend.read_into(u.base, u.offset + meta_end + len(got), [target[len(got) :]])
+                    await backend.read_into(
+                        u.base, u.offset + meta_end + len(got), [target[len(got) :]]
+                    )
             await asyncio.to_thread(verify, header, meta, target)
             store.seal(oid, None)
             sealed = True

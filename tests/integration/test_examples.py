@@ -123,3 +123,11 @@ async def _run_args(args: list[str]) -> str:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return out.decode()
+
+
+async def test_spill(node_factory, tmp_path) -> None:
+    n = node_factory("--spill", str(tmp_path / "spill"), memory="128MiB")
+    out = await _run("spill.py", {**os.environ, "OBJSTORE_SOCKET": n.socket})
+    assert "put 12 x 32 MiB" in out
+    assert "read all 12 back, every one identical" in out
+    assert "in 0 files" in out.splitlines()[-1], out

@@ -41,7 +41,9 @@ async def stats(client: objstore.Client) -> dict:
     return await client.stats()
 
 
-async def put_three_times_memory(client: objstore.Client, memory: int) -> list[tuple[objstore.ObjectRef, int, int]]:
+async def put_three_times_memory(
+    client: objstore.Client, memory: int
+) -> list[tuple[objstore.ObjectRef, int, int]]:
     """Objects of mixed sizes (64 KiB .. 6 MiB) adding up to 3x the node's memory."""
     sizes = [64 << 10, 300 << 10, 1 * MiB, 6 * MiB, 2 * MiB]
     out = []
@@ -56,7 +58,9 @@ async def put_three_times_memory(client: objstore.Client, memory: int) -> list[t
     return out
 
 
-async def read_back(client: objstore.Client, refs: list[tuple[objstore.ObjectRef, int, int]]) -> None:
+async def read_back(
+    client: objstore.Client, refs: list[tuple[objstore.ObjectRef, int, int]]
+) -> None:
     for ref, i, n in refs:
         got = await client.get(ref, timeout=30)
         assert got.shape == (n,), (i, got.shape)
@@ -93,8 +97,11 @@ async def test_three_times_memory_through_local_files(node_factory, tmp_path) ->
 
 async def test_many_small_objects_share_fused_files(node_factory, tmp_path) -> None:
     root = tmp_path / "spill"
-    env = {**SPILL_ENV, "OBJSTORE_SPILL_MIN_SPILLING_SIZE": "2MiB",
-           "OBJSTORE_SPILL_MAX_FUSED_OBJECT_COUNT": "2000"}
+    env = {
+        **SPILL_ENV,
+        "OBJSTORE_SPILL_MIN_SPILLING_SIZE": "2MiB",
+        "OBJSTORE_SPILL_MAX_FUSED_OBJECT_COUNT": "2000",
+    }
     node = node_factory("--spill", str(root), memory="8MiB", env=env)
     async with objstore.connect(node.socket) as c:
         n = 20_000
@@ -140,7 +147,9 @@ async def test_clean_shutdown_deletes_spill_files(node_factory, tmp_path) -> Non
     assert spill_files(root) == []
 
 
-async def test_a_corrupted_or_truncated_spill_file_loses_that_object_only(node_factory, tmp_path) -> None:
+async def test_a_corrupted_or_truncated_spill_file_loses_that_object_only(
+    node_factory, tmp_path
+) -> None:
     root = tmp_path / "spill"
     env = {**SPILL_ENV, "OBJSTORE_SPILL_MIN_SPILLING_SIZE": "1"}  # one object per file
     node = node_factory("--spill", str(root), memory="16MiB", env=env)
@@ -152,9 +161,12 @@ async def test_a_corrupted_or_truncated_spill_file_loses_that_object_only(node_f
         damage(files[0], files[1])
         objects, _ = await c.list_objects()
         damaged = {
-            o["object_id"] for o in objects
+            o["object_id"]
+            for o in objects
             if o["state"] == "SPILLED"
-            and o["spill_url"].partition("?")[0].endswith((Path(files[0]).name, Path(files[1]).name))
+            and o["spill_url"]
+            .partition("?")[0]
+            .endswith((Path(files[0]).name, Path(files[1]).name))
         }
         assert damaged
         lost = set()
@@ -189,13 +201,19 @@ def _umount(path: Path) -> None:
 
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                       check=False, capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs for a full disk (needs root): {r.stderr.strip()}")
 
 
-async def test_a_full_disk_fails_the_put_that_needed_room_and_nothing_else(node_factory, tmp_path) -> None:
+async def test_a_full_disk_fails_the_put_that_needed_room_and_nothing_else(
+    node_factory, tmp_path
+) -> None:
     root = tmp_path / "small"
     _mount_tmpfs(root, "12m")
     try:
@@ -228,7 +246,9 @@ async def test_a_full_disk_fails_the_put_that_needed_room_and_nothing_else(node_
             ref = await c.put(payload(99, 2 * MiB))
             assert np.array_equal(await c.get(ref, timeout=30), payload(99, 2 * MiB))
         # Logged once per streak, not once per attempt.
-        assert node.stderr().count("spilling failed; objects stay in memory") <= 2, node.stderr()[-3000:]
+        assert node.stderr().count("spilling failed; objects stay in memory") <= 2, node.stderr()[
+            -3000:
+        ]
         node.stop()
     finally:
         _umount(root)
@@ -270,16 +290,22 @@ async def test_s3_refusing_requests_fails_puts_cleanly(node_factory, s3_server) 
             for o in page.get("Contents", []):
                 s3.delete_object(Bucket=bucket, Key=o["Key"])
         s3.delete_bucket(Bucket=bucket)
-        with pytest.raises((objstore.ObjectStoreFullError, objstore.OutOfDiskError, objstore.ObjectStoreError)):
+        with pytest.raises(
+            (objstore.ObjectStoreFullError, objstore.OutOfDiskError, objstore.ObjectStoreError)
+        ):
             for i in range(4, 40):
                 refs.append((await c.put(payload(i, 2 * MiB)), i))
         # The objects still in memory are intact.
         s = await stats(c)
         assert s["used"] > 0
-    assert node.stderr().count("spilling failed; objects stay in memory") <= 2, node.stderr()[-3000:]
+    assert node.stderr().count("spilling failed; objects stay in memory") <= 2, node.stderr()[
+        -3000:
+    ]
 
 
-async def test_another_node_reads_an_object_spilled_on_its_primary(cluster_factory, tmp_path) -> None:
+async def test_another_node_reads_an_object_spilled_on_its_primary(
+    cluster_factory, tmp_path
+) -> None:
     root = tmp_path / "spill"
     c = cluster_factory(0, env=SPILL_ENV, memory="64MiB")
     a = c.add_node("--spill", str(root), env=SPILL_ENV, memory="16MiB")
@@ -329,7 +355,9 @@ async def test_an_s3_spill_copy_outlives_its_node(cluster_factory, s3_server) ->
             await ch.get(kept, timeout=30)
 
 
-async def test_spill_urls_come_back_after_a_directory_restart(cluster_factory, node_factory, tmp_path) -> None:
+async def test_spill_urls_come_back_after_a_directory_restart(
+    cluster_factory, node_factory, tmp_path
+) -> None:
     """A directory restarted without a state dir hears the spill URLs in the nodes' full reports."""
     from objstore.directory.client import DirectoryAdmin
 
@@ -342,10 +370,16 @@ async def test_spill_urls_come_back_after_a_directory_restart(cluster_factory, n
     async with objstore.connect(a.socket) as ca:
         refs = [await ca.put(payload(i, 2 * MiB)) for i in range(16)]
         objects, _ = await ca.list_objects()
-        spilled = [r for r in refs if any(o["object_id"] == r.hex() and o["state"] == "SPILLED" for o in objects)]
+        spilled = [
+            r
+            for r in refs
+            if any(o["object_id"] == r.hex() and o["state"] == "SPILLED" for o in objects)
+        ]
         assert spilled
         assert c.head.stop() == 0
-        head2 = node_factory(*args, env={**SPILL_ENV, "OBJSTORE_DIRECTORY_HEARTBEAT_S": "0.25"}, memory="64MiB")
+        head2 = node_factory(
+            *args, env={**SPILL_ENV, "OBJSTORE_DIRECTORY_HEARTBEAT_S": "0.25"}, memory="64MiB"
+        )
         assert head2.ready["directory"] == c.directory
         deadline = time.monotonic() + 15
         async with DirectoryAdmin(c.directory) as d:

@@ -107,6 +107,10 @@ class Spiller(Protocol):
     def restore(self, oid: bytes, entry: ObjectEntry) -> None:
         """A get waits for a SPILLED object: bring it back (once, however many ask)."""
 
+    @property
+    def last_error(self) -> ObjectStoreError | None:
+        """The error of the last spill write, while writes keep failing."""
+
 
 class RemoteWatcher(Protocol):
     """Told of each get (priority 0) or wait (1) that starts or stops waiting
@@ -318,7 +322,15 @@ class PlasmaStore:
                 got = self._allocate_now(size)
                 if got is not None:
                     return got
-        return await self._allocate_fallback(size)
+        try:
+            return await self._allocate_fallback(size)
+        except ObjectStoreFullError as exc:
+            # No room in memory nor in the fallback: if spilling failed because
+            # its disk is full, that is what the caller needs to hear.
+            spill_error = self.spiller.last_error if self.spiller is not None else None
+            if isinstance(spill_error, OutOfDiskError):
+                raise OutOfDiskError(f"{exc}; spilling failed: {spill_error}") from spill_error
+            raise
 
     async def _allocate_fallback(self, size: int) -> tuple[int, int]:
         """A file-backed segment for one object (created in a thread: it touches the disk)."""

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from server_process import ServerProcess, start_server
 
 __all__ = ["RedisServer", "start_redis", "redis_url", "MISSING_MESSAGE"]
 
@@ -39,41 +38,15 @@ MISSING_MESSAGE = (
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ServerProcess):
     """A running ``redis-server`` started by :func:`start_redis`."""
 
-    proc: subprocess.Popen[bytes]
-    port: int
-    directory: Path
-    log_path: Path
+    directory: Path = Path()
 
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def output(self) -> str:
-        """What the server printed so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(port: int) -> bool:
@@ -86,48 +59,27 @@ def _ping(port: int) -> bool:
 
 
 def start_redis(directory: str | Path) -> RedisServer:
-    """Start ``redis-server`` on a free port; raise with its output if it does not answer."""
+    """Start ``redis-server`` on a free port; raise with its output if it does not answer PING."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError(MISSING_MESSAGE)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    failures: list[str] = []
-    for attempt in range(3):  # another process may take the free port first
-        port = _free_port()
-        log_path = directory / f"redis-{port}.log"
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen(
-                [
-                    exe,
-                    "--port", str(port),
-                    "--bind", "127.0.0.1",
-                    "--save", "",
-                    "--appendonly", "no",
-                    "--dir", str(directory),
-                    "--daemonize", "no",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        server = RedisServer(proc, port, directory, log_path)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if _ping(port):
-                return server
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        server.stop()
-        failures.append(
-            f"attempt {attempt + 1} (port {port}, exit code {proc.returncode}):\n{server.output()}"
-        )
-        if "Address already in use" not in failures[-1]:
-            break
-    raise RuntimeError(
-        f"redis-server did not answer PING within {START_TIMEOUT:.0f} s:\n" + "\n".join(failures)
+    server = start_server(
+        "redis-server",
+        directory,
+        lambda port: [
+            exe,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory),
+            "--daemonize", "no",
+        ],
+        _ping,
+        START_TIMEOUT,
     )
+    return RedisServer(server.proc, server.port, server.log_path, directory)
 
 
 @pytest.fixture(scope="session")

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_process import ServerProcess, start_server
 
 __all__ = ["S3Server", "start_s3_server", "s3_server", "create_bucket", "MISSING_MESSAGE"]
 
@@ -48,12 +46,8 @@ MISSING_MESSAGE = (
 
 
 @dataclass
-class S3Server:
+class S3Server(ServerProcess):
     """A running moto server started by :func:`start_s3_server`."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
 
     @property
     def endpoint_url(self) -> str:
@@ -77,23 +71,6 @@ class S3Server:
         """Create a bucket (a fresh random name unless given); return its name."""
         return create_bucket(self.endpoint_url, name)
 
-    def output(self) -> str:
-        """What the server printed so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 def _client(endpoint_url: str) -> Any:
     import botocore.session
@@ -116,12 +93,6 @@ def create_bucket(endpoint_url: str, name: str | None = None) -> str:
     return name
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _answers(port: int) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
     try:
@@ -138,36 +109,14 @@ def start_s3_server(directory: str | Path) -> S3Server:
     """Start a moto server on a free port; raise with its output if it does not answer."""
     if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
         raise RuntimeError(MISSING_MESSAGE)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    failures: list[str] = []
-    for attempt in range(3):  # another process may take the free port first
-        port = _free_port()
-        log_path = directory / f"moto-{port}.log"
-        with open(log_path, "wb") as log_file:  # the child keeps its own copy of the fd
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        server = S3Server(proc, port, log_path)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if _answers(port):
-                return server
-            if proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        server.stop()
-        failures.append(
-            f"attempt {attempt + 1} (port {port}, exit code {proc.returncode}):\n{server.output()}"
-        )
-        if "Address already in use" not in failures[-1]:
-            break
-    raise RuntimeError(
-        f"moto server did not answer within {START_TIMEOUT:.0f} s:\n" + "\n".join(failures)
+    server = start_server(
+        "moto-server",
+        Path(directory),
+        lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        _answers,
+        START_TIMEOUT,
     )
+    return S3Server(server.proc, server.port, server.log_path)
 
 
 @pytest.fixture(scope="session")

@@ -11,13 +11,13 @@ import asyncio
 import glob
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from s3_server import s3_server  # noqa: F401  (fixture)
+from tmpfs import tmpfs
 
 import objstore
 
@@ -195,28 +195,10 @@ def damage(flip: str, truncate: str) -> None:
         f.truncate(MiB)
 
 
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for a full disk (needs root): {r.stderr.strip()}")
-
-
 async def test_a_full_disk_fails_the_put_that_needed_room_and_nothing_else(
     node_factory, tmp_path
 ) -> None:
-    root = tmp_path / "small"
-    _mount_tmpfs(root, "12m")
-    try:
+    with tmpfs(tmp_path / "small", "12m") as root:
         node = node_factory("--spill", str(root), memory="16MiB", env=SPILL_ENV)
         async with objstore.connect(node.socket) as c:
             kept = []
@@ -250,8 +232,6 @@ async def test_a_full_disk_fails_the_put_that_needed_room_and_nothing_else(
             -3000:
         ]
         node.stop()
-    finally:
-        _umount(root)
 
 
 async def test_three_times_memory_through_s3(node_factory, s3_server) -> None:  # noqa: F811

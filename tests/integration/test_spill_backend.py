@@ -15,7 +15,6 @@ import contextlib
 import mmap
 import os
 import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from s3_server import S3Server, s3_server, start_s3_server  # noqa: F401  (fixture)
+from tmpfs import tmpfs
 
 from objstore.errors import ObjectStoreError, OutOfDiskError
 from objstore.ids import OBJECT_ID_SIZE, new_object_id
@@ -445,21 +445,9 @@ async def test_local_keeps_no_export_of_the_callers_buffers(tmp_path: Path) -> N
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs mounted on a fresh directory (root only), unmounted afterwards."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test: {proc.stderr.strip()}")
-    try:
+    """A 4 MiB tmpfs mounted on a fresh directory, unmounted afterwards."""
+    with tmpfs(tmp_path / "tiny", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 async def test_local_full_disk_raises_out_of_disk_and_leaves_nothing(tiny_tmpfs: Path) -> None:

@@ -30,14 +30,9 @@ from dataclasses import dataclass
 
 import zstandard
 
+from objstore.checksum import crc32
 from objstore.ids import OBJECT_ID_SIZE
 from objstore.spill.backend import Buffer, SpillCorruptError
-
-try:
-    # ISA-L's CRC-32: the same values as zlib's, several times faster.
-    from isal.isal_zlib import crc32
-except ImportError:  # pragma: no cover - a platform without isal wheels
-    from zlib import crc32
 
 __all__ = [
     "MAGIC",

@@ -237,7 +237,7 @@ class SpillManager:
     def dropped(self, oid: bytes, entry: ObjectEntry) -> None:
         if oid in self.policy:
             self.policy.remove(oid)
-        if entry.state is _SPILLED or (entry.segment < 0):
+        if entry.segment < 0:  # it was spilled (it is DELETED by now)
             self.spilled_objects -= 1
             self.spilled_bytes -= entry.size
         self.restores.cancel(oid)

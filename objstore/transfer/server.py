@@ -290,11 +290,15 @@ class TransferServer:
     ) -> None:
         """Answer a FETCH_MANY: each object whole, copied into ~1 MiB writes."""
         store = self.store
-        spilled = [
-            oid for i in range(0, len(ids), 20) if store.state_of(oid := ids[i : i + 20]) is _SPILLED
-        ]
-        if spilled:
-            await asyncio.gather(*(self._restored(oid) for oid in spilled))
+        if store.spiller is not None:
+            # Spilled objects here are restored first (a node without spilling has none).
+            spilled = [
+                oid
+                for i in range(0, len(ids), 20)
+                if store.state_of(oid := ids[i : i + 20]) is _SPILLED
+            ]
+            if spilled:
+                await asyncio.gather(*(self._restored(oid) for oid in spilled))
         out = bytearray()
         for i in range(0, len(ids), 20):
             oid = ids[i : i + 20]

@@ -540,9 +540,10 @@ class SpillManager:
                     continue
                 got = await store.allocate(entry.size)
                 spaces.append((item, entry, got))
+            errors: list[SpillCorruptError | None] = []
             for delay in (*_RESTORE_RETRIES, None):
                 try:
-                    await self._read_run(base, spaces)
+                    errors = await self._read_run(base, spaces)
                     break
                 except SpillIOError as exc:
                     if delay is None:
@@ -550,12 +551,8 @@ class SpillManager:
                     log.debug("restore failed; retrying", error=str(exc), file=base)
                     await asyncio.sleep(delay)
         except BaseException as exc:
-            log.debug("restore run failed", error=repr(exc))
-            for item, entry, got in spaces:
+            for _, entry, got in spaces:
                 store.free_allocation(got, entry.size)
-                self.restores.done(item.object_id)
-                if isinstance(exc, ObjectStoreError):
-                    self._restore_failed(item.object_id, exc)
             for item in run:
                 if self.restores.is_in_flight(item.object_id):
                     self.restores.done(item.object_id)
@@ -564,8 +561,12 @@ class SpillManager:
             if not isinstance(exc, ObjectStoreError):
                 raise
             return
-        for item, entry, got in spaces:
+        for (item, entry, got), error in zip(spaces, errors, strict=True):
             self.restores.done(item.object_id)
+            if error is not None:
+                store.free_allocation(got, entry.size)
+                self._restore_failed(item.object_id, error)
+                continue
             current = store.objects.get(item.object_id)
             if current is not entry or entry.state is not _SPILLED:
                 store.free_allocation(got, entry.size)  # deleted meanwhile
@@ -584,10 +585,15 @@ class SpillManager:
 
     async def _read_run(
         self, base: str, spaces: list[tuple[RestoreItem, ObjectEntry, tuple[int, int]]]
-    ) -> None:
-        """Read consecutive records into their new space and check them."""
+    ) -> list[SpillCorruptError | None]:
+        """Read consecutive records into their new space and check each one.
+
+        Returns each record's damage (None: intact).  A damaged record loses
+        only its own object: when the read itself fails (a truncated or
+        missing file), each record is read alone to tell which are intact.
+        """
         if not spaces:
-            return
+            return []
         store = self.store
         dests: list[memoryview] = []
         checks: list[tuple[RestoreItem, ObjectEntry, bytearray, memoryview, bytearray | None]] = []
@@ -602,8 +608,13 @@ class SpillManager:
                 dests += [memoryview(head), memoryview(stored)]
             checks.append((item, entry, head, target, stored))
         try:
-            await self.backend.read_into(base, spaces[0][0].offset, dests)
-            await asyncio.to_thread(self._check_run, checks)
+            try:
+                await self.backend.read_into(base, spaces[0][0].offset, dests)
+            except SpillCorruptError as exc:
+                if len(spaces) == 1:
+                    return [exc]
+                return [(await self._read_run(base, [one]))[0] for one in spaces]
+            return await asyncio.to_thread(self._check_run, checks)
         finally:
             for _, _, _, target, _ in checks:
                 with contextlib.suppress(BufferError):
@@ -612,18 +623,25 @@ class SpillManager:
     @staticmethod
     def _check_run(
         checks: list[tuple[RestoreItem, ObjectEntry, bytearray, memoryview, bytearray | None]],
-    ) -> None:
+    ) -> list[SpillCorruptError | None]:
+        errors: list[SpillCorruptError | None] = []
         for item, entry, head, target, stored in checks:
-            header = decode_header(head, expect_oid=item.object_id, expect_size=item.size)
-            meta = bytes(head[HEADER_SIZE:])
-            if header.data_size != entry.size or meta != entry.meta:
-                raise SpillCorruptError(
-                    f"spill record of object {item.object_id.hex()} does not match the object "
-                    f"({header.data_size} bytes, expected {entry.size})"
-                )
-            if stored is not None:
-                decompress_into(header, stored, target)
-            verify(header, meta, target)
+            try:
+                header = decode_header(head, expect_oid=item.object_id, expect_size=item.size)
+                meta = bytes(head[HEADER_SIZE:])
+                if header.data_size != entry.size or meta != entry.meta:
+                    raise SpillCorruptError(
+                        f"spill record of object {item.object_id.hex()} does not match the "
+                        f"object ({header.data_size} bytes, expected {entry.size})"
+                    )
+                if stored is not None:
+                    decompress_into(header, stored, target)
+                verify(header, meta, target)
+            except SpillCorruptError as exc:
+                errors.append(exc)
+            else:
+                errors.append(None)
+        return errors
 
     def _restore_failed(self, oid: bytes, exc: ObjectStoreError) -> None:
         self.restore_errors += 1

@@ -377,3 +377,61 @@ async def test_spill_urls_come_back_after_a_directory_restart(
                     break
                 assert time.monotonic() < deadline, rows
                 await asyncio.sleep(0.2)
+
+
+async def test_a_damaged_record_loses_only_its_own_object_in_a_fused_file(
+    node_factory, tmp_path
+) -> None:
+    root = tmp_path / "spill"
+    env = {**SPILL_ENV, "OBJSTORE_SPILL_MIN_SPILLING_SIZE": "6MiB"}
+    node = node_factory("--spill", str(root), memory="32MiB", env=env)
+    async with objstore.connect(node.socket) as c:
+        refs = [await c.put(payload(i, MiB)) for i in range(80)]
+        objects, _ = await c.list_objects()
+        urls = {o["object_id"]: o["spill_url"] for o in objects if o["state"] == "SPILLED"}
+        by_file: dict[str, list[tuple[int, int, str]]] = {}
+        for oid, url in urls.items():
+            base, _, query = url.partition("?")
+            q = dict(kv.split("=") for kv in query.split("&"))
+            by_file.setdefault(base, []).append((int(q["offset"]), int(q["size"]), oid))
+        fused = [sorted(v) for v in by_file.values() if len(v) >= 3]
+        assert len(fused) >= 2, by_file
+        flipped, cut = fused[0], fused[1]
+        flip_file = next(b for b, v in by_file.items() if sorted(v) == flipped)
+        cut_file = next(b for b, v in by_file.items() if sorted(v) == cut)
+        # A byte in the middle of the second record of one file; the other file
+        # cut inside its second record.
+        off, size, _ = flipped[1]
+        cut_at = cut[1][0] + cut[1][1] // 2
+        damage_at(flip_file.removeprefix("file://"), off + size // 2)
+        os.truncate(cut_file.removeprefix("file://"), cut_at)
+        expect_lost = {flipped[1][2]} | {oid for o, s, oid in cut if o + s > cut_at}
+        # The objects of both files at once (their records are restored
+        # together), then the others.
+        together = {oid for _, _, oid in flipped + cut}
+        first = [(i, r) for i, r in enumerate(refs) if r.hex() in together]
+        rest = [(i, r) for i, r in enumerate(refs) if r.hex() not in together]
+        results = await asyncio.gather(
+            *(c.get(r, timeout=30) for _, r in first), return_exceptions=True
+        )
+        lost = set()
+        for (i, ref), got in zip(first, results, strict=True):
+            if isinstance(got, objstore.ObjectLostError):
+                lost.add(ref.hex())
+            else:
+                assert not isinstance(got, BaseException), got
+                assert np.array_equal(got, payload(i, MiB)), f"object {i} came back different"
+        del results, got
+        for i, ref in rest:
+            got = await c.get(ref, timeout=30)
+            assert np.array_equal(got, payload(i, MiB)), f"object {i} came back different"
+            del got
+        assert lost == expect_lost, (lost, expect_lost)
+
+
+def damage_at(path: str, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0xFF]))

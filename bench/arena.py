@@ -207,7 +207,9 @@ class Client:
     # -- copies
     def _parts(self, threads: int) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
         assert self.dst is not None
-        return [(self.dst[a:b], self.src[a:b], a, b) for a, b in split_ranges(self.n, threads, ALIGN)]
+        return [
+            (self.dst[a:b], self.src[a:b], a, b) for a, b in split_ranges(self.n, threads, ALIGN)
+        ]
 
     def copy(self, threads: int) -> dict:
         parts = self._parts(threads)
@@ -307,7 +309,9 @@ class ClientProc:
     def __init__(self, payload: int, threads: int) -> None:
         ctx = mp.get_context("spawn")
         self.sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = ctx.Process(target=client_main, args=(child_sock, payload, threads), daemon=True)
+        self.proc = ctx.Process(
+            target=client_main, args=(child_sock, payload, threads), daemon=True
+        )
         self.proc.start()
         child_sock.close()
         assert json.loads(self.sock.recv(1 << 16))["ready"]
@@ -345,7 +349,9 @@ class Arena:
         self.size = size
         self.fd = os.memfd_create("objstore-arena", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(self.fd, size)
-        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        fcntl.fcntl(
+            self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        )
         self.mm = mmap.mmap(self.fd, size)
         self.addr = mapping_address(self.mm)
 
@@ -437,10 +443,18 @@ class Bench:
         p = ar.populate(1, "mmap")
         self.add("owner_populate.s", p["s"])
         self.add("owner_populate.stall_ms", p["max_main_stall_ms"])
-        res = c.session(ar.fd, size, [
-            {"do": "map"}, {"do": "copy", "threads": 1}, {"do": "unmap"},
-            {"do": "map"}, {"do": "copy", "threads": k}, {"do": "unmap"},
-        ])
+        res = c.session(
+            ar.fd,
+            size,
+            [
+                {"do": "map"},
+                {"do": "copy", "threads": 1},
+                {"do": "unmap"},
+                {"do": "map"},
+                {"do": "copy", "threads": k},
+                {"do": "unmap"},
+            ],
+        )
         self.add("owner_populated.client_1thread.s", res[1]["s"])
         self.add("owner_populated.client_nthreads.s", res[4]["s"])
         self.free(ar)
@@ -448,21 +462,39 @@ class Bench:
         # 4. client populates its own slice per thread, then copies (owner-populated arena)
         ar = self.new_arena(settle=False)
         ar.populate(1, "ctypes", background=False)
-        res = c.session(ar.fd, size, [
-            {"do": "map"}, {"do": "popcopy", "threads": 1, "impl": "mmap"}, {"do": "unmap"},
-            {"do": "map"}, {"do": "popcopy", "threads": k, "impl": "mmap"}, {"do": "unmap"},
-            {"do": "map"}, {"do": "popcopy", "threads": k, "impl": "ctypes"}, {"do": "unmap"},
-            {"do": "map"}, {"do": "popcopy", "threads": k, "impl": "ctypes_read"}, {"do": "unmap"},
-        ])
-        for name, i in (("1thread", 1), ("nthreads_mmap_madvise", 4), ("nthreads_ctypes_madvise", 7),
-                        ("nthreads_ctypes_populate_read", 10)):
+        res = c.session(
+            ar.fd,
+            size,
+            [
+                {"do": "map"},
+                {"do": "popcopy", "threads": 1, "impl": "mmap"},
+                {"do": "unmap"},
+                {"do": "map"},
+                {"do": "popcopy", "threads": k, "impl": "mmap"},
+                {"do": "unmap"},
+                {"do": "map"},
+                {"do": "popcopy", "threads": k, "impl": "ctypes"},
+                {"do": "unmap"},
+                {"do": "map"},
+                {"do": "popcopy", "threads": k, "impl": "ctypes_read"},
+                {"do": "unmap"},
+            ],
+        )
+        for name, i in (
+            ("1thread", 1),
+            ("nthreads_mmap_madvise", 4),
+            ("nthreads_ctypes_madvise", 7),
+            ("nthreads_ctypes_populate_read", 10),
+        ):
             for f in ("s", "populate_s", "copy_s"):
                 self.add(f"client_populate.{name}.{f}", res[i][f])
         self.free(ar)
 
         # 4b. same on a host-cold arena the owner did NOT populate
         ar = self.new_arena(settle=True)
-        res = c.session(ar.fd, size, [{"do": "map"}, {"do": "popcopy", "threads": k, "impl": "ctypes"}])
+        res = c.session(
+            ar.fd, size, [{"do": "map"}, {"do": "popcopy", "threads": k, "impl": "ctypes"}]
+        )
         for f in ("s", "populate_s", "copy_s"):
             self.add(f"cold_client_populate.nthreads_ctypes_madvise.{f}", res[1][f])
         self.free(ar)
@@ -470,10 +502,18 @@ class Bench:
         # 5. client maps with MAP_POPULATE after the owner populated
         ar = self.new_arena(settle=False)
         ar.populate(1, "ctypes", background=False)
-        res = c.session(ar.fd, size, [
-            {"do": "map", "populate": True}, {"do": "copy", "threads": 1}, {"do": "unmap"},
-            {"do": "map", "populate": True}, {"do": "copy", "threads": k}, {"do": "unmap"},
-        ])
+        res = c.session(
+            ar.fd,
+            size,
+            [
+                {"do": "map", "populate": True},
+                {"do": "copy", "threads": 1},
+                {"do": "unmap"},
+                {"do": "map", "populate": True},
+                {"do": "copy", "threads": k},
+                {"do": "unmap"},
+            ],
+        )
         self.add("client_map_populate.mmap_s", res[0]["map_s"])
         self.add("client_map_populate.mmap_s", res[3]["map_s"])
         self.add("client_map_populate.client_1thread.s", res[1]["s"])
@@ -482,10 +522,16 @@ class Bench:
 
         # 6. warm reuse: second copy into the same region, same mapping
         ar = self.new_arena(settle=False)
-        res = c.session(ar.fd, size, [
-            {"do": "map"}, {"do": "copy", "threads": k},  # first (cold-ish) copy, not the figure
-            {"do": "copy", "threads": 1}, {"do": "copy", "threads": k},
-        ])
+        res = c.session(
+            ar.fd,
+            size,
+            [
+                {"do": "map"},
+                {"do": "copy", "threads": k},  # first (cold-ish) copy, not the figure
+                {"do": "copy", "threads": 1},
+                {"do": "copy", "threads": k},
+            ],
+        )
         self.add("warm_reuse.1thread.s", res[2]["s"])
         self.add("warm_reuse.nthreads.s", res[3]["s"])
         self.free(ar)
@@ -539,9 +585,16 @@ class Bench:
         map_s = self.med("client_map_populate.mmap_s")
         return {
             "config": {
-                "arena_bytes": self.size, "payload_bytes": n, "threads": k, "repeat": self.a.repeat,
-                "settle_s": self.a.settle, "python": platform.python_version(), "numpy": np.__version__,
-                "kernel": platform.release(), "cpus": os.cpu_count(), "page_size": PAGE,
+                "arena_bytes": self.size,
+                "payload_bytes": n,
+                "threads": k,
+                "repeat": self.a.repeat,
+                "settle_s": self.a.settle,
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "kernel": platform.release(),
+                "cpus": os.cpu_count(),
+                "page_size": PAGE,
                 "madv_populate_write": MADV_POPULATE_WRITE,
                 "free_page_reporting": page_reporting_kib() is not None,
             },
@@ -558,13 +611,16 @@ class Bench:
                 "1thread": popcopy("client_populate.1thread"),
                 "nthreads_mmap_madvise": popcopy("client_populate.nthreads_mmap_madvise"),
                 "nthreads_ctypes_madvise": popcopy("client_populate.nthreads_ctypes_madvise"),
-                "nthreads_ctypes_populate_read": popcopy("client_populate.nthreads_ctypes_populate_read"),
+                "nthreads_ctypes_populate_read": popcopy(
+                    "client_populate.nthreads_ctypes_populate_read"
+                ),
             },
             "cold_client_populate_then_copy": {
                 "nthreads_ctypes_madvise": popcopy("cold_client_populate.nthreads_ctypes_madvise"),
             },
             "client_map_populate": {
-                "mmap_s": r(map_s, 5), "mmap_s_per_gib": r(map_s / gib, 5),
+                "mmap_s": r(map_s, 5),
+                "mmap_s_per_gib": r(map_s / gib, 5),
                 "client_1thread": self.copy_fig("client_map_populate.client_1thread.s", ref),
                 "client_nthreads": self.copy_fig("client_map_populate.client_nthreads.s", ref),
             },
@@ -574,7 +630,7 @@ class Bench:
             },
             "populate_background_cost": {
                 "note": "whole arena, host-cold pages, populated from background thread(s) while the "
-                        "main thread sleeps 1 ms per tick; 1thread = the owner_populate run above",
+                "main thread sleeps 1 ms per tick; 1thread = the owner_populate run above",
                 "1thread_mmap_madvise": owner_pop,
                 "2threads_mmap_madvise": pop("populate_2threads_mmap.s"),
                 "2threads_ctypes_madvise": pop("populate_2threads_ctypes.s"),
@@ -587,11 +643,19 @@ class Bench:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=parse_size, default=GIB, help="arena size (default 1GiB)")
-    ap.add_argument("--payload", type=parse_size, default=256 << 20, help="put payload (default 256MiB)")
-    ap.add_argument("--threads", type=int, default=2, help="client copy threads for the n-thread figures")
+    ap.add_argument(
+        "--payload", type=parse_size, default=256 << 20, help="put payload (default 256MiB)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=2, help="client copy threads for the n-thread figures"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
-    ap.add_argument("--settle", type=float, default=3.0,
-                    help="seconds to wait after a free before a host-cold measurement (VM free-page reporting)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds to wait after a free before a host-cold measurement (VM free-page reporting)",
+    )
     args = ap.parse_args()
     if args.payload > args.size:
         ap.error("--payload must be <= --size")

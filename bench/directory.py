@@ -239,8 +239,6 @@ class Head:
                 shutil.rmtree(self.dir, ignore_errors=True)
 
 
-
-
 class CpuMeter:
     """CPU use over a span, as fractions of one core: the head, this process, everything else.
 

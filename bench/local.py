@@ -40,8 +40,20 @@ class Node:
     def __init__(self, memory: str, prefault: str | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="osb-", dir="/tmp")
         self.socket = os.path.join(self.dir, "node.sock")
-        args = [sys.executable, "-m", "objstore.node", "--head", "--memory", memory,
-                "--socket", self.socket, "--fallback-dir", self.dir, "--log-level", "warning"]
+        args = [
+            sys.executable,
+            "-m",
+            "objstore.node",
+            "--head",
+            "--memory",
+            memory,
+            "--socket",
+            self.socket,
+            "--fallback-dir",
+            self.dir,
+            "--log-level",
+            "warning",
+        ]
         if prefault is not None:
             args += ["--prefault", prefault]
         t0 = time.perf_counter()
@@ -86,7 +98,10 @@ async def _settle(c: objstore.Client) -> None:
     deadline = time.perf_counter() + 30
     while time.perf_counter() < deadline:
         stats = await c.stats()
-        if stats["prefaulted"] >= min(GiB, stats["capacity"]) and c._warm_mark.upto >= stats["prefaulted"]:
+        if (
+            stats["prefaulted"] >= min(GiB, stats["capacity"])
+            and c._warm_mark.upto >= stats["prefaulted"]
+        ):
             return
         await asyncio.sleep(0.01)
 
@@ -109,8 +124,14 @@ async def _small(socket: str, n: int) -> dict[str, float]:
         batch_own = n / (time.perf_counter() - t)
         # Objects put by another process: the other process holds them alive.
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--_producer", socket, str(n),
-            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.PIPE, limit=1 << 24,
+            sys.executable,
+            __file__,
+            "--_producer",
+            socket,
+            str(n),
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE,
+            limit=1 << 24,
         )
         try:
             assert proc.stdout is not None
@@ -210,7 +231,9 @@ async def _large(socket: str, nbytes: int, repeat: int) -> dict[str, Any]:
     }
 
 
-async def _first_put_warm(socket: str, arr: np.ndarray, prefault: int, ready_at: float) -> dict[str, Any]:
+async def _first_put_warm(
+    socket: str, arr: np.ndarray, prefault: int, ready_at: float
+) -> dict[str, Any]:
     """The first put on a node whose prefault and this client's warm-up are done."""
     nbytes = arr.nbytes
     async with objstore.connect(socket) as c:
@@ -292,7 +315,8 @@ def footprint(n: int) -> dict[str, Any]:
     idle = node.rss()
     filler = subprocess.Popen(
         [sys.executable, __file__, "--_filler", node.socket, str(n)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     assert filler.stdout is not None and filler.stdin is not None
     rate = json.loads(filler.stdout.readline())["rate"]
@@ -340,7 +364,10 @@ def main() -> None:
             out[f"small_100B_client_{kind}"] = {
                 key: {
                     "median": round(statistics.median(r[key] for r in rounds)),
-                    "range": [round(min(r[key] for r in rounds)), round(max(r[key] for r in rounds))],
+                    "range": [
+                        round(min(r[key] for r in rounds)),
+                        round(max(r[key] for r in rounds)),
+                    ],
                 }
                 for key in rounds[0]
             }
@@ -356,7 +383,9 @@ def main() -> None:
         for _ in range(3):
             node = Node("2GiB", prefault="1GiB")
             ready_at = time.perf_counter()
-            warm_runs.append(_loop_runner("uvloop")(_first_put_warm(node.socket, arr, GiB, ready_at)))
+            warm_runs.append(
+                _loop_runner("uvloop")(_first_put_warm(node.socket, arr, GiB, ready_at))
+            )
             node.stop()
         gb = sorted(r["gbps"] for r in warm_runs)
         large["first_put_after_warmup_gbps"] = [round(g, 2) for g in gb]

@@ -242,8 +242,9 @@ def thread_sched(pid: int, tid: int | None = None) -> tuple[float, float, int]:
         with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
             run_ns, wait_ns, _ = (int(x) for x in fh.read().split())
         with open(f"/proc/{pid}/task/{tid}/status") as fh:
-            inv = next(int(line.split()[1]) for line in fh
-                       if line.startswith("nonvoluntary_ctxt_switches"))
+            inv = next(
+                int(line.split()[1]) for line in fh if line.startswith("nonvoluntary_ctxt_switches")
+            )
     except (OSError, ValueError, StopIteration):
         return 0.0, 0.0, 0
     return run_ns / 1e9, wait_ns / 1e9, inv
@@ -351,8 +352,9 @@ def dd_reference(root: str, nbytes: int) -> dict[str, Any]:
     try:
         drop_caches()
         log(f"dd: write {count} x 16 MiB with conv=fdatasync")
-        out["write_fdatasync"] = dd("if=/dev/zero", f"of={path}", "bs=16M", f"count={count}",
-                                    "conv=fdatasync")
+        out["write_fdatasync"] = dd(
+            "if=/dev/zero", f"of={path}", "bs=16M", f"count={count}", "conv=fdatasync"
+        )
         out["drop_caches"] = drop_caches()
         log("dd: cold read")
         out["read_cold"] = dd(f"if={path}", "of=/dev/null", "bs=16M")
@@ -387,15 +389,35 @@ class Node:
         self.env = {"OBJSTORE_PLASMA_FALLBACK_MAX_BYTES": "0", **env}
         self.config = Config.load(env=self.env)
         self.stderr_path = os.path.join(self.dir, "node.stderr")
-        args = [sys.executable, "-m", "objstore.node", "--head", "--memory", memory,
-                "--socket", self.socket, "--fallback-dir", self.dir, "--state-dir", self.dir,
-                "--log-format", "json", "--log-level", "info"]
+        args = [
+            sys.executable,
+            "-m",
+            "objstore.node",
+            "--head",
+            "--memory",
+            memory,
+            "--socket",
+            self.socket,
+            "--fallback-dir",
+            self.dir,
+            "--state-dir",
+            self.dir,
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ]
         if spill is not None:
             args += ["--spill", spill]
         self.args = args
         self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._err,
-                                     stdin=subprocess.DEVNULL, env=clean_env(self.env))
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(self.env),
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT)
         line = self.proc.stdout.readline() if ready else b""
@@ -545,8 +567,15 @@ async def settle(c: objstore.Client, timeout: float = 30.0) -> None:
 
 
 # --------------------------------------------------------------------------- stats sampling
-_KEYS = ("bytes_spilled", "spilled_objects", "spilled_bytes", "spill_files", "used",
-         "restored", "bytes_restored")
+_KEYS = (
+    "bytes_spilled",
+    "spilled_objects",
+    "spilled_bytes",
+    "spill_files",
+    "used",
+    "restored",
+    "bytes_restored",
+)
 
 
 class Sampler:
@@ -630,7 +659,11 @@ def _check(got: Any, base: np.ndarray, i: int, full: bool) -> None:
 
 
 async def spill_round(
-    c: objstore.Client, n: Node, base: np.ndarray, count: int, threshold: float,
+    c: objstore.Client,
+    n: Node,
+    base: np.ndarray,
+    count: int,
+    threshold: float,
 ) -> dict[str, Any]:
     """Put ``count`` tagged copies of ``base``; spill figures; sync, drop caches; restore all."""
     size = base.nbytes
@@ -725,8 +758,8 @@ async def spill_round(
         "bytes_spilled_during_restores": int(after["bytes_spilled"]) - int(before["bytes_spilled"]),
         "cpu_cores": restore_cpu.out,
         "order": "objects still in memory first (read, checked, deleted), then the spilled ones "
-                 "in put order; each deleted after it was read; first restored one checked "
-                 "in full, the rest at 3 x 4 KiB",
+        "in put order; each deleted after it was read; first restored one checked "
+        "in full, the rest at 3 x 4 KiB",
     }
     # Every object deleted: every spill file should go.
     t = time.perf_counter()
@@ -774,8 +807,9 @@ def part_throughput(root: str, args: argparse.Namespace) -> dict[str, Any]:
     out["ratios"] = {
         "spill_vs_dd_write_fdatasync": ratio(spill_g, d["write_fdatasync"]["gbps"]),
         "spill_vs_dd_write_page_cache": ratio(spill_g, d["write_page_cache"]["gbps"]),
-        "spill_plus_sync_vs_dd_write_fdatasync": ratio(sp.get("spill_plus_sync_gbps"),
-                                                       d["write_fdatasync"]["gbps"]),
+        "spill_plus_sync_vs_dd_write_fdatasync": ratio(
+            sp.get("spill_plus_sync_gbps"), d["write_fdatasync"]["gbps"]
+        ),
         "restore_vs_dd_read_cold": ratio(restore_g, d["read_cold"]["gbps"]),
         "spill_vs_ray": ratio(spill_g, RAY["spill_gbps"]),
         "restore_vs_ray": ratio(restore_g, RAY["restore_gbps"]),
@@ -836,8 +870,12 @@ async def _put_small(socket: str, count: int, sampler_on: bool) -> dict[str, Any
         for p in payloads:
             refs.append(await c.put(p))
         put_s = time.perf_counter() - t
-        out: dict[str, Any] = {"objects": count, "object_bytes": 1024, "put_s": round(put_s, 3),
-                               "puts_per_s": round(count / put_s)}
+        out: dict[str, Any] = {
+            "objects": count,
+            "object_bytes": 1024,
+            "put_s": round(put_s, 3),
+            "puts_per_s": round(count / put_s),
+        }
         if sampler:
             await sampler.quiet("bytes_spilled", hold=0.5)
             await sampler.stop()
@@ -872,8 +910,11 @@ def part_small(root: str, args: argparse.Namespace) -> dict[str, Any]:
     log(f"small: reference, {args.small} x 1 KiB into a 256MiB node without spilling")
     with node("256MiB", None, {}, ref_out) as n:
         ref = run_loop(_put_small(n.socket, args.small, False))
-    out["reference_no_spill"] = {**ref, "memory": "256MiB",
-                                 "node_warnings": ref_out["node"]["stderr"]["warnings_and_errors"]}
+    out["reference_no_spill"] = {
+        **ref,
+        "memory": "256MiB",
+        "node_warnings": ref_out["node"]["stderr"]["warnings_and_errors"],
+    }
     log(f"small: {args.small} x 1 KiB into a {args.small_memory} node with spilling")
     spill_dir = os.path.join(root, "small")
     with node(args.small_memory, spill_dir, {}, out) as n:
@@ -910,8 +951,10 @@ def _prober(socket: str) -> None:
     """Child: get a small object every 10 ms until stdin says stop; print (start, latency) pairs."""
 
     async def run() -> None:
-        async with objstore.connect(socket, warm=False) as owner, \
-                objstore.connect(socket, warm=False) as c:
+        async with (
+            objstore.connect(socket, warm=False) as owner,
+            objstore.connect(socket, warm=False) as c,
+        ):
             payload = b"p" * 100
             ref = await owner.put(payload)
             loop = asyncio.get_running_loop()
@@ -927,8 +970,9 @@ def _prober(socket: str) -> None:
                     bad += 1
                 await asyncio.sleep(0.01)
             s = await c.stats()
-            print(json.dumps({"samples": samples, "bad": bad, "restored": s["restored"]}),
-                  flush=True)
+            print(
+                json.dumps({"samples": samples, "bad": bad, "restored": s["restored"]}), flush=True
+            )
 
     run_loop(run())
 
@@ -936,8 +980,13 @@ def _prober(socket: str) -> None:
 async def _loop_puts(n: Node, size: int, count: int) -> dict[str, Any]:
     base = np.frombuffer(bytearray(np.random.default_rng(2).bytes(size)), np.uint8)
     prober = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--_prober", n.socket,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 26,
+        sys.executable,
+        __file__,
+        "--_prober",
+        n.socket,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        limit=1 << 26,
     )
     try:
         assert prober.stdout is not None and prober.stdin is not None
@@ -948,15 +997,19 @@ async def _loop_puts(n: Node, size: int, count: int) -> dict[str, Any]:
             await settle(c)
             t_idle = time.perf_counter()
             loops = {"node_loop_thread": n.pid, "prober_main_thread": prober.pid}
-            with CpuMeter({"node": n.pid, "prober": prober.pid}) as idle_cpu, \
-                    SchedMeter(loops) as idle_sched:
+            with (
+                CpuMeter({"node": n.pid, "prober": prober.pid}) as idle_cpu,
+                SchedMeter(loops) as idle_sched,
+            ):
                 await asyncio.sleep(2.0)
             t0 = time.perf_counter()
             sampler = Sampler(c, 0.05)
             sampler.start()
             refs = []
-            with CpuMeter({"node": n.pid, "prober": prober.pid}) as put_cpu, \
-                    SchedMeter(loops) as put_sched:
+            with (
+                CpuMeter({"node": n.pid, "prober": prober.pid}) as put_cpu,
+                SchedMeter(loops) as put_sched,
+            ):
                 for i in range(count):
                     _tag(base, i)
                     refs.append(await c.put(base))
@@ -1012,8 +1065,11 @@ def part_loop(root: str, args: argparse.Namespace) -> dict[str, Any]:
         out["settings"] = node_settings(n, args.memory)
         out.update(run_loop(_loop_puts(n, size, count)))
     p99 = out["small_get_while_spilling"].get("p99_ms")
-    out["targets_met"] = {"p99 of small gets while spilling <= 5 ms":
-                          None if p99 is None else p99 <= TARGETS["loop_p99_ms_max"]}
+    out["targets_met"] = {
+        "p99 of small gets while spilling <= 5 ms": None
+        if p99 is None
+        else p99 <= TARGETS["loop_p99_ms_max"]
+    }
     return out
 
 
@@ -1054,24 +1110,28 @@ def part_compression(root: str, args: argparse.Namespace) -> dict[str, Any]:
             r = run_loop(run())
         spilled = r["stats_after_puts"]["bytes_spilled"]
         objs = r["stats_after_puts"]["spilled_objects"]
-        one.update({
-            "put_gbps": r["put_gbps"],
-            "spill_gbps_stored_bytes": r.get("spill_gbps"),
-            "spill_gbps_object_bytes": gbps(objs * size, r.get("spill_window_s") or 0),
-            "bytes_spilled_stat": spilled,
-            "file_bytes_on_disk": r["file_bytes_on_disk_after_puts"],
-            "objects_spilled": objs,
-            "compression_ratio": ratio(objs * size, spilled),
-            "restore_gbps_object_bytes": r["restore"]["restore_gbps"],
-            "cpu_cores_during_puts": r["cpu_cores_during_puts"],
-            "restore_cpu_cores": r["restore"]["cpu_cores"],
-            "after_all_deleted": r["after_all_deleted"],
-        })
+        one.update(
+            {
+                "put_gbps": r["put_gbps"],
+                "spill_gbps_stored_bytes": r.get("spill_gbps"),
+                "spill_gbps_object_bytes": gbps(objs * size, r.get("spill_window_s") or 0),
+                "bytes_spilled_stat": spilled,
+                "file_bytes_on_disk": r["file_bytes_on_disk_after_puts"],
+                "objects_spilled": objs,
+                "compression_ratio": ratio(objs * size, spilled),
+                "restore_gbps_object_bytes": r["restore"]["restore_gbps"],
+                "cpu_cores_during_puts": r["cpu_cores_during_puts"],
+                "restore_cpu_cores": r["restore"]["cpu_cores"],
+                "after_all_deleted": r["after_all_deleted"],
+            }
+        )
         out[f"zstd_{level}"] = one
     out["spill_gbps_object_bytes_zstd3_vs_off"] = ratio(
-        out["zstd_3"]["spill_gbps_object_bytes"], out["zstd_0"]["spill_gbps_object_bytes"])
+        out["zstd_3"]["spill_gbps_object_bytes"], out["zstd_0"]["spill_gbps_object_bytes"]
+    )
     out["file_bytes_zstd3_vs_off"] = ratio(
-        out["zstd_3"]["file_bytes_on_disk"], out["zstd_0"]["file_bytes_on_disk"])
+        out["zstd_3"]["file_bytes_on_disk"], out["zstd_0"]["file_bytes_on_disk"]
+    )
     return out
 
 
@@ -1086,11 +1146,14 @@ def default_root() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(PARTS),
-                   help=f"comma-separated parts: {', '.join(PARTS)}")
-    p.add_argument("--dir", default=None,
-                   help="spill and dd under a new directory in DIR (default: /var/tmp "
-                        "unless it is a tmpfs)")
+    p.add_argument(
+        "--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}"
+    )
+    p.add_argument(
+        "--dir",
+        default=None,
+        help="spill and dd under a new directory in DIR (default: /var/tmp unless it is a tmpfs)",
+    )
     p.add_argument("--objects", type=int, default=40, help="large objects (throughput)")
     p.add_argument("--size", default="100MiB", help="large object size")
     p.add_argument("--memory", default="1GiB", help="arena of the large-object nodes")
@@ -1116,7 +1179,7 @@ def main() -> None:
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": machine_info(root),
         "noise": "shared machine: other processes may run at the same time; see "
-                 "machine.others_cores_at_start and each part's cpu_cores.others",
+        "machine.others_cores_at_start and each part's cpu_cores.others",
         "reference_ray_2_60_gbps": RAY,
         "targets": TARGETS,
     }
@@ -1139,8 +1202,9 @@ def main() -> None:
             out[name]["part_s"] = round(time.perf_counter() - t, 1)
     finally:
         left = glob.glob(os.path.join(root, "**", "*"), recursive=True)
-        out["files_left_in_spill_root_before_cleanup"] = [os.path.relpath(f, root) for f in left
-                                                          if os.path.isfile(f)]
+        out["files_left_in_spill_root_before_cleanup"] = [
+            os.path.relpath(f, root) for f in left if os.path.isfile(f)
+        ]
         shutil.rmtree(root, ignore_errors=True)
         out["total_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(out, indent=2))

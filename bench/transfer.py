@@ -105,7 +105,7 @@ def code_fingerprint() -> dict[str, Any]:
             if f.endswith(".py"):
                 path = os.path.join(dirpath, f)
                 with open(path, "rb") as fh:
-                    h.update(path[len(root):].encode() + fh.read())
+                    h.update(path[len(root) :].encode() + fh.read())
                 if os.path.basename(dirpath) == "transfer":
                     newest[f] = time.strftime("%H:%M:%S", time.gmtime(os.path.getmtime(path)))
     return {"objstore_sha256": h.hexdigest()[:16], "transfer_files_mtime_utc": newest}
@@ -158,8 +158,18 @@ def proc_status(pid: int) -> dict[str, int]:
 
 def smaps_rollup(pid: int) -> dict[str, int]:
     """Rss, Pss and their anonymous / shared-memory parts, in bytes (walks the page tables)."""
-    keep = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Shared_Dirty",
-            "Private_Clean", "Private_Dirty", "Anonymous")
+    keep = (
+        "Rss",
+        "Pss",
+        "Pss_Anon",
+        "Pss_File",
+        "Pss_Shmem",
+        "Shared_Clean",
+        "Shared_Dirty",
+        "Private_Clean",
+        "Private_Dirty",
+        "Anonymous",
+    )
     out: dict[str, int] = {}
     with open(f"/proc/{pid}/smaps_rollup") as fh:
         for line in fh:
@@ -274,12 +284,14 @@ def _raw_recv(mode: str, nbytes: int, reps: int) -> None:
             got += k
         dt = time.perf_counter() - t0
         mine, theirs = time.process_time() - c0, proc_cpu_s(sender) - s0
-        rounds.append({
-            "seconds": dt,
-            "receiver_cores": mine / dt,
-            "sender_cores": theirs / dt,
-            "others_cores": max(0.0, machine_busy_s() - m0 - mine - theirs) / dt,
-        })
+        rounds.append(
+            {
+                "seconds": dt,
+                "receiver_cores": mine / dt,
+                "sender_cores": theirs / dt,
+                "others_cores": max(0.0, machine_busy_s() - m0 - mine - theirs) / dt,
+            }
+        )
 
     if mode == "blocking":
         for _ in range(reps):
@@ -305,13 +317,15 @@ def _raw_recv(mode: str, nbytes: int, reps: int) -> None:
                     got += k
                 dt = time.perf_counter() - t0
                 mine, theirs = time.process_time() - c0, proc_cpu_s(sender) - s0
-                rounds.append({
-                    "seconds": dt,
-                    "receiver_cores": mine / dt,
-                    "sender_cores": theirs / dt,
-                    "others_cores": max(0.0, machine_busy_s() - m0 - mine - theirs) / dt,
-                    "recv_calls": calls,
-                })
+                rounds.append(
+                    {
+                        "seconds": dt,
+                        "receiver_cores": mine / dt,
+                        "sender_cores": theirs / dt,
+                        "others_cores": max(0.0, machine_busy_s() - m0 - mine - theirs) / dt,
+                        "recv_calls": calls,
+                    }
+                )
                 calls = 0
 
         uvloop.run(run())
@@ -353,7 +367,8 @@ def raw_case(mode: str, nbytes: int, reps: int) -> dict[str, Any]:
     try:
         recv = subprocess.Popen(
             [sys.executable, __file__, "--_raw-recv", mode, str(nbytes), str(reps)],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
         )
         procs.append(recv)
         assert recv.stdout is not None
@@ -382,7 +397,9 @@ def raw_case(mode: str, nbytes: int, reps: int) -> dict[str, Any]:
         "others_cores": [round(r["others_cores"], 2) for r in rounds],
     }
     if "recv_calls" in rounds[0]:
-        out["bytes_per_recv_call"] = round(nbytes * len(rounds) / sum(r["recv_calls"] for r in rounds))
+        out["bytes_per_recv_call"] = round(
+            nbytes * len(rounds) / sum(r["recv_calls"] for r in rounds)
+        )
     return out
 
 
@@ -406,13 +423,27 @@ class NodeProc:
     def __init__(self, workdir: str, name: str, memory: str, directory: str | None) -> None:
         self.name = name
         self.socket = os.path.join(workdir, f"{name}.sock")
-        args = [sys.executable, "-m", "objstore.node", "--memory", memory, "--socket", self.socket,
-                "--fallback-dir", workdir, "--host", HOST, "--log-level", "warning"]
+        args = [
+            sys.executable,
+            "-m",
+            "objstore.node",
+            "--memory",
+            memory,
+            "--socket",
+            self.socket,
+            "--fallback-dir",
+            workdir,
+            "--host",
+            HOST,
+            "--log-level",
+            "warning",
+        ]
         args += ["--head"] if directory is None else ["--directory", directory]
         self.log_path = os.path.join(workdir, f"{name}.log")
         with open(self.log_path, "wb") as err:
-            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL
+            )
         try:
             self.ready = json.loads(_readline(self.proc, 60))
         except BaseException:
@@ -546,20 +577,24 @@ async def pull_case(
         if pulled < total:
             raise RuntimeError(f"node B pulled {pulled} bytes for a get of {total}")
         gib = total / GiB
-        rounds.append({
-            "seconds": dt,
-            "gbps": gbps(total, dt),
-            "cores": cpu.cores(),
-            "cpu_s_per_gib": {
-                n: {"main": round(cpu.main_s[n] / gib, 3),
-                    "threads": round((cpu.cpu_s[n] - cpu.main_s[n]) / gib, 3)}
-                for n in ("A", "B")
-            },
-            "minor_faults_per_gib": {
-                "A": round((proc_minflt(a.pid) - f0[0]) / gib),
-                "B": round((proc_minflt(b.pid) - f0[1]) / gib),
-            },
-        })
+        rounds.append(
+            {
+                "seconds": dt,
+                "gbps": gbps(total, dt),
+                "cores": cpu.cores(),
+                "cpu_s_per_gib": {
+                    n: {
+                        "main": round(cpu.main_s[n] / gib, 3),
+                        "threads": round((cpu.cpu_s[n] - cpu.main_s[n]) / gib, 3),
+                    }
+                    for n in ("A", "B")
+                },
+                "minor_faults_per_gib": {
+                    "A": round((proc_minflt(a.pid) - f0[0]) / gib),
+                    "B": round((proc_minflt(b.pid) - f0[1]) / gib),
+                },
+            }
+        )
         del values
         await ca.delete(refs)
         await cl.wait_freed()
@@ -579,7 +614,9 @@ async def pull_case(
         "cores_median": {k: med_of(lambda r, k=k: r["cores"][k]) for k in timed[0]["cores"]},
         "others_cores": [r["cores"]["others"] for r in timed],
         "cpu_s_per_gib_median": {
-            n: {k: med_of(lambda r, n=n, k=k: r["cpu_s_per_gib"][n][k]) for k in ("main", "threads")}
+            n: {
+                k: med_of(lambda r, n=n, k=k: r["cpu_s_per_gib"][n][k]) for k in ("main", "threads")
+            }
             for n in ("A", "B")
         },
         "first_pull_cpu_s_per_gib": first["cpu_s_per_gib"],
@@ -621,11 +658,24 @@ async def profile_nodes(
     files = {}
     for node in cl.nodes[:2]:
         files[node.name] = path = os.path.join(outdir, f"{tag}-node-{node.name}.txt")
-        spies.append(await asyncio.create_subprocess_exec(
-            "py-spy", "record", "--pid", str(node.pid), "--rate", "250", "--threads", "--native",
-            "--format", "raw", "--output", path,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
+        spies.append(
+            await asyncio.create_subprocess_exec(
+                "py-spy",
+                "record",
+                "--pid",
+                str(node.pid),
+                "--rate",
+                "250",
+                "--threads",
+                "--native",
+                "--format",
+                "raw",
+                "--output",
+                path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         await asyncio.sleep(1.0)
         await work()
@@ -642,8 +692,15 @@ async def profile_nodes(
     return {name: {"file": path, "top": summarize_profile(path)} for name, path in files.items()}
 
 
-_IDLE_FRAMES = ("_queue_SimpleQueue_get", "PyThread_acquire_lock_timed", "epoll_wait", "epoll_pwait",
-                "Event.wait", "Condition.wait", "time_sleep")
+_IDLE_FRAMES = (
+    "_queue_SimpleQueue_get",
+    "PyThread_acquire_lock_timed",
+    "epoll_wait",
+    "epoll_pwait",
+    "Event.wait",
+    "Condition.wait",
+    "time_sleep",
+)
 
 
 def summarize_profile(path: str, top: int = 15) -> dict[str, Any]:
@@ -695,7 +752,11 @@ async def part_pull(args: argparse.Namespace) -> dict[str, Any]:
         cases = [
             (f"one_{size_name(args.size)}", [big[: args.size]], args.profile),
             (f"one_{size_name(args.medium)}", [big[: args.medium]], None),
-            (f"{args.count}x{size_name(args.medium)}_one_get", [big[: args.medium]] * args.count, None),
+            (
+                f"{args.count}x{size_name(args.medium)}_one_get",
+                [big[: args.medium]] * args.count,
+                None,
+            ),
         ]
         for name, arrays, profile in cases:
             log(f"pull {name} ...")
@@ -727,13 +788,15 @@ async def part_small(args: argparse.Namespace) -> dict[str, Any]:
             st1 = await cb.stats()
             if st1["pulled"] - st0["pulled"] != n or values[-1] != blobs[-1]:
                 raise RuntimeError("the small objects did not all arrive")
-            rounds.append({
-                "objects_per_s": round(n / dt),
-                "seconds": round(dt, 3),
-                "puts_per_s_on_A": round(n / put_s),
-                "cores": cpu.cores(),
-                "cpu_us_per_object": {k: round(cpu.cpu_s[k] / n * 1e6, 1) for k in cl.pids},
-            })
+            rounds.append(
+                {
+                    "objects_per_s": round(n / dt),
+                    "seconds": round(dt, 3),
+                    "puts_per_s_on_A": round(n / put_s),
+                    "cores": cpu.cores(),
+                    "cpu_us_per_object": {k: round(cpu.cpu_s[k] / n * 1e6, 1) for k in cl.pids},
+                }
+            )
             del values
             await ca.delete(refs)
             await cl.wait_freed()
@@ -938,29 +1001,38 @@ def targets(out: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str
         big = next(iter(pull.values()))
         g = big["gbps_median"]
         t["pull_large_gbps"] = {
-            "value": g, "target": ">= 2 GB/s (Ray 0.92)", "met": (g >= 2.0) if full else None,
+            "value": g,
+            "target": ">= 2 GB/s (Ray 0.92)",
+            "met": (g >= 2.0) if full else None,
         }
         if raw:
             ratio = round(g / raw, 2)
             t["pull_large_vs_raw_tcp"] = {
-                "value": ratio, "target": f">= 0.60 of raw TCP ({raw} GB/s)",
+                "value": ratio,
+                "target": f">= 0.60 of raw TCP ({raw} GB/s)",
                 "met": (ratio >= 0.6) if full else None,
             }
-        for name, ray in zip(list(pull)[1:], ("pull_100MiB_gbps", "pull_10x100MiB_gbps"), strict=False):
+        for name, ray in zip(
+            list(pull)[1:], ("pull_100MiB_gbps", "pull_10x100MiB_gbps"), strict=False
+        ):
             t[f"pull_{name}_gbps"] = {
-                "value": pull[name]["gbps_median"], "target": f"(Ray {RAY[ray]} GB/s)", "met": None,
+                "value": pull[name]["gbps_median"],
+                "target": f"(Ray {RAY[ray]} GB/s)",
+                "met": None,
             }
     small = out.get("small")
     if small:
         v = small["objects_per_s_median"]
         t["small_objects_per_s"] = {
-            "value": v, "target": ">= 10,000/s (Ray 1,764)",
+            "value": v,
+            "target": ">= 10,000/s (Ray 1,764)",
             "met": (v >= 10_000) if small["objects"] >= 10_000 else None,
         }
     bc = out.get("broadcast")
     if bc:
         t["broadcast_vs_single"] = {
-            "value": bc["broadcast_vs_single"], "target": "<= 1.5x one transfer",
+            "value": bc["broadcast_vs_single"],
+            "target": "<= 1.5x one transfer",
             "met": bc["broadcast_vs_single"] <= 1.5,
         }
     mem = out.get("memory")
@@ -968,7 +1040,8 @@ def targets(out: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str
         growth = max(mem["A"]["non_arena_peak_growth_mib"], mem["B"]["non_arena_peak_growth_mib"])
         cap = mem["bytes_in_flight_cap"] / MiB
         t["memory_non_arena_growth_mib"] = {
-            "value": growth, "target": f"<= bytes-in-flight cap ({cap:.0f} MiB)",
+            "value": growth,
+            "target": f"<= bytes-in-flight cap ({cap:.0f} MiB)",
             "met": growth <= cap,
         }
     return t
@@ -1013,12 +1086,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "code": code_fingerprint(),
         "node_memory": args.memory,
         "transfer_config": {
-            "chunk_size": tc.chunk_size, "max_bytes_in_flight": tc.max_bytes_in_flight,
+            "chunk_size": tc.chunk_size,
+            "max_bytes_in_flight": tc.max_bytes_in_flight,
         },
     }
     parts: dict[str, Callable[[argparse.Namespace], Any]] = {
-        "raw": part_raw, "pull": part_pull, "small": part_small,
-        "broadcast": part_broadcast, "memory": part_memory,
+        "raw": part_raw,
+        "pull": part_pull,
+        "small": part_small,
+        "broadcast": part_broadcast,
+        "memory": part_memory,
     }
     t_all = time.perf_counter()
     for name, fn in parts.items():
@@ -1038,11 +1115,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", type=lambda s: s.split(","), help="comma-separated: " + ",".join(PARTS))
+    p.add_argument(
+        "--only", type=lambda s: s.split(","), help="comma-separated: " + ",".join(PARTS)
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                   help="before each part (and timed pull), wait up to SECONDS for other "
-                        "processes to use < 0.3 core")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each part (and timed pull), wait up to SECONDS for other "
+        "processes to use < 0.3 core",
+    )
     p.add_argument("--memory", default="2GiB", help="arena size of every node")
     p.add_argument("--size", type=parse_size, default=GiB, help="the large object (and raw TCP)")
     p.add_argument("--medium", type=parse_size, default=100 * MiB, help="the medium object")
@@ -1052,8 +1136,12 @@ def main() -> None:
     p.add_argument("--broadcast", type=parse_size, default=256 * MiB, help="the broadcast object")
     p.add_argument("--repeat", type=int, default=3, help="timed rounds per figure")
     p.add_argument("--raw-repeat", type=int, default=3)
-    p.add_argument("--py-spy", dest="profile", metavar="DIR",
-                   help="pull: profile both nodes (py-spy, native) over three extra large pulls")
+    p.add_argument(
+        "--py-spy",
+        dest="profile",
+        metavar="DIR",
+        help="pull: profile both nodes (py-spy, native) over three extra large pulls",
+    )
     p.add_argument("--_raw-recv", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_raw-send", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -50,7 +50,9 @@ async def main() -> None:
         del view  # the object stays pinned while any view of it is alive
         await client.delete([ref, blob, config])
         await client.delete("quickstart/arange")
-        print("stats:", {k: v for k, v in (await client.stats()).items() if k in ("used", "objects")})
+        print(
+            "stats:", {k: v for k, v in (await client.stats()).items() if k in ("used", "objects")}
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ __all__ = ["main"]
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
@@ -167,7 +169,10 @@ def _print_status(s: dict[str, Any]) -> None:
         ["pinned", format_size(s.get("pinned_bytes", 0))],
         ["fallback (disk)", format_size(s.get("fallback_used", 0))],
         ["largest free block", format_size(s.get("largest_free", 0))],
-        ["objects", f"{s.get('objects', 0)} ({s.get('sealed', 0)} sealed, {s.get('creating', 0)} being written)"],
+        [
+            "objects",
+            f"{s.get('objects', 0)} ({s.get('sealed', 0)} sealed, {s.get('creating', 0)} being written)",
+        ],
         ["evictable", format_size(s.get("evictable_bytes", 0))],
         ["evictions", str(s.get("evictions", 0))],
         [
@@ -189,8 +194,10 @@ def _print_status(s: dict[str, Any]) -> None:
         ],
         [
             "transfers",
-            (f"{s.get('pulled', 0)} objects pulled ({format_size(s.get('bytes_pulled', 0))}), "
-            f"{s.get('chunks_served', 0)} chunks served ({format_size(s.get('bytes_served', 0))})"),
+            (
+                f"{s.get('pulled', 0)} objects pulled ({format_size(s.get('bytes_pulled', 0))}), "
+                f"{s.get('chunks_served', 0)} chunks served ({format_size(s.get('bytes_served', 0))})"
+            ),
         ],
         ["clients", str(s.get("clients", 0))],
         ["puts / gets", f"{s.get('puts', 0)} / {s.get('gets', 0)}"],
@@ -219,7 +226,15 @@ def _print_memory(m: dict[str, Any]) -> None:
             for o in m["objects"]
         ]
         headers = [
-            "object", "size", "state", "copy", "pinned", "where", "copies on", "name", "spilled"
+            "object",
+            "size",
+            "state",
+            "copy",
+            "pinned",
+            "where",
+            "copies on",
+            "name",
+            "spilled",
         ]
     else:
         rows = [
@@ -254,7 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     ):
         sp = sub.add_parser(name, help=help_)
         where = sp.add_mutually_exclusive_group()
-        where.add_argument("--socket", help="a node's socket (default: $OBJSTORE_SOCKET or the default path)")
+        where.add_argument(
+            "--socket", help="a node's socket (default: $OBJSTORE_SOCKET or the default path)"
+        )
         where.add_argument("--directory", metavar="HOST:PORT", help="the cluster's directory")
         sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "memory":

@@ -55,11 +55,20 @@ __all__ = ["Client", "ObjectRef", "connect"]
 _COPY_BELOW = 16 * 1024
 _CONNECT_TIMEOUT = 10.0
 
+
 class _Cached:
     """What this client knows of an object it maps."""
 
     __slots__ = (
-        "segment", "offset", "size", "meta", "views", "store_pins", "owned", "valid", "released"
+        "segment",
+        "offset",
+        "size",
+        "meta",
+        "views",
+        "store_pins",
+        "owned",
+        "valid",
+        "released",
     )
 
     def __init__(
@@ -578,7 +587,9 @@ class Client:
             f"get takes an ObjectRef, a list of ObjectRefs, or a name; got {type(refs).__name__}"
         )
 
-    async def _get_many(self, ids: list[bytes], name: str | None, timeout: float | None) -> list[Any]:
+    async def _get_many(
+        self, ids: list[bytes], name: str | None, timeout: float | None
+    ) -> list[Any]:
         self._check_open()
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be None or >= 0, got {timeout}")
@@ -696,7 +707,9 @@ class Client:
                 return 0
             for r in refs:
                 if not isinstance(r, ObjectRef):
-                    raise TypeError(f"delete takes ObjectRefs, a list of them, or a name; got {r!r}")
+                    raise TypeError(
+                        f"delete takes ObjectRefs, a list of them, or a name; got {r!r}"
+                    )
                 body.object_ids.append(r._id)
         else:
             raise TypeError(
@@ -718,9 +731,7 @@ class Client:
         req = pb.Request()
         req.stats.SetInParent()
         st = (await self._call(req)).stats
-        out: dict[str, Any] = {
-            f.name: getattr(st, f.name) for f in st.DESCRIPTOR.fields
-        }
+        out: dict[str, Any] = {f.name: getattr(st, f.name) for f in st.DESCRIPTOR.fields}
         out["node_id"] = st.node_id.hex()
         return out
 
@@ -788,4 +799,3 @@ def connect(
     :class:`~objstore.errors.NodeUnavailableError`.
     """
     return _Connector(socket, warm, request_timeout)
-

@@ -152,7 +152,9 @@ class PlasmaConfig:
     # Most bytes the fallback may hold at once; 0 disables the fallback.
     fallback_max_bytes: int = _setting(64 * GiB, _non_negative, "fallback capacity", size=True)
     # Bytes of the arena faulted in by background threads from start.
-    prefault_bytes: int = _setting(1 * GiB, _non_negative, "arena bytes faulted in at start", size=True)
+    prefault_bytes: int = _setting(
+        1 * GiB, _non_negative, "arena bytes faulted in at start", size=True
+    )
     # Of those, bytes faulted in before the node says it is ready (first puts run warm).
     prefault_before_ready_bytes: int = _setting(
         256 * MiB, _non_negative, "arena bytes faulted in before ready", size=True
@@ -323,7 +325,11 @@ class Config:
                 "parallel_copy_min_bytes": 256 * KiB,
                 "fallback_max_bytes": 256 * MiB,
             },
-            transfer={"chunk_size": 64 * KiB, "max_bytes_in_flight": 1 * MiB, "pull_timeout_s": 2.0},
+            transfer={
+                "chunk_size": 64 * KiB,
+                "max_bytes_in_flight": 1 * MiB,
+                "pull_timeout_s": 2.0,
+            },
             spill={"min_spilling_size": 1 * MiB},
         )
         return base.replace(**sections) if sections else base
@@ -365,7 +371,9 @@ def _build(cfg: Config, data: Mapping[str, Any]) -> Config:
     changes: dict[str, Any] = {}
     for section_name, values in data.items():
         if section_name not in _SECTIONS:
-            raise ConfigError(f"unknown config section {section_name!r} (known: {', '.join(_SECTIONS)})")
+            raise ConfigError(
+                f"unknown config section {section_name!r} (known: {', '.join(_SECTIONS)})"
+            )
         if not isinstance(values, Mapping):
             raise ConfigError(f"config section {section_name!r} must be a table")
         section = getattr(cfg, section_name)

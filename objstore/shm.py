@@ -17,6 +17,7 @@ from objstore.serialization import Serialized
 
 __all__ = ["Mark", "warm", "map_segment", "copy_all", "copy_ranges", "split"]
 
+
 class Mark:
     """A high-water mark shared with a background thread (int writes are atomic)."""
 

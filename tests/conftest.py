@@ -26,9 +26,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 # The machine is shared and noisy: no per-example deadlines (timeouts bound tests).
-settings.register_profile(
-    "objstore", deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+settings.register_profile("objstore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("objstore")
 
 READY_TIMEOUT = 15.0
@@ -61,7 +59,9 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-                raise AssertionError(f"node did not stop within {timeout}s:\n{self.stderr()[-4000:]}")
+                raise AssertionError(
+                    f"node did not stop within {timeout}s:\n{self.stderr()[-4000:]}"
+                )
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -75,9 +75,14 @@ def _short_tmp() -> str:
     return tempfile.mkdtemp(prefix="os-", dir="/tmp")
 
 
-def start_node(*extra: str, memory: str = "128MiB", env: dict[str, str] | None = None,
-               socket_path: str | None = None, expect_ready: bool = True,
-               directory: str | None = None) -> NodeProcess:
+def start_node(
+    *extra: str,
+    memory: str = "128MiB",
+    env: dict[str, str] | None = None,
+    socket_path: str | None = None,
+    expect_ready: bool = True,
+    directory: str | None = None,
+) -> NodeProcess:
     """Start a node process and wait for its ready line.
 
     A head node (which runs the directory) unless ``directory`` names one to join.
@@ -86,15 +91,29 @@ def start_node(*extra: str, memory: str = "128MiB", env: dict[str, str] | None =
     sock = socket_path or os.path.join(d, "node.sock")
     stderr_path = Path(d) / "node.stderr"
     role = ["--directory", directory] if directory else ["--head"]
-    args = [sys.executable, "-m", "objstore.node", *role, "--memory", memory,
-            "--socket", sock, "--prefault", "0", "--fallback-dir", d, *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "objstore.node",
+        *role,
+        "--memory",
+        memory,
+        "--socket",
+        sock,
+        "--prefault",
+        "0",
+        "--fallback-dir",
+        d,
+        *extra,
+    ]
     full_env = dict(os.environ)
     full_env.setdefault("OBJSTORE_NODE_LOOP_LAG_WARN_MS", "250")
     if env:
         full_env.update(env)
     with open(stderr_path, "wb") as err:  # the child keeps its own copy of the fd
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, env=full_env)
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=full_env
+        )
     node = NodeProcess(proc, sock, {}, stderr_path, args)
     if not expect_ready:
         return node
@@ -177,8 +196,9 @@ class Cluster:
 def cluster_factory(node_factory: type) -> object:
     """``cluster_factory(n)``: a head plus ``n`` nodes, all real processes on 127.0.0.1."""
 
-    def make(n: int = 2, *head_extra: str, env: dict[str, str] | None = None,
-             memory: str = "64MiB") -> Cluster:
+    def make(
+        n: int = 2, *head_extra: str, env: dict[str, str] | None = None, memory: str = "64MiB"
+    ) -> Cluster:
         full_env = {**CLUSTER_ENV, **(env or {})}
         head = node_factory(*head_extra, env=full_env, memory=memory)  # type: ignore[call-arg]
         c = Cluster(head, [], node_factory)
@@ -198,8 +218,12 @@ def cluster(cluster_factory: object) -> Cluster:
 async def run_cli(*args: str) -> tuple[int, str, str]:
     """``python -m objstore ARGS``: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "objstore", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "objstore",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(30):
         out, err = await proc.communicate()

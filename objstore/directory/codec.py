@@ -156,6 +156,11 @@ def usage_from_pb(u: pb.NodeUsage | None) -> Usage:
     if u is None:
         return Usage()
     return Usage(
-        u.memory_used, u.memory_total, u.pinned_bytes, u.objects, u.spilled_bytes,
-        u.fallback_used, u.clients,
+        u.memory_used,
+        u.memory_total,
+        u.pinned_bytes,
+        u.objects,
+        u.spilled_bytes,
+        u.fallback_used,
+        u.clients,
     )

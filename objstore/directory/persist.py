@@ -493,9 +493,13 @@ class RedisStore:
         except rx.ResponseError as exc:
             if "DB index" in str(exc):
                 raise ConfigError(f"directory.store: {self.describe}: {exc}") from exc
-            raise ObjectStoreError(f"directory state {self.describe}: {what} failed: {exc}") from exc
+            raise ObjectStoreError(
+                f"directory state {self.describe}: {what} failed: {exc}"
+            ) from exc
         except rx.RedisError as exc:
-            raise ObjectStoreError(f"directory state {self.describe}: {what} failed: {exc}") from exc
+            raise ObjectStoreError(
+                f"directory state {self.describe}: {what} failed: {exc}"
+            ) from exc
 
     async def _check_schema(self, client: Redis) -> None:
         await client.hsetnx(self.meta_key, _SCHEMA_KEY, str(SCHEMA_VERSION))
@@ -778,9 +782,7 @@ class WriteBehind:
         batch = WriteBatch()
         try:
             await self._encode(nodes, self.encode_node, batch.node_puts, batch.node_deletes)
-            await self._encode(
-                objects, self.encode_object, batch.object_puts, batch.object_deletes
-            )
+            await self._encode(objects, self.encode_object, batch.object_puts, batch.object_deletes)
             t0 = time.perf_counter()
             await self.store.apply(batch)
             elapsed = time.perf_counter() - t0

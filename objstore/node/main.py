@@ -34,11 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where the head keeps the directory's durable state")
     p.add_argument("--directory-store", help="sqlite (default) or redis://host:port/db")
     p.add_argument("--memory", metavar="SIZE", help="arena size, e.g. 2GiB (default: 30%% of RAM)")
-    p.add_argument("--socket", metavar="PATH", help="client socket (default: $OBJSTORE_SOCKET or a temp path)")
+    p.add_argument(
+        "--socket", metavar="PATH", help="client socket (default: $OBJSTORE_SOCKET or a temp path)"
+    )
     p.add_argument("--spill", metavar="DIR|s3://bucket/prefix", help="spill target")
-    p.add_argument("--fallback-dir", metavar="DIR", help="directory for file-backed fallback allocations")
-    p.add_argument("--prefault", metavar="SIZE", help="arena bytes faulted in at start (default 1GiB)")
-    p.add_argument("--config", metavar="FILE", help="a TOML file with [plasma], [transfer], ... sections")
+    p.add_argument(
+        "--fallback-dir", metavar="DIR", help="directory for file-backed fallback allocations"
+    )
+    p.add_argument(
+        "--prefault", metavar="SIZE", help="arena bytes faulted in at start (default 1GiB)"
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="a TOML file with [plasma], [transfer], ... sections"
+    )
     p.add_argument("--log-format", choices=["console", "json"], help="stderr log format")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p

@@ -38,8 +38,10 @@ log = structlog.get_logger("objstore.plasma.arena")
 # Linux 5.14+: fault pages in for writing without touching them from Python.
 MADV_POPULATE_WRITE: int = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 MADV_POPULATE_READ: int = getattr(mmap, "MADV_POPULATE_READ", 22)
-_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0x0002) | getattr(fcntl, "F_SEAL_GROW", 0x0004) | getattr(
-    fcntl, "F_SEAL_SEAL", 0x0001
+_SEALS = (
+    getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
+    | getattr(fcntl, "F_SEAL_GROW", 0x0004)
+    | getattr(fcntl, "F_SEAL_SEAL", 0x0001)
 )
 _F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 _POPULATE_STEP = 32 * 1024 * 1024
@@ -196,7 +198,9 @@ class Arena(Segment):
             first_done.set()
             return first_done
         try:
-            tmp = mmap.mmap(self.fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            tmp = mmap.mmap(
+                self.fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
         except OSError as exc:
             log.warning("cannot map the arena for prefaulting", error=exc.strerror)
             first_done.set()
@@ -270,7 +274,9 @@ class Arena(Segment):
         for pos in range(0, nbytes, _POPULATE_STEP):
             if self._prefault_stop.is_set():
                 return
-            if not populate(self.mm, pos, min(nbytes, pos + _POPULATE_STEP), write=False, addr=addr):
+            if not populate(
+                self.mm, pos, min(nbytes, pos + _POPULATE_STEP), write=False, addr=addr
+            ):
                 return
         log.debug("own mapping populated", bytes=nbytes, seconds=round(time.perf_counter() - t0, 3))
 
@@ -306,7 +312,9 @@ class FallbackSegment(Segment):
             os.unlink(path)
         try:
             os.posix_fallocate(fd, 0, map_size)
-            mm = mmap.mmap(fd, map_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            mm = mmap.mmap(
+                fd, map_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            )
         except OSError as exc:
             os.close(fd)
             raise _disk_error(exc, directory, size) from exc

@@ -210,9 +210,7 @@ class PlasmaServer:
                     pid=msg.pid,
                 )
                 reply.error.code = pb.ERROR_CODE_PROTOCOL
-                reply.error.message = (
-                    f"protocol version {msg.version} is not served here (node speaks {PROTOCOL_VERSION})"
-                )
+                reply.error.message = f"protocol version {msg.version} is not served here (node speaks {PROTOCOL_VERSION})"
             else:
                 seg = self.store.segments.get(msg.segment)
                 if seg is None:
@@ -228,11 +226,11 @@ class PlasmaServer:
                     reply.max_frame_bytes = pc.max_frame_bytes
                     if seg.segment_id == 0:
                         reply.warm_bytes = min(pc.prefault_bytes, seg.size)
-                        reply.warm_now_bytes = min(
-                            pc.prefault_before_ready_bytes, reply.warm_bytes
-                        )
+                        reply.warm_now_bytes = min(pc.prefault_before_ready_bytes, reply.warm_bytes)
             data = encode_frame(reply.SerializeToString())
-            fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))] if fd >= 0 else []
+            fds = (
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))] if fd >= 0 else []
+            )
             # A fresh socket's buffer holds a small frame: this does not block.
             sent = sock.sendmsg([data], fds)
             if sent < len(data):
@@ -258,9 +256,7 @@ class PlasmaServer:
             self.reap(client)
 
 
-async def _read_frame(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, limit: int
-) -> bytes:
+async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket, limit: int) -> bytes:
     header = await _recv_exact(loop, sock, HEADER.size)
     (size,) = HEADER.unpack(header)
     if size > limit:
@@ -276,7 +272,6 @@ async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: i
             raise asyncio.IncompleteReadError(bytes(buf), n)
         buf += chunk
     return bytes(buf)
-
 
 
 class _Connection(asyncio.Protocol):
@@ -415,7 +410,10 @@ class _Connection(asyncio.Protocol):
         store = self.store
         if body.name and self.server.directory is not None:
             self._create_named(
-                req.id, body.object_id, body.name, len(body.data),
+                req.id,
+                body.object_id,
+                body.name,
+                len(body.data),
                 lambda: store.put_inline_slow(
                     body.object_id, body.data, body.metadata, self.client, body.name
                 ),
@@ -547,9 +545,7 @@ class _Connection(asyncio.Protocol):
             async with asyncio.timeout(timeout):
                 row = await directory.resolve_name(name)
         except TimeoutError:
-            self._send_error(
-                req_id, GetTimeoutError(f"get timed out resolving the name {name!r}")
-            )
+            self._send_error(req_id, GetTimeoutError(f"get timed out resolving the name {name!r}"))
             return
         except ObjectStoreError as exc:
             self._send_error(req_id, exc)
@@ -576,11 +572,15 @@ class _Connection(asyncio.Protocol):
                 elif missing:
                     # Wait for all at once: in a cluster each missing object is
                     # subscribed to (and pulled) now, not after the one before it.
-                    waits = [asyncio.ensure_future(store.wait_sealed(o)) for o in dict.fromkeys(missing)]
+                    waits = [
+                        asyncio.ensure_future(store.wait_sealed(o)) for o in dict.fromkeys(missing)
+                    ]
                     await asyncio.gather(*waits)
         except TimeoutError:
             pending = [
-                oid.hex() for oid in dict.fromkeys(ids) if store.state_of(oid) is not ObjectState.SEALED
+                oid.hex()
+                for oid in dict.fromkeys(ids)
+                if store.state_of(oid) is not ObjectState.SEALED
             ]
             self._send_error(
                 req_id,
@@ -655,9 +655,7 @@ class _Connection(asyncio.Protocol):
         if directory is not None:
             names = [body.name] if body.name and body.name not in store.names else []
             # Not here, and not deleted here a moment ago (its report may be on its way).
-            remote = [
-                oid for oid in ids if oid not in store.objects and not store.was_deleted(oid)
-            ]
+            remote = [oid for oid in ids if oid not in store.objects and not store.was_deleted(oid)]
             if names or remote:
                 self._spawn(self._delete_cluster(req.id, ids, body.name, remote, names))
                 return
@@ -685,7 +683,9 @@ class _Connection(asyncio.Protocol):
             for start in range(0, len(local), _BATCH):
                 n += store.delete_many(local[start : start + _BATCH])
                 await asyncio.sleep(0)
-            for start in range(0, max(len(remote), len(names)), directory.config.directory.max_lookup):
+            for start in range(
+                0, max(len(remote), len(names)), directory.config.directory.max_lookup
+            ):
                 chunk = remote[start : start + directory.config.directory.max_lookup]
                 n += await directory.delete(chunk, names if start == 0 else [])
         except ObjectStoreError as exc:
@@ -764,8 +764,18 @@ class _Connection(asyncio.Protocol):
         st = reply.stats
         st.node_id = self.server.node_id
         for key in (
-            "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed",
-            "creating", "evictable_bytes", "evictions", "largest_free", "puts", "gets",
+            "capacity",
+            "used",
+            "fallback_used",
+            "pinned_bytes",
+            "objects",
+            "sealed",
+            "creating",
+            "evictable_bytes",
+            "evictions",
+            "largest_free",
+            "puts",
+            "gets",
             "prefaulted",
         ):
             setattr(st, key, int(s[key]))

@@ -151,7 +151,15 @@ class ObjectEntry:
     """One object in the table (kept small: a node holds millions)."""
 
     __slots__ = (
-        "state", "segment", "offset", "size", "meta", "owner", "pinners", "primary", "mapped"
+        "state",
+        "segment",
+        "offset",
+        "size",
+        "meta",
+        "owner",
+        "pinners",
+        "primary",
+        "mapped",
     )
 
     def __init__(
@@ -276,9 +284,7 @@ class PlasmaStore:
 
     def _check_id(self, object_id: bytes) -> None:
         if len(object_id) != OBJECT_ID_SIZE:
-            raise ObjectStoreError(
-                f"object ids are {OBJECT_ID_SIZE} bytes, got {len(object_id)}"
-            )
+            raise ObjectStoreError(f"object ids are {OBJECT_ID_SIZE} bytes, got {len(object_id)}")
 
     @property
     def used(self) -> int:

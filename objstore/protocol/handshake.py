@@ -12,6 +12,7 @@ from objstore.protocol import HEADER, PROTOCOL_VERSION, encode_frame, error_to_e
 
 __all__ = ["handshake"]
 
+
 async def handshake(
     loop: asyncio.AbstractEventLoop, path: str, segment: int
 ) -> tuple[socket.socket, pb.HelloReply, int]:
@@ -57,9 +58,7 @@ async def _recv_with_fds(
     while True:
         while len(buf) < need:
             try:
-                data, ancdata, _, _ = sock.recvmsg(
-                    need - len(buf), socket.CMSG_SPACE(4 * 4)
-                )
+                data, ancdata, _, _ = sock.recvmsg(need - len(buf), socket.CMSG_SPACE(4 * 4))
             except (BlockingIOError, InterruptedError):
                 fut = loop.create_future()
                 loop.add_reader(sock.fileno(), fut.set_result, None)

@@ -270,8 +270,11 @@ class TransferServer:
             async with asyncio.timeout(self.config.transfer.pull_timeout_s):
                 return await self.store.wait_sealed(oid, local=True)
         except (TimeoutError, ObjectStoreError) as exc:
-            log.info("data plane: a spilled object could not be restored for a peer",
-                     object_id=oid.hex(), error=str(exc) or type(exc).__name__)
+            log.info(
+                "data plane: a spilled object could not be restored for a peer",
+                object_id=oid.hex(),
+                error=str(exc) or type(exc).__name__,
+            )
             return None
 
     def _crc(self, oid: bytes, offset: int, view: memoryview) -> int:

@@ -271,8 +271,14 @@ async def start_fails(node_factory, *flags: str, **kw: object) -> str:
         (("--prefault", "lots"), {}, ["--prefault", "lots"]),
     ],
     ids=[
-        "memory-negative", "memory-negative-eq", "memory-zero", "memory-too-big",
-        "memory-banana", "memory-unit", "env-memory-banana", "env-fallback-negative",
+        "memory-negative",
+        "memory-negative-eq",
+        "memory-zero",
+        "memory-too-big",
+        "memory-banana",
+        "memory-unit",
+        "env-memory-banana",
+        "env-fallback-negative",
         "prefault-bad",
     ],
 )

@@ -98,7 +98,8 @@ class FakeNode:
         for i in range(0, len(oids), 2000):
             chunk = oids[i : i + 2000]
             await self.report(
-                added_ids=join_ids(chunk), added_sizes=[size] * len(chunk),
+                added_ids=join_ids(chunk),
+                added_sizes=[size] * len(chunk),
                 added_primary=[True] * len(chunk),
             )
 
@@ -242,9 +243,7 @@ async def test_locations_reported_and_batch_lookup(cluster) -> None:
         assert rows[3001].state == UNKNOWN and rows[3001].nodes == ()
 
         assert await ca.delete(refs[:10]) == 10
-        await until(
-            lambda: _all_state(cluster.directory, ids[:10], DELETED), 5, "deletes reported"
-        )
+        await until(lambda: _all_state(cluster.directory, ids[:10], DELETED), 5, "deletes reported")
         st = await _status(cluster.directory)
         assert st.objects == 2991 and st.locations == 2991
 
@@ -279,7 +278,8 @@ async def test_subscription_snapshot_then_changes(cluster) -> None:
             async with fake.subscribe_stream() as stream:
                 await stream.send_message(
                     pb.SubscribeRequest(
-                        node_id=fake.node_id, session=fake.session,
+                        node_id=fake.node_id,
+                        session=fake.session,
                         subscribe_ids=join_ids([ref._id, future]),
                     )
                 )
@@ -351,7 +351,8 @@ async def test_named_put_racing_on_two_nodes_gives_one_winner(cluster) -> None:
     async with objstore.connect(a.socket) as ca, objstore.connect(b.socket) as cb:
         for i in range(20):
             results = await asyncio.gather(
-                ca.put(b"a", name=f"race-{i}"), cb.put(b"b", name=f"race-{i}"),
+                ca.put(b"a", name=f"race-{i}"),
+                cb.put(b"b", name=f"race-{i}"),
                 return_exceptions=True,
             )
             wins = [r for r in results if isinstance(r, objstore.ObjectRef)]
@@ -377,8 +378,10 @@ async def test_delete_from_another_node_frees_every_copy(cluster) -> None:
         held = await ca.get(refs[0])  # a view on A
         await until(lambda: _all_state(cluster.directory, [r._id for r in refs], PRESENT), 5, "")
         assert await cb.delete(refs) == 50
+
         async def gone() -> bool:
             return (await ca.stats())["sealed"] == 0
+
         await until(gone, 5, "A freed its copies")
         assert not await ca.contains(refs[1])
         with pytest.raises(ObjectNotFoundError):
@@ -445,9 +448,7 @@ async def _restart_directory(cluster_factory, node_factory, head_args: list[str]
         # The nodes come back on their own (backoff) and report in full.
         for n in (a, b):
             await until(lambda n=n: _alive(c.directory, str(n.ready["node_id"])), 10, "rejoined")
-        await until(
-            lambda: _all_state(c.directory, [*ids, extra._id], PRESENT), 10, "objects back"
-        )
+        await until(lambda: _all_state(c.directory, [*ids, extra._id], PRESENT), 10, "objects back")
         assert time.monotonic() - t0 < 15
         assert not waiting.done()  # still waiting, not failed by the restart
         with pytest.raises(ObjectExistsError, match="survives"):
@@ -464,7 +465,9 @@ async def _restart_directory(cluster_factory, node_factory, head_args: list[str]
 
 
 async def test_directory_restart_with_sqlite(cluster_factory, node_factory, tmp_path) -> None:
-    await _restart_directory(cluster_factory, node_factory, ["--state-dir", str(tmp_path / "state")])
+    await _restart_directory(
+        cluster_factory, node_factory, ["--state-dir", str(tmp_path / "state")]
+    )
     assert (tmp_path / "state" / "directory.sqlite3").exists()
 
 
@@ -524,7 +527,9 @@ async def _subscriptions(address: str, n: int) -> bool:
 
 
 # ---------------------------------------------------------------------- bad input
-async def test_bad_requests_get_clear_errors_and_the_directory_keeps_serving(cluster_factory) -> None:
+async def test_bad_requests_get_clear_errors_and_the_directory_keeps_serving(
+    cluster_factory,
+) -> None:
     c = cluster_factory(0)
     fake = FakeNode(c.directory)
     stub = fake.stub
@@ -553,9 +558,7 @@ async def test_bad_requests_get_clear_errors_and_the_directory_keeps_serving(clu
         assert e.status is Status.INVALID_ARGUMENT
         await fake.register()
         # The same node id from another process while this one is alive.
-        e = await status_of(
-            stub.register(pb.RegisterRequest(node_id=nid, session=os.urandom(16)))
-        )
+        e = await status_of(stub.register(pb.RegisterRequest(node_id=nid, session=os.urandom(16))))
         assert e.status is Status.ALREADY_EXISTS and "registered already" in e.message
         # Ragged ids, mismatched columns, too many entries, too many ids.
         e = await status_of(stub.lookup(pb.LookupRequest(object_ids=b"x" * 21)))
@@ -575,18 +578,26 @@ async def test_bad_requests_get_clear_errors_and_the_directory_keeps_serving(clu
         assert e.status is Status.RESOURCE_EXHAUSTED and "over the limit" in e.message
         # Names: empty, or for an id that is not one.
         e = await status_of(
-            stub.reserve_name(pb.ReserveNameRequest(node_id=nid, session=sess, name="", object_id=os.urandom(20)))
+            stub.reserve_name(
+                pb.ReserveNameRequest(node_id=nid, session=sess, name="", object_id=os.urandom(20))
+            )
         )
         assert e.status is Status.INVALID_ARGUMENT
         e = await status_of(
-            stub.reserve_name(pb.ReserveNameRequest(node_id=nid, session=sess, name="n", object_id=b"short"))
+            stub.reserve_name(
+                pb.ReserveNameRequest(node_id=nid, session=sess, name="n", object_id=b"short")
+            )
         )
         assert e.status is Status.INVALID_ARGUMENT
         e = await status_of(stub.resolve_name(pb.ResolveNameRequest(name="nobody")))
         assert e.status is Status.NOT_FOUND
         # Garbage on the port: that connection fails, nobody else notices.
         host, port = _host_port(c.directory)
-        for junk in (b"GET / HTTP/1.1\r\n\r\n", os.urandom(5000), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(300)):
+        for junk in (
+            b"GET / HTTP/1.1\r\n\r\n",
+            os.urandom(5000),
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + os.urandom(300),
+        ):
             r, w = await asyncio.open_connection(host, port)
             w.write(junk)
             await w.drain()
@@ -601,7 +612,11 @@ async def test_bad_requests_get_clear_errors_and_the_directory_keeps_serving(clu
         fake2 = FakeNode(c.directory)
         try:
             e = await status_of(
-                fake2.stub.report(pb.LocationReport(node_id=nid, session=sess, added_ids=os.urandom(20), added_sizes=[1]))
+                fake2.stub.report(
+                    pb.LocationReport(
+                        node_id=nid, session=sess, added_ids=os.urandom(20), added_sizes=[1]
+                    )
+                )
             )
             assert e.status is Status.FAILED_PRECONDITION and "dead" in e.message
         finally:

@@ -15,8 +15,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 async def _run(script: str, env: dict[str, str]) -> str:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / script), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(EXAMPLES / script),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
@@ -47,8 +50,11 @@ async def test_web_backend(node) -> None:
     port = _free_port()
     env = {**os.environ, "OBJSTORE_SOCKET": node.socket, "PORT": str(port)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / "web_backend.py"), env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(EXAMPLES / "web_backend.py"),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -117,8 +123,11 @@ async def test_cluster(cluster) -> None:
 
 async def _run_args(args: list[str]) -> str:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLES / args[0]), *args[1:],
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(EXAMPLES / args[0]),
+        *args[1:],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()

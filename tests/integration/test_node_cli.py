@@ -13,10 +13,15 @@ import time
 import objstore
 
 
-def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+def _start(
+    args: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "objstore.node", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -62,9 +67,25 @@ def test_json_logs_and_unreachable_directory() -> None:
         env = dict(os.environ, OBJSTORE_DIRECTORY_REQUEST_TIMEOUT_S="1.5")
         t0 = time.monotonic()
         res = subprocess.run(
-            [sys.executable, "-m", "objstore.node", "--directory", "127.0.0.1:1",
-             "--memory", "64MiB", "--prefault", "0", "--socket", sock, "--log-format", "json"],
-            capture_output=True, timeout=30, env=env, check=False,
+            [
+                sys.executable,
+                "-m",
+                "objstore.node",
+                "--directory",
+                "127.0.0.1:1",
+                "--memory",
+                "64MiB",
+                "--prefault",
+                "0",
+                "--socket",
+                sock,
+                "--log-format",
+                "json",
+            ],
+            capture_output=True,
+            timeout=30,
+            env=env,
+            check=False,
         )
         assert time.monotonic() - t0 < 15
         assert res.returncode == 1 and res.stdout == b""
@@ -90,7 +111,9 @@ def test_config_file_and_bad_config_file() -> None:
             fh.write("[plasma]\nmemroy = 1\n")
         bad = subprocess.run(
             [sys.executable, "-m", "objstore.node", "--head", "--config", cfg],
-            capture_output=True, timeout=30, check=False,
+            capture_output=True,
+            timeout=30,
+            check=False,
         )
         assert bad.returncode == 2
         assert b"unknown setting plasma.memroy" in bad.stderr

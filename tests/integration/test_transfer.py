@@ -276,7 +276,11 @@ async def test_a_link_that_stalls_or_drops(cluster_factory, node_factory) -> Non
 async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> None:
     """A source stuck sending to a node that died aborts those sends when the directory says so."""
     # Chunks of 8 MiB, so a stalled link leaves the source inside its sends.
-    big = {**ENV, "OBJSTORE_TRANSFER_CHUNK_SIZE": "8MiB", "OBJSTORE_TRANSFER_MAX_BYTES_IN_FLIGHT": "64MiB"}
+    big = {
+        **ENV,
+        "OBJSTORE_TRANSFER_CHUNK_SIZE": "8MiB",
+        "OBJSTORE_TRANSFER_MAX_BYTES_IN_FLIGHT": "64MiB",
+    }
     c = cluster_factory(0, env=big, memory="256MiB")
     real, front = _free_port(), _free_port()
     proxy = Proxy(("127.0.0.1", real))
@@ -301,7 +305,9 @@ async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> N
             while "transfers to a dead node cancelled" not in a.stderr():
                 assert time.monotonic() < deadline, a.stderr()[-3000:]
                 await asyncio.sleep(0.2)
-            line = next(x for x in a.stderr().splitlines() if "transfers to a dead node cancelled" in x)
+            line = next(
+                x for x in a.stderr().splitlines() if "transfers to a dead node cancelled" in x
+            )
             assert b.ready["node_id"] in line
             assert "sends=0" not in line, line
             # The source still serves others.

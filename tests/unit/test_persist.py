@@ -291,9 +291,7 @@ async def test_redis_layout_and_schema(redis_url: str) -> None:  # noqa: F811
     try:
         assert await client.hgetall(f"{prefix}:nodes") == {nid(1): b"n"}
         assert await client.hgetall(f"{prefix}:objects") == {oid(1): b"o"}
-        assert await client.hget(f"{prefix}:meta", "schema_version") == str(
-            SCHEMA_VERSION
-        ).encode()
+        assert await client.hget(f"{prefix}:meta", "schema_version") == str(SCHEMA_VERSION).encode()
         await client.hset(f"{prefix}:meta", "schema_version", str(SCHEMA_VERSION + 1))
     finally:
         await client.aclose()

@@ -202,9 +202,7 @@ def test_succeeded_ends_the_pull_for_every_waiter() -> None:
 # -- priorities
 
 
-@pytest.mark.parametrize(
-    ("older", "newer"), [(WAIT, GET), (PREFETCH, GET), (PREFETCH, WAIT)]
-)
+@pytest.mark.parametrize(("older", "newer"), [(WAIT, GET), (PREFETCH, GET), (PREFETCH, WAIT)])
 def test_higher_priority_starts_before_older_lower_priority(
     older: Priority, newer: Priority
 ) -> None:
@@ -941,7 +939,10 @@ class PullMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.pm = PullManager(
-            ME, max_bytes_in_flight=CAP, backoff_min=0.05, backoff_max=1.0,
+            ME,
+            max_bytes_in_flight=CAP,
+            backoff_min=0.05,
+            backoff_max=1.0,
             rng=random.Random(0),
         )
         self.now = 0.0
@@ -1040,6 +1041,7 @@ class PullMachine(RuleBasedStateMachine):
             assert set(head.sources) - head.tried
             assert in_flight and (in_flight + head.size > CAP or head.size > left)
             assert all(pm.pulls[s.object_id].priority <= p for s in starts)
+
         # By priority, then in the order asked for: nothing still ready was passed.
         def rank(oid: bytes) -> tuple[int, int]:
             return pm.pulls[oid].priority, pm.pulls[oid].seq

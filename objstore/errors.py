@@ -20,6 +20,9 @@ __all__ = [
     "ProtocolError",
     "ConfigError",
     "SerializationError",
+    "InvalidRequestError",
+    "NotRegisteredError",
+    "TooManySubscriptionsError",
 ]
 
 
@@ -68,3 +71,18 @@ class ConfigError(ObjectStoreError, ValueError):
 
 class SerializationError(ObjectStoreError, TypeError):
     """A value cannot be serialized (or a stored payload cannot be read back)."""
+
+
+# -- Errors of the cluster's own protocols (a node or a tool broke the rules).
+
+
+class InvalidRequestError(ObjectStoreError, ValueError):
+    """A request that breaks a protocol's rules (bad ids, sizes, lengths)."""
+
+
+class NotRegisteredError(ObjectStoreError):
+    """The node is not registered with the directory (unknown, declared dead, or another session)."""
+
+
+class TooManySubscriptionsError(ObjectStoreError):
+    """A stream asked for more subscriptions than the directory allows one stream."""

@@ -12,7 +12,7 @@ import mmap
 
 import numpy as np
 
-from objstore.plasma.arena import lower_thread_priority, populate
+from objstore.pages import lower_thread_priority, populate
 from objstore.serialization import Serialized
 
 __all__ = ["Mark", "warm", "map_segment", "copy_all", "copy_ranges", "split"]

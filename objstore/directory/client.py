@@ -34,15 +34,14 @@ from objstore.config import Config
 from objstore.directory.book import ReportBatch, ReportBook, WatchBook
 from objstore.directory.codec import join_ids, pb, table_addresses, table_to_rows, usage_to_pb
 from objstore.directory.state import ObjectRow, Usage, split_ids
-from objstore.directory.tasks import race
 from objstore.errors import (
     ConfigError,
     NodeUnavailableError,
-    ObjectExistsError,
-    ObjectNotFoundError,
     ObjectStoreError,
 )
 from objstore.ids import NODE_ID_SIZE
+from objstore.status import grpc_to_error
+from objstore.tasks import race
 
 __all__ = ["DirectoryClient", "DirectoryAdmin", "parse_address", "error_from_grpc"]
 
@@ -64,14 +63,7 @@ def parse_address(text: str, setting: str = "node.directory") -> tuple[str, int]
 
 def error_from_grpc(exc: GRPCError, what: str) -> ObjectStoreError:
     """A directory status as the error a user of objstore catches."""
-    msg = exc.message or str(exc.status)
-    if exc.status is Status.ALREADY_EXISTS:
-        return ObjectExistsError(msg)
-    if exc.status is Status.NOT_FOUND:
-        return ObjectNotFoundError(msg)
-    if exc.status in (Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED):
-        return NodeUnavailableError(f"{what}: the directory is unavailable: {msg}")
-    return ObjectStoreError(f"{what}: the directory refused: {msg}")
+    return grpc_to_error(exc.status, exc.message or str(exc.status), what)
 
 
 Snapshot = Callable[[], list[tuple[bytes, int, bool, str]]]

@@ -40,12 +40,12 @@ from objstore.directory.state import (
     InvalidRequestError,
     NotRegisteredError,
     Subscriber,
-    TooManySubscriptionsError,
     split_ids,
 )
-from objstore.directory.tasks import race
-from objstore.errors import ObjectExistsError, ObjectNotFoundError, ObjectStoreError
+from objstore.errors import ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
+from objstore.status import error_to_grpc
+from objstore.tasks import race
 
 __all__ = ["DirectoryServer", "LocalLink"]
 
@@ -62,17 +62,7 @@ M = TypeVar("M")
 
 
 def _status_of(exc: BaseException) -> tuple[Status, str]:
-    if isinstance(exc, InvalidRequestError):
-        return Status.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, NotRegisteredError):
-        return Status.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, ObjectExistsError):
-        return Status.ALREADY_EXISTS, str(exc)
-    if isinstance(exc, ObjectNotFoundError):
-        return Status.NOT_FOUND, str(exc)
-    if isinstance(exc, TooManySubscriptionsError):
-        return Status.RESOURCE_EXHAUSTED, str(exc)
-    return Status.INTERNAL, f"internal error: {exc!r}"
+    return error_to_grpc(exc)
 
 
 async def _recv_limited(stream: grpclib.server.Stream[Any, Any], limit: int) -> Any:

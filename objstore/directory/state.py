@@ -34,8 +34,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from objstore.errors import ObjectExistsError, ObjectNotFoundError, ObjectStoreError
+from objstore.errors import (
+    InvalidRequestError,
+    NotRegisteredError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    TooManySubscriptionsError,
+)
 from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
+from objstore.locations import LocationState, ObjectRow, Usage
 
 __all__ = [
     "DirectoryState",
@@ -57,26 +64,14 @@ __all__ = [
 ]
 
 # Object states, with the numbers of ``ObjectState`` in directory.proto.
-UNKNOWN = 0
-PENDING = 1
-PRESENT = 2
-LOST = 3
-DELETED = 4
+UNKNOWN = LocationState.UNKNOWN
+PENDING = LocationState.PENDING
+PRESENT = LocationState.PRESENT
+LOST = LocationState.LOST
+DELETED = LocationState.DELETED
 
 _EMPTY: frozenset[bytes] = frozenset()
 SESSION_SIZE = 16
-
-
-class NotRegisteredError(ObjectStoreError):
-    """The node is not registered (unknown, declared dead, or another session)."""
-
-
-class TooManySubscriptionsError(ObjectStoreError):
-    """A stream asked for more subscriptions than the directory allows one stream."""
-
-
-class InvalidRequestError(ObjectStoreError, ValueError):
-    """A request that breaks the protocol's rules (bad ids, sizes, lengths)."""
 
 
 def split_ids(blob: bytes, size: int = OBJECT_ID_SIZE, what: str = "object ids") -> list[bytes]:
@@ -86,19 +81,6 @@ def split_ids(blob: bytes, size: int = OBJECT_ID_SIZE, what: str = "object ids")
             f"{what}: {len(blob)} bytes is not a multiple of the id size {size}"
         )
     return [blob[i : i + size] for i in range(0, len(blob), size)]
-
-
-@dataclass(slots=True)
-class Usage:
-    """What a node's heartbeat says about it."""
-
-    memory_used: int = 0
-    memory_total: int = 0
-    pinned_bytes: int = 0
-    objects: int = 0
-    spilled_bytes: int = 0
-    fallback_used: int = 0
-    clients: int = 0
 
 
 @dataclass(slots=True)
@@ -139,20 +121,6 @@ class ObjectRecord:
         self.name = ""
         self.spilled_url = ""
         self.spilled_node: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectRow:
-    """One object's state as lookups and notifications carry it."""
-
-    object_id: bytes
-    state: int
-    size: int = 0
-    primary: bytes | None = None
-    nodes: tuple[bytes, ...] = ()
-    name: str = ""
-    spilled_url: str = ""
-    spilled_node: bytes | None = None
 
 
 class Subscriber:

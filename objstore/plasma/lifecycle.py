@@ -15,7 +15,7 @@ connection state machine: one table, no ad-hoc ``if`` chains)::
                            |
                            | RELEASE_LAST
                            v
-                         FREED*
+                         FREED*  <------ EVICT (SEALED secondary copies)
 
     * terminal: accepts no event.
 
@@ -27,6 +27,8 @@ connection state machine: one table, no ad-hoc ``if`` chains)::
 - ``SPILLED``: the bytes live in external storage and the memory is freed;
   ``RESTORE`` brings them back to ``SEALED``.
 - ``DELETED``: no new readers; the memory stays until the last pin goes.
+- ``EVICT``: a sealed secondary copy that nobody holds leaves the table at
+  once to make room (its primary lives on another node).
 - ``FREED``: the last pin went (``RELEASE_LAST``); the memory is back in the
   allocator.
 """
@@ -35,12 +37,13 @@ from __future__ import annotations
 
 import enum
 
-from objstore.errors import ObjectStoreError
+from objstore.statemachine import StateMachine, TransitionError
 
 __all__ = [
     "READABLE",
     "TERMINAL",
     "TRANSITIONS",
+    "LIFECYCLE",
     "InvalidTransition",
     "ObjectEvent",
     "ObjectState",
@@ -68,29 +71,13 @@ class ObjectEvent(enum.IntEnum):
     RESTORE = 3
     DELETE = 4
     RELEASE_LAST = 5
+    EVICT = 6
 
 
-class InvalidTransition(ObjectStoreError):
+class InvalidTransition(TransitionError):
     """An event arrived that the object's current state does not accept."""
 
-    def __init__(
-        self, state: ObjectState, event: ObjectEvent, object_id: bytes | None = None
-    ) -> None:
-        self.state = state
-        self.event = event
-        self.object_id = object_id
-        where = f" for object {object_id.hex()}" if object_id is not None else ""
-        super().__init__(f"invalid transition{where}: event {_name(event)} in state {_name(state)}")
-
-    def __reduce__(self) -> tuple[type[InvalidTransition], tuple[object, ...]]:
-        # Keep the exception picklable despite the custom __init__ signature.
-        return (type(self), (self.state, self.event, self.object_id))
-
-
-def _name(value: object) -> str:
-    """The enum member's name, or ``repr`` for a stray non-member value."""
-    name = getattr(value, "name", None)
-    return name if isinstance(name, str) else repr(value)
+    what = "transition"
 
 
 _S = ObjectState
@@ -102,6 +89,7 @@ TRANSITIONS: dict[tuple[ObjectState, ObjectEvent], ObjectState] = {
     (_S.CREATING, _E.ABORT): _S.ABORTED,
     (_S.SEALED, _E.SPILL): _S.SPILLED,
     (_S.SEALED, _E.DELETE): _S.DELETED,
+    (_S.SEALED, _E.EVICT): _S.FREED,
     (_S.SPILLED, _E.RESTORE): _S.SEALED,
     (_S.SPILLED, _E.DELETE): _S.DELETED,
     (_S.DELETED, _E.RELEASE_LAST): _S.FREED,
@@ -115,16 +103,10 @@ READABLE: frozenset[ObjectState] = frozenset({_S.SEALED})
 
 del _S, _E
 
+#: The lifecycle as a machine (the table above, its terminal states, its error).
+LIFECYCLE: StateMachine[ObjectState, ObjectEvent] = StateMachine(
+    TRANSITIONS, InvalidTransition, TERMINAL
+)
 
-def transition(
-    state: ObjectState, event: ObjectEvent, object_id: bytes | None = None
-) -> ObjectState:
-    """Return the state that ``event`` moves ``state`` to.
-
-    ``object_id`` is only used in the error message.  Raises
-    :class:`InvalidTransition` if ``(state, event)`` is not in :data:`TRANSITIONS`.
-    """
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransition(state, event, object_id) from None
+#: ``transition(state, event, object_id=None)``: the new state, or :class:`InvalidTransition`.
+transition = LIFECYCLE.transition

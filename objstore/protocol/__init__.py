@@ -14,6 +14,7 @@ from collections.abc import Generator, Iterator
 
 from objstore import errors
 from objstore._proto.local import local_pb2 as pb
+from objstore.status import error_to_local, local_to_error
 
 __all__ = [
     "pb",
@@ -84,42 +85,13 @@ class FrameDecoder:
         return len(self._buf)
 
 
-_CODE_TO_EXC: dict[int, type[errors.ObjectStoreError]] = {
-    pb.ERROR_CODE_STORE_FULL: errors.ObjectStoreFullError,
-    pb.ERROR_CODE_OUT_OF_DISK: errors.OutOfDiskError,
-    pb.ERROR_CODE_NOT_FOUND: errors.ObjectNotFoundError,
-    pb.ERROR_CODE_EXISTS: errors.ObjectExistsError,
-    pb.ERROR_CODE_LOST: errors.ObjectLostError,
-    pb.ERROR_CODE_TIMEOUT: errors.GetTimeoutError,
-    pb.ERROR_CODE_PROTOCOL: errors.ProtocolError,
-    pb.ERROR_CODE_INVALID: errors.ObjectStoreError,
-    pb.ERROR_CODE_UNAVAILABLE: errors.NodeUnavailableError,
-}
-# Order matters: subclasses before their bases.
-_EXC_TO_CODE: list[tuple[type[BaseException], int]] = [
-    (errors.ObjectStoreFullError, pb.ERROR_CODE_STORE_FULL),
-    (errors.OutOfDiskError, pb.ERROR_CODE_OUT_OF_DISK),
-    (errors.ObjectNotFoundError, pb.ERROR_CODE_NOT_FOUND),
-    (errors.ObjectExistsError, pb.ERROR_CODE_EXISTS),
-    (errors.ObjectLostError, pb.ERROR_CODE_LOST),
-    (errors.GetTimeoutError, pb.ERROR_CODE_TIMEOUT),
-    (errors.ProtocolError, pb.ERROR_CODE_PROTOCOL),
-    (errors.NodeUnavailableError, pb.ERROR_CODE_UNAVAILABLE),
-]
-
-
 def error_to_exception(err: pb.Error) -> errors.ObjectStoreError:
-    """The exception a client raises for an error reply."""
-    cls = _CODE_TO_EXC.get(err.code, errors.ObjectStoreError)
-    return cls(err.message)
+    """The exception a client raises for an error reply (see :mod:`objstore.status`)."""
+    return local_to_error(err.code, err.message)
 
 
 def exception_to_error(exc: BaseException, out: pb.Error) -> None:
     """Fill an error reply from an exception raised while serving a request."""
-    for cls, code in _EXC_TO_CODE:
-        if isinstance(exc, cls):
-            out.code = code  # type: ignore[assignment]
-            break
-    else:
-        out.code = pb.ERROR_CODE_INVALID
-    out.message = str(exc)
+    code, message = error_to_local(exc)
+    out.code = code  # type: ignore[assignment]
+    out.message = message

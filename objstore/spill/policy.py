@@ -72,7 +72,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from objstore.errors import ObjectStoreError
+from objstore.statemachine import StateMachine, TransitionError
 
 if TYPE_CHECKING:
     from objstore.config import SpillConfig
@@ -143,29 +143,17 @@ CANDIDATE_STATES: frozenset[SpillState] = frozenset({_S.RESIDENT, _S.COPIED})
 del _S, _E
 
 
-class InvalidSpillTransition(ObjectStoreError, ValueError):
+class InvalidSpillTransition(TransitionError, ValueError):
     """An event arrived that the object's current :class:`SpillState` does not accept."""
 
-    def __init__(self, state: SpillState, event: SpillEvent, object_id: bytes | None) -> None:
-        self.state = state
-        self.event = event
-        self.object_id = object_id
-        where = f" for object {object_id.hex()}" if object_id is not None else ""
-        super().__init__(f"invalid spill transition{where}: {event.name} in state {state.name}")
-
-    def __reduce__(self) -> tuple[type[InvalidSpillTransition], tuple[object, ...]]:
-        # Picklable despite the custom __init__ signature.
-        return (type(self), (self.state, self.event, self.object_id))
+    what = "spill transition"
 
 
-def spill_transition(
-    state: SpillState, event: SpillEvent, object_id: bytes | None = None
-) -> SpillState:
-    """The state ``event`` moves ``state`` to; :class:`InvalidSpillTransition` if none."""
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidSpillTransition(state, event, object_id) from None
+_MACHINE: StateMachine[SpillState, SpillEvent] = StateMachine(TRANSITIONS, InvalidSpillTransition)
+
+#: ``spill_transition(state, event, object_id=None)``: the new state, or
+#: :class:`InvalidSpillTransition`.
+spill_transition = _MACHINE.transition
 
 
 # ----------------------------------------------------------------------------- policy

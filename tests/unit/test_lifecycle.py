@@ -71,6 +71,7 @@ def test_exact_table() -> None:
         (S.CREATING, E.ABORT): S.ABORTED,
         (S.SEALED, E.SPILL): S.SPILLED,
         (S.SEALED, E.DELETE): S.DELETED,
+        (S.SEALED, E.EVICT): S.FREED,
         (S.SPILLED, E.RESTORE): S.SEALED,
         (S.SPILLED, E.DELETE): S.DELETED,
         (S.DELETED, E.RELEASE_LAST): S.FREED,

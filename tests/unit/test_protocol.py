@@ -181,6 +181,9 @@ MAPPED = {
     errors.ObjectStoreError: pb.ERROR_CODE_INVALID,
     errors.ConfigError: pb.ERROR_CODE_INVALID,
     errors.SerializationError: pb.ERROR_CODE_INVALID,
+    errors.InvalidRequestError: pb.ERROR_CODE_INVALID,
+    errors.NotRegisteredError: pb.ERROR_CODE_INVALID,
+    errors.TooManySubscriptionsError: pb.ERROR_CODE_INVALID,
 }
 
 

@@ -167,6 +167,10 @@ class PlasmaConfig:
     copy_threads: int = _setting(0, _non_negative, "copy threads per large put (0: cores)")
     # Largest local protocol frame accepted; larger ones close the connection.
     max_frame_bytes: int = _setting(64 * MiB, _positive, "largest protocol frame", size=True)
+    # Largest metadata of one object; it is kept in the node's heap, not in the arena.
+    max_metadata_bytes: int = _setting(
+        64 * KiB, _positive, "largest metadata of one object", size=True
+    )
     # How many ids of deleted objects the node remembers to answer "deleted" rather than wait.
     deleted_memory: int = _setting(65536, _non_negative, "deleted ids remembered")
 

@@ -4,6 +4,8 @@
   ``bytearray`` s, with a capacity, waiting gets, leases and a log of what was
   asked of it; :meth:`FakeStore.check` asserts that nothing leaked (no lease,
   no partial copy, no allocation left).
+* :class:`FakeDirectory`, :class:`FakePuller`, :class:`FakeSpill`: what the
+  node's object service talks to (``objstore.node.ports``), recording calls.
 
 Each package's tests add their fakes below in a section of their own.
 """
@@ -14,11 +16,18 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
-from objstore.errors import ObjectNotFoundError, ObjectStoreError, ObjectStoreFullError
+from objstore.errors import (
+    ObjectExistsError,
+    ObjectNotFoundError,
+    ObjectStoreError,
+    ObjectStoreFullError,
+)
+from objstore.locations import LocationState, ObjectRow
 from objstore.plasma.api import Entry, ObjectState, Space, Store
 
-__all__ = ["FakeEntry", "FakeStore"]
+__all__ = ["FakeEntry", "FakeStore", "FakeDirectory", "FakePuller", "FakeSpill"]
 
 
 # ----------------------------------------------------------------------------- the store
@@ -286,3 +295,154 @@ class FakeStore:
 def _conforms(store: FakeStore) -> Store:
     """mypy checks here that FakeStore follows the Store protocol."""
     return store
+
+
+# ----------------------------------------------------------------------------- node
+# Fakes of what the node's object service talks to (objstore.node.ports).
+
+
+@dataclass
+class FakeDirectory:
+    """The directory client as the object service sees it: records every hook call;
+    names and deletes answered from ``names`` (name -> ObjectRow)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1
+    names: dict[str, ObjectRow] = field(default_factory=dict)
+    calls: list[tuple[str, object]] = field(default_factory=list)
+    watching: dict[bytes, int] = field(default_factory=dict)
+    deleted_remote: list[bytes] = field(default_factory=list)
+
+    def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
+        self.calls.append(("added", oid))
+
+    def removed(self, oid: bytes) -> None:
+        self.calls.append(("removed", oid))
+
+    def deleted(self, oid: bytes) -> None:
+        self.calls.append(("deleted", oid))
+
+    def spilled(self, oid: bytes, url: str) -> None:
+        self.calls.append(("spilled", oid))
+
+    def watch(self, oid: bytes) -> None:
+        self.calls.append(("watch", oid))
+        self.watching[oid] = self.watching.get(oid, 0) + 1
+
+    def unwatch(self, oid: bytes) -> None:
+        self.calls.append(("unwatch", oid))
+        n = self.watching[oid] - 1
+        if n:
+            self.watching[oid] = n
+        else:
+            del self.watching[oid]
+
+    async def reserve_name(self, name: str, oid: bytes, size: int) -> None:
+        await asyncio.sleep(0)
+        if name in self.names:
+            raise ObjectExistsError(f"the name {name!r} is taken")
+        self.names[name] = ObjectRow(oid, LocationState.PENDING, size, name=name)
+        self.calls.append(("reserve", name))
+
+    async def resolve_name(self, name: str) -> ObjectRow:
+        await asyncio.sleep(0)
+        row = self.names.get(name)
+        if row is None:
+            raise ObjectNotFoundError(f"no object is named {name!r}")
+        return row
+
+    async def delete(self, oids: list[bytes], names: list[str] = ()) -> int:  # type: ignore[assignment]
+        await asyncio.sleep(0)
+        self.deleted_remote.extend(oids)
+        return len(oids)
+
+
+@dataclass
+class FakePuller:
+    """The pulling side: records what the service asks for."""
+
+    pulled: int = 0
+    bytes_pulled: int = 0
+    wanted: dict[bytes, int] = field(default_factory=dict)
+    rows: list[ObjectRow] = field(default_factory=list)
+    space: int = 0
+
+    def want(self, oid: bytes, priority: int) -> None:
+        self.wanted[oid] = self.wanted.get(oid, 0) + 1
+
+    def unwant(self, oid: bytes, priority: int) -> None:
+        n = self.wanted[oid] - 1
+        if n:
+            self.wanted[oid] = n
+        else:
+            del self.wanted[oid]
+
+    def on_locations(self, row: ObjectRow) -> None:
+        self.rows.append(row)
+
+    def space_freed(self) -> None:
+        self.space += 1
+
+
+@dataclass
+class FakeSpill:
+    """A spill manager that keeps 'spilled' bytes in a dict and restores on request
+    (through the real store's allocate/restored)."""
+
+    store: Any = None
+    copies: dict[bytes, bytes] = field(default_factory=dict)
+    calls: list[tuple[str, bytes]] = field(default_factory=list)
+    last_error: ObjectStoreError | None = None
+    spilled_bytes: int = 0
+
+    def sealed(self, oid: bytes, entry: Entry) -> None:
+        self.calls.append(("sealed", oid))
+
+    def touched(self, oid: bytes, entry: Entry) -> None:
+        self.calls.append(("touched", oid))
+
+    def unheld(self, oid: bytes, entry: Entry) -> None:
+        self.calls.append(("unheld", oid))
+
+    def deleted(self, oid: bytes, entry: Entry) -> None:
+        self.calls.append(("deleted", oid))
+
+    def dropped(self, oid: bytes, entry: Entry) -> None:
+        self.calls.append(("dropped", oid))
+        self.copies.pop(oid, None)
+
+    def spill(self, oid: bytes) -> None:
+        """Spill a sealed, unheld primary now (tests call this)."""
+        entry = self.store.sealed(oid)
+        with self.store.view(entry) as v:
+            self.copies[oid] = bytes(v)
+        self.store.free_spilled(oid)
+
+    def restore(self, oid: bytes) -> None:
+        self.calls.append(("restore", oid))
+        asyncio.get_running_loop().create_task(self._restore(oid))
+
+    async def _restore(self, oid: bytes) -> None:
+        data = self.copies[oid]
+        space = await self.store.allocate(len(data))
+        with self.store.space_view(space) as v:
+            v[:] = data
+        self.store.restored(oid, space)
+
+    async def make_room(self, nbytes: int) -> int:
+        return 0
+
+    def stats(self) -> dict[str, int]:
+        return dict.fromkeys(
+            (
+                "spilled_objects", "spilled_bytes", "spill_files", "bytes_written", "restored",
+                "bytes_restored", "write_errors", "restore_errors", "files_deleted",
+            ),
+            0,
+        )  # fmt: skip
+
+    def url_of(self, oid: bytes) -> str:
+        return f"mem://{oid.hex()}" if oid in self.copies else ""
+
+    def copies_snapshot(self) -> list[tuple[bytes, str]]:
+        return [(oid, self.url_of(oid)) for oid in self.copies]

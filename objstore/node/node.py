@@ -1,17 +1,24 @@
-"""A node: the shared-memory store, its socket server and its directory link.
+"""A node: its components, started in order and stopped in the reverse order.
 
-The head node (``--head``) also runs the directory server; every node keeps a
-:class:`~objstore.directory.client.DirectoryClient` to it (the head's own goes
-over loopback like everyone's).  The store reports each copy added or gone to
-that client, and tells it which remote objects gets wait for; the directory's
-answers fail those gets when the object is lost or deleted elsewhere.  The
-transfer and spill components join here in later issues (seam:
-``PlasmaStore.spill_hook``).
+:meth:`Node.start` builds each component, gives it its collaborators, and
+pushes its shutdown onto an :class:`~contextlib.AsyncExitStack`, so that
+:meth:`Node.stop` (or a failed start) tears down exactly what was started,
+last first.  What requests mean is the object service's
+(:mod:`objstore.node.objects`); this module only wires:
+
+1. the store (arena, table) reporting to the object service;
+2. the client socket, bound (so no other node takes it) but not served yet;
+3. the spill manager, with ``--spill``;
+4. on the head, the directory server; in a cluster, the data plane's server,
+   the pulling side and the directory client;
+5. the object service is given its components, the directory client
+   registers, and the socket starts serving clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -25,16 +32,12 @@ import structlog
 from objstore.config import Config, format_size
 from objstore.directory.client import DirectoryClient, parse_address
 from objstore.directory.server import DirectoryServer, LocalLink
-from objstore.directory.state import DELETED, LOST, ObjectRow, Usage
-from objstore.errors import ConfigError, ObjectLostError, ObjectNotFoundError
+from objstore.errors import ConfigError
 from objstore.ids import new_node_id
+from objstore.node.objects import ObjectService, Parts
+from objstore.node.ports import Directory, PeerServer, Puller, Spill
 from objstore.plasma.server import PlasmaServer
 from objstore.plasma.store import PlasmaStore
-from objstore.spill.backend import open_backend
-from objstore.spill.manager import SpillManager
-from objstore.spill.remote import SpillReader
-from objstore.transfer.manager import ObjectManager
-from objstore.transfer.server import TransferServer
 
 __all__ = ["Node"]
 
@@ -47,214 +50,156 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node_id = new_node_id()
+        self.service = ObjectService(config, self.node_id)
         self.store: PlasmaStore | None = None
         self.server: PlasmaServer | None = None
         self.directory_server: DirectoryServer | None = None
-        self.directory: DirectoryClient | None = None
-        self.transfer: TransferServer | None = None
-        self.objects: ObjectManager | None = None
-        self.spill: SpillManager | None = None
-        self.spill_reader: SpillReader | None = None
-        self._stopped = asyncio.Event()
-        self._watchdog: asyncio.Task[None] | None = None
+        self.transfer_address: str | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
 
     async def start(self) -> dict[str, object]:
-        """Create the arena, bind the socket; returns the ready line's fields."""
+        """Start every component; returns the ready line's fields."""
         t0 = time.perf_counter()
-        cfg = self.config
-        self.store = PlasmaStore(cfg)
+        stack = contextlib.AsyncExitStack()
         try:
-            self.server = PlasmaServer(self.store, cfg, self.node_id)
-            await self.server.start()
-            await self._start_spilling()
-            await self._join_cluster()
+            await self._start(stack)
         except BaseException:
-            await self.stop()
+            await stack.aclose()
             raise
-        first = self.store.arena.start_prefault(
+        self._stack = stack
+        cfg = self.config
+        store, server = self.store, self.server
+        assert store is not None and server is not None
+        log.info(
+            "node ready",
+            node_id=self.node_id.hex(),
+            socket=server.path,
+            memory=format_size(store.capacity),
+            prefault=format_size(min(cfg.plasma.prefault_bytes, store.capacity)),
+            fallback_dir=store.fallback_dir,
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        return {
+            "event": "ready",
+            "node_id": self.node_id.hex(),
+            "socket": server.path,
+            "address": self.transfer_address,
+            "directory": cfg.node.directory,
+            "memory": store.capacity,
+            "pid": os.getpid(),
+        }
+
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        cfg = self.config
+        service = self.service
+        store = self.store = PlasmaStore(cfg, events=service)
+        stack.callback(store.close)
+        server = self.server = PlasmaServer(service, cfg, self.node_id)
+        await server.bind()
+        stack.push_async_callback(server.close)
+        spill = await self._start_spill(stack, store)
+        directory, puller, peer_server = await self._start_cluster(stack, store)
+        stack.push_async_callback(service.close)
+        service.bind(
+            Parts(
+                store=store,
+                spill=spill,
+                directory=directory,
+                puller=puller,
+                peer_server=peer_server,
+                spill_target=self.config.spill.url,
+            )
+        )
+        if isinstance(directory, DirectoryClient):
+            await directory.start()
+        server.serve()
+        stack.push_async_callback(server.close_connections)
+        first = store.arena.start_prefault(
             cfg.plasma.prefault_bytes,
             first=cfg.plasma.prefault_before_ready_bytes,
             # A node in a cluster receives objects into its own mapping.
-            own=bool(cfg.node.directory),
+            own=bool(self.config.node.directory),
         )
         # The first part before ready, so that the first puts land on warm pages.
         await asyncio.to_thread(first.wait, 5.0)
         if cfg.node.loop_lag_warn_ms > 0:
-            self._watchdog = asyncio.get_running_loop().create_task(
-                self._watch_loop(cfg.node.loop_lag_warn_ms / 1000.0), name="loop-watchdog"
+            watchdog = asyncio.get_running_loop().create_task(
+                _watch_loop(cfg.node.loop_lag_warn_ms / 1000.0), name="loop-watchdog"
             )
-        ready: dict[str, object] = {
-            "event": "ready",
-            "node_id": self.node_id.hex(),
-            "socket": self.server.path,
-            "address": self.transfer.address if self.transfer else None,
-            "directory": self.config.node.directory,
-            "memory": self.store.capacity,
-            "pid": os.getpid(),
-        }
-        log.info(
-            "node ready",
-            node_id=self.node_id.hex(),
-            socket=self.server.path,
-            memory=format_size(self.store.capacity),
-            prefault=format_size(min(cfg.plasma.prefault_bytes, self.store.capacity)),
-            fallback_dir=self.store.fallback_dir,
-            seconds=round(time.perf_counter() - t0, 3),
-        )
-        return ready
+            stack.push_async_callback(_cancel, watchdog)
 
-    async def _join_cluster(self) -> None:
-        """Start the directory (on the head) and register with it."""
+    async def _start_spill(
+        self, stack: contextlib.AsyncExitStack, store: PlasmaStore
+    ) -> Spill | None:
+        """Spilling to ``--spill`` (a directory, several, or s3://bucket/prefix), if given."""
+        cfg = self.config
+        if not cfg.spill.url:
+            return None
+        from objstore.spill.backends import open_backend
+        from objstore.spill.manager import SpillManager
+
+        assert self.server is not None
+        try:
+            backend = open_backend(cfg.spill.url, _spill_namespace(self.server.path), cfg.spill)
+        except ValueError as exc:
+            raise ConfigError(f"spill.url: {exc}") from exc
+        spill = SpillManager(store, cfg, backend, on_spilled=self.service.spilled)
+        await spill.start()
+        stack.push_async_callback(spill.close)
+        log.info("spilling", to=cfg.spill.url, threshold=cfg.spill.threshold)
+        return spill
+
+    async def _start_cluster(
+        self, stack: contextlib.AsyncExitStack, store: PlasmaStore
+    ) -> tuple[Directory | None, Puller | None, PeerServer | None]:
+        """The directory server (on the head), the data plane and the directory client."""
         cfg = self.config
         if cfg.node.head:
-            self.directory_server = DirectoryServer(cfg, head_node_id=self.node_id)
-            await self.directory_server.start(cfg.node.host, cfg.node.directory_port)
-            self.config = cfg = cfg.replace(node={"directory": self.directory_server.address})
+            dserver = self.directory_server = DirectoryServer(cfg, head_node_id=self.node_id)
+            await dserver.start(cfg.node.host, cfg.node.directory_port)
+            stack.push_async_callback(dserver.stop)
+            self.config = cfg = cfg.replace(node={"directory": dserver.address})
         if not cfg.node.directory:
-            return
-        store = self.store
-        assert store is not None and self.server is not None
+            return None, None, None
+        from objstore.spill.remote import SpillReader
+        from objstore.transfer.manager import ObjectManager
+        from objstore.transfer.peer import PeerClient
+        from objstore.transfer.server import TransferServer
+
         if cfg.node.advertise:
             parse_address(cfg.node.advertise, "node.advertise")  # a clear error if malformed
+        service = self.service
         # The data plane: other nodes fetch chunks of this node's objects here.
-        self.transfer = TransferServer(store, cfg)
-        await self.transfer.start(cfg.node.host, cfg.node.port)
-        client = DirectoryClient(
+        peer_server = TransferServer(store, cfg, restore=service.restore_for_peer)
+        await peer_server.start(cfg.node.host, cfg.node.port)
+        stack.push_async_callback(peer_server.close)
+        self.transfer_address = peer_server.address
+        assert self.server is not None
+        directory = DirectoryClient(
             cfg,
             self.node_id,
-            snapshot=store.snapshot,
-            usage=self._usage,
-            on_update=self._on_update,
-            on_free=self._on_free,
-            on_dead=self._on_dead,
+            node=service,
+            listener=service,
             socket=self.server.path,
-            address=cfg.node.advertise or self.transfer.address,
+            address=cfg.node.advertise or peer_server.address,
             # The head's own node calls its directory in-process.
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )
-        self.directory = client
-        spill = self.spill
-        if spill is not None:
-            client.spilled_snapshot = lambda: [(oid, c.url()) for oid, c in spill.copies.items()]
-        self.objects = ObjectManager(store, cfg, self.node_id, client.addresses.get)
+        stack.push_async_callback(directory.stop)
         # A spill copy in S3 whose node is gone is read from S3 directly.
-        reader = self.spill_reader = SpillReader(store)
-        objects = self.objects
-        objects.spill_fetch = lambda oid, url: reader.fetch(oid, url, objects.create_copy)
-        objects.spill_readable = SpillReader.readable
-        store.listener = client
-        store.remote = _Watcher(client, self.objects)
-        self.server.directory = client
-        objects, transfer = self.objects, self.transfer
-        self.server.transfer_stats = lambda: (
-            objects.pulled,
-            objects.bytes_pulled,
-            transfer.chunks_sent,
-            transfer.bytes_sent,
-        )
-        await client.start()
-
-    async def _start_spilling(self) -> None:
-        """Spilling to ``--spill`` (a directory, several, or s3://bucket/prefix), if given."""
-        cfg = self.config
-        assert self.store is not None and self.server is not None
-        if not cfg.spill.url:
-            return
-        try:
-            backend = open_backend(cfg.spill.url, _spill_namespace(self.server.path))
-        except ValueError as exc:
-            raise ConfigError(f"spill.url: {exc}") from exc
-        self.spill = SpillManager(self.store, cfg, backend, on_spilled=self._on_spilled)
-        await self.spill.start()
-        self.server.spill_stats = self.spill.stats
-        self.server.spill_url_of = self.spill.url_of
-        self.server.spill_target = cfg.spill.url
-        log.info("spilling", to=cfg.spill.url, threshold=cfg.spill.threshold)
-
-    def _on_spilled(self, oid: bytes, url: str) -> None:
-        if self.directory is not None:
-            self.directory.spilled(oid, url)
-
-    def _usage(self) -> Usage:
-        store = self.store
-        assert store is not None
-        return Usage(
-            memory_used=store.allocator.used,
-            memory_total=store.capacity,
-            pinned_bytes=store.pinned_bytes,
-            objects=len(store.objects),
-            spilled_bytes=self.spill.spilled_bytes if self.spill is not None else 0,
-            fallback_used=store.fallback_used,
-            clients=len(self.server.connections) if self.server else 0,
-        )
-
-    def _on_update(self, rows: list[ObjectRow]) -> None:
-        """Subscribed objects changed: fail the gets of lost or deleted ones."""
-        store = self.store
-        assert store is not None
-        for row in rows:
-            if row.state == LOST:
-                n = store.fail_waiters(
-                    row.object_id,
-                    ObjectLostError(
-                        f"object {row.object_id.hex()} is lost: every copy was on nodes that "
-                        "died, and it was never spilled"
-                    ),
-                )
-                if n:
-                    log.info("gets failed: object lost", object_id=row.object_id.hex(), gets=n)
-            elif row.state == DELETED:
-                store.fail_waiters(
-                    row.object_id, ObjectNotFoundError(f"object {row.object_id.hex()} was deleted")
-                )
-            if self.objects is not None:
-                # PRESENT on another node: pull it (one pull however many gets wait).
-                self.objects.on_locations(row)
-
-    def _on_free(self, ids: list[bytes]) -> None:
-        """Objects deleted on another node: free the copies here."""
-        assert self.store is not None
-        n = self.store.delete_many(ids, report=False)
-        log.debug("objects deleted elsewhere freed here", requested=len(ids), freed=n)
-
-    def _on_dead(self, node_ids: list[bytes]) -> None:
-        """Nodes declared dead: stop serving their transfers."""
-        if self.transfer is not None:
-            for nid in node_ids:
-                self.transfer.drop_destination(nid)
-
-    async def _watch_loop(self, limit: float) -> None:
-        """Log when the event loop was kept from running for longer than ``limit``."""
-        loop = asyncio.get_running_loop()
-        tick = 0.05
-        while True:
-            before = loop.time()
-            await asyncio.sleep(tick)
-            lag = loop.time() - before - tick
-            if lag > limit:
-                log.warning("event loop blocked", ms=round(lag * 1000, 1))
+        reader = SpillReader(store, cfg)
+        stack.push_async_callback(reader.close)
+        peers = PeerClient(cfg, self.node_id)
+        stack.callback(peers.close)
+        puller = ObjectManager(store, cfg, self.node_id, peers, directory.addresses.get, reader)
+        stack.push_async_callback(puller.close)
+        return directory, puller, peer_server
 
     async def stop(self) -> None:
-        """Close every client, remove the socket file, release the arena."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self.objects is not None:
-            await self.objects.close()
-        if self.directory is not None:
-            await self.directory.stop()
-        if self.transfer is not None:
-            await self.transfer.close()
-        if self.server is not None:
-            await self.server.close()
-        if self.spill is not None:
-            await self.spill.close()
-        if self.spill_reader is not None:
-            await self.spill_reader.close()
-        if self.directory_server is not None:
-            await self.directory_server.stop()
-        if self.store is not None:
-            self.store.close()
-        self._stopped.set()
+        """Stop every component, last started first."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
         log.info("node stopped", node_id=self.node_id.hex())
 
     @staticmethod
@@ -264,21 +209,22 @@ class Node:
         sys.stdout.flush()
 
 
-class _Watcher:
-    """The store's remote watcher: subscriptions through the directory, pulls
-    cancelled when no get waits any more."""
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
-    def __init__(self, directory: DirectoryClient, objects: ObjectManager) -> None:
-        self.directory = directory
-        self.objects = objects
 
-    def watch(self, oid: bytes, priority: int) -> None:
-        self.objects.want(oid, priority)
-        self.directory.watch(oid)
-
-    def unwatch(self, oid: bytes, priority: int) -> None:
-        self.directory.unwatch(oid)
-        self.objects.unwant(oid, priority)
+async def _watch_loop(limit: float) -> None:
+    """Log when the event loop was kept from running for longer than ``limit``."""
+    loop = asyncio.get_running_loop()
+    tick = 0.05
+    while True:
+        before = loop.time()
+        await asyncio.sleep(tick)
+        lag = loop.time() - before - tick
+        if lag > limit:
+            log.warning("event loop blocked", ms=round(lag * 1000, 1))
 
 
 def _spill_namespace(socket_path: str) -> str:

@@ -1,10 +1,10 @@
 """The store as the rest of a node sees it: the typed seams of ``objstore.plasma``.
 
 Nothing outside ``plasma`` touches the object table, the arena or the
-allocator: the transfer and spill packages use :class:`Store`, the node's
-object service uses :class:`LocalStore` (the same plus what clients ask
-for), and the store reports what happens to objects through one
-:class:`StoreEvents` given at its construction.  Import-linter keeps it so
+allocator: the transfer and spill packages use :class:`Store`, the store
+reports what happens to objects through one :class:`StoreEvents` given at
+its construction, and the local socket server serves a :class:`LocalObjects`
+(the node's object service).  Import-linter keeps it so
 (``pyproject.toml``): ``transfer`` and ``spill`` import ``objstore.plasma.api``
 and nothing else of ``plasma``.
 
@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import TracebackType
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from objstore.errors import ObjectStoreError
 from objstore.plasma.lifecycle import ObjectState
+from objstore.plasma.table import ClientState, ObjectEntry
 
 __all__ = [
     "ObjectState",
@@ -28,7 +29,9 @@ __all__ = [
     "Lease",
     "Store",
     "StoreEvents",
-    "ClientHandle",
+    "ClientState",
+    "ObjectEntry",
+    "LocalObjects",
 ]
 
 
@@ -227,12 +230,43 @@ class StoreEvents(Protocol):
         ...
 
 
-class ClientHandle(Protocol):
-    """A connected client, as the store knows it (see ``plasma.table.ClientState``)."""
+class LocalObjects(Protocol):
+    """What the local socket server serves: the node's object service
+    (``objstore.node.objects.ObjectService``).  Each ``*_now`` call answers at
+    once or returns None, and the server then awaits the call of the same name."""
 
-    @property
-    def client_id(self) -> int: ...
-    @property
-    def pid(self) -> int: ...
-    @property
-    def closed(self) -> bool: ...
+    def segment_fd(self, segment_id: int) -> tuple[int, int] | None: ...
+    def connected(self, client: ClientState) -> None: ...
+    def disconnected(self, client: ClientState) -> None: ...
+    def note_owned(self, client: ClientState, compact_every: int) -> None: ...
+
+    def create_now(
+        self, client: ClientState, oid: bytes, size: int, meta: bytes, name: str
+    ) -> Entry | None: ...
+    async def create(
+        self, client: ClientState, oid: bytes, size: int, meta: bytes, name: str
+    ) -> Entry: ...
+    def put_inline_now(
+        self, client: ClientState, oid: bytes, data: bytes, meta: bytes, name: str
+    ) -> Entry | None: ...
+    async def put_inline(
+        self, client: ClientState, oid: bytes, data: bytes, meta: bytes, name: str
+    ) -> Entry: ...
+    def seal(self, client: ClientState, oid: bytes) -> None: ...
+    def abort(self, client: ClientState, oid: bytes) -> None: ...
+    def release(self, client: ClientState, oids: list[bytes]) -> None: ...
+
+    def get_now(
+        self, client: ClientState, ids: list[bytes], name: str
+    ) -> tuple[list[bytes], list[ObjectEntry]] | None: ...
+    async def get(
+        self, client: ClientState, ids: list[bytes], name: str, timeout: float | None
+    ) -> tuple[list[bytes], list[ObjectEntry]]: ...
+    def wait_now(self, ids: list[bytes], num: int, timeout: float | None) -> list[bytes] | None: ...
+    async def wait(self, ids: list[bytes], num: int, timeout: float | None) -> list[bytes]: ...
+    def delete_now(self, ids: list[bytes], name: str) -> int | None: ...
+    async def delete(self, ids: list[bytes], name: str) -> int: ...
+    def contains(self, oid: bytes) -> bool: ...
+
+    def stats(self) -> dict[str, Any]: ...
+    def list_objects(self, limit: int) -> tuple[int, list[dict[str, Any]]]: ...

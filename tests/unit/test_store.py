@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ from objstore.errors import (
 from objstore.ids import new_object_id
 from objstore.plasma.allocator import Allocator
 from objstore.plasma.lifecycle import ObjectState
-from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
+from objstore.plasma.store import ClientState, NullEvents, ObjectEntry, PlasmaStore, _Waiter
 
 KiB = 1024
 ARENA = 4 * MiB
@@ -63,20 +63,19 @@ class Client(ClientState):
 
 def check_consistent(store: PlasmaStore) -> None:
     """Everything the store counts agrees with its object table."""
-    objs = store.objects
+    store.check()
+    objs = store.table.objects
     creating = sum(1 for e in objs.values() if e.state is ObjectState.CREATING)
     sealed = sum(1 for e in objs.values() if e.state is ObjectState.SEALED)
     deleted = sum(1 for e in objs.values() if e.state is ObjectState.DELETED)
     assert creating + sealed + deleted == len(objs)
     arena_used = sum(Allocator.allocated_size(e.size) for e in objs.values() if e.segment == 0)
-    assert store.allocator.used == arena_used
+    assert store.memory.allocator.used == arena_used
     pinned = sum(e.size for e in objs.values() if e.pinners)
-    assert store.pinned_bytes == pinned
-    fallback = sum(store.segments[e.segment].size for e in objs.values() if e.segment != 0)
+    segments = store.memory.segments
+    fallback = sum(segments[e.segment].size for e in objs.values() if e.segment > 0)
     assert store.fallback_used == fallback
-    assert set(store.segments) == {0} | {e.segment for e in objs.values() if e.segment != 0}
-    assert store.n_creating == creating
-    assert store.n_deleted == deleted
+    assert set(segments) == {0} | {e.segment for e in objs.values() if e.segment > 0}
     stats = store.stats()
     assert stats["objects"] == len(objs)
     assert stats["creating"] == creating
@@ -84,34 +83,17 @@ def check_consistent(store: PlasmaStore) -> None:
     assert stats["pinned_bytes"] == pinned
     assert stats["used"] == arena_used
     assert stats["fallback_used"] == fallback
-    # Names: both maps agree and only name live, non-deleted objects.
-    assert len(store.names) == len(store.names_by_id)
-    for name, oid in store.names.items():
-        assert store.names_by_id[oid] == name
-        assert oid in objs
-        assert objs[oid].state is not ObjectState.DELETED
-    # Pins: entry.pinners and client.pinned mirror each other (owners pin too,
-    # for gets that went to the node); only an owner holds a mapping.
-    for oid, e in objs.items():
-        assert not e.mapped or e.owner is not None
-        if e.pinners is not None:
-            assert e.pinners, "an empty pinners dict must be None"
-            for client, count in e.pinners.items():
-                assert count > 0
-                assert client.pinned[oid] == count
-    # Eviction: exactly the sealed, unowned, unpinned secondary copies in the
-    # arena (evicting a fallback copy would free no arena memory).
-    evictable = {
-        oid
-        for oid, e in objs.items()
-        if not e.primary
-        and e.segment == 0
-        and e.state is ObjectState.SEALED
-        and e.owner is None
-        and e.pinners is None
-    }
-    assert set(store.eviction._lru) == evictable
-    assert store.eviction.evictable_bytes == sum(store.eviction._lru.values())
+    assert store.memory.eviction.evictable_bytes == sum(store.memory.eviction._lru.values())
+
+
+class _Hook(NullEvents):
+    """Store events whose make_room is a test's function."""
+
+    def __init__(self, hook: Callable[[int], Awaitable[int]]) -> None:
+        self.hook = hook
+
+    async def make_room(self, nbytes: int) -> int:
+        return await self.hook(nbytes)
 
 
 def make(
@@ -142,7 +124,7 @@ def test_create_seal_get(store: PlasmaStore) -> None:
     assert entry.state is ObjectState.CREATING
     assert entry.owner is c and entry.primary and entry.segment == 0
     assert entry.offset % 64 == 0
-    assert store.get_now(oid) is None  # invisible while CREATING
+    assert store.readable(oid) is None  # invisible while CREATING
     assert not store.contains(oid)
     assert c.owned == [oid]
     check_consistent(store)
@@ -150,16 +132,9 @@ def test_create_seal_get(store: PlasmaStore) -> None:
         v[:4] = b"abcd"
     assert store.seal(oid, c) is entry
     assert entry.state is ObjectState.SEALED
-    assert store.get_now(oid) is entry
+    assert store.readable(oid) is entry
     assert store.contains(oid)
-    loc = store.location(oid, entry)
-    assert (loc.object_id, loc.segment, loc.offset, loc.size, loc.meta) == (
-        oid,
-        0,
-        entry.offset,
-        1000,
-        b"meta",
-    )
+    assert (entry.segment, entry.size, entry.meta) == (0, 1000, b"meta")
     with store.view(entry) as v:
         assert bytes(v[:4]) == b"abcd"
     assert store.stats()["puts"] == 1
@@ -167,11 +142,11 @@ def test_create_seal_get(store: PlasmaStore) -> None:
 
 
 def test_get_unknown_and_bad_ids(store: PlasmaStore) -> None:
-    assert store.get_now(new_object_id()) is None
+    assert store.readable(new_object_id()) is None
     with pytest.raises(ObjectStoreError, match="20 bytes"):
-        store.get_now(b"short")
+        store.readable(b"short")
     with pytest.raises(ObjectStoreError, match="20 bytes"):
-        store.get_now(b"x" * 21)
+        store.readable(b"x" * 21)
     with pytest.raises(ObjectStoreError, match="20 bytes"):
         store.create_now(b"short", 10, b"", Client(1))
     with pytest.raises(ObjectStoreError, match="negative"):
@@ -201,17 +176,17 @@ def test_seal_errors(store: PlasmaStore) -> None:
 def test_get_deleted_raises_not_found(store: PlasmaStore) -> None:
     c1, c2 = Client(1), Client(2)
     oid = make(store, c1, 100)
-    entry = store.get_now(oid)
+    entry = store.readable(oid)
     assert entry is not None
-    store.pin(oid, entry, c2)
+    store.pin_for_get(oid, entry, c2)
     store.delete(oid)
     with pytest.raises(ObjectNotFoundError):  # deleted but still held
-        store.get_now(oid)
+        store.readable(oid)
     store.release(oid, c1)
     store.release(oid, c2)
-    assert oid not in store.objects
+    assert oid not in store.table.objects
     with pytest.raises(ObjectNotFoundError):  # remembered as deleted
-        store.get_now(oid)
+        store.readable(oid)
     check_consistent(store)
 
 
@@ -221,10 +196,10 @@ async def test_wait_sealed_resolves_on_seal(store: PlasmaStore) -> None:
     task = asyncio.create_task(store.wait_sealed(oid))
     await asyncio.sleep(0)
     assert not task.done()
-    assert len(store._seal_waiters[oid]) == 1
+    assert len(store._waiters[oid]) == 1
     entry = store.seal(oid, c)
     assert await asyncio.wait_for(task, 1.0) is entry
-    assert store._seal_waiters == {}
+    assert store._waiters == {}
     # Already sealed: returns at once.
     assert await store.wait_sealed(oid) is entry
 
@@ -234,13 +209,13 @@ async def test_wait_sealed_for_unknown_id_then_created(store: PlasmaStore) -> No
     oid = new_object_id()
     task = asyncio.create_task(store.wait_sealed(oid))
     await asyncio.sleep(0)
-    assert oid in store._seal_waiters
+    assert oid in store._waiters
     store.create_now(oid, 8, b"", c)
     await asyncio.sleep(0)
     assert not task.done()
     entry = store.seal(oid, c)
     assert await asyncio.wait_for(task, 1.0) is entry
-    assert store._seal_waiters == {}
+    assert store._waiters == {}
 
 
 async def test_wait_sealed_cancelled_leaves_no_waiter(store: PlasmaStore) -> None:
@@ -249,18 +224,18 @@ async def test_wait_sealed_cancelled_leaves_no_waiter(store: PlasmaStore) -> Non
     task = asyncio.create_task(store.wait_sealed(oid))
     other = asyncio.create_task(store.wait_sealed(oid))
     await asyncio.sleep(0)
-    assert len(store._seal_waiters[oid]) == 2
+    assert len(store._waiters[oid]) == 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(store._seal_waiters[oid]) == 1
+    assert len(store._waiters[oid]) == 1
     other.cancel()
     with pytest.raises(asyncio.CancelledError):
         await other
-    assert store._seal_waiters == {}
+    assert store._waiters == {}
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(store.wait_sealed(oid), 0.01)
-    assert store._seal_waiters == {}
+    assert store._waiters == {}
     # The object is still sealable afterwards and a new wait works.
     store.seal(oid, c)
     assert (await store.wait_sealed(oid)).state is ObjectState.SEALED
@@ -276,7 +251,7 @@ def test_put_inline(store: PlasmaStore) -> None:
     assert entry is not None
     assert entry.state is ObjectState.SEALED
     assert entry.meta == b"objstore/raw"
-    assert store.get_now(oid) is entry
+    assert store.readable(oid) is entry
     assert store.lookup_name("greeting") == oid
     with store.view(entry) as v:
         assert bytes(v) == b"hello world"
@@ -312,7 +287,7 @@ def test_names(store: PlasmaStore) -> None:
     with pytest.raises(ObjectExistsError, match="'shared'") as info:
         store.create_now(new_object_id(), 10, b"", c2, name="shared")
     assert a.hex() in str(info.value)
-    assert len(store.objects) == 1  # the failed create left nothing behind
+    assert len(store.table.objects) == 1  # the failed create left nothing behind
     # delete frees the name even while the owner still holds the object
     assert store.delete(a)
     with pytest.raises(ObjectNotFoundError, match="shared"):
@@ -321,14 +296,14 @@ def test_names(store: PlasmaStore) -> None:
     assert store.lookup_name("shared") == b
     check_consistent(store)
     store.release(a, c1)
-    assert a not in store.objects
+    assert a not in store.table.objects
     assert store.lookup_name("shared") == b  # freeing `a` did not touch the new name
     # abort releases the name of a CREATING object
     d = make(store, c1, 10, name="draft", seal=False)
     with pytest.raises(ObjectExistsError, match="'draft'"):
         store.create_now(new_object_id(), 10, b"", c2, name="draft")
     store.abort(d, c1)
-    assert d not in store.objects
+    assert d not in store.table.objects
     e = make(store, c2, 10, name="draft")
     assert store.lookup_name("draft") == e
     check_consistent(store)
@@ -339,18 +314,18 @@ def test_names(store: PlasmaStore) -> None:
 
 def test_owner_delete_invalidates_and_frees_after_all_release(store: PlasmaStore) -> None:
     owner, p1, p2, bystander = Client(1), Client(2), Client(3), Client(4)
-    base = store.allocator.used
+    base = store.memory.allocator.used
     oid = make(store, owner, 1000)
     size = Allocator.allocated_size(1000)
-    assert store.allocator.used == base + size
-    entry = store.get_now(oid)
+    assert store.memory.allocator.used == base + size
+    entry = store.readable(oid)
     assert entry is not None
     # The owner reads through the location it wrote to: a mapping, not a pin.
     assert entry.mapped and entry.pinners is None and store.pinned_bytes == 0
     check_consistent(store)
-    store.pin(oid, entry, p1)
-    store.pin(oid, entry, p1)
-    store.pin(oid, entry, p2)
+    store.pin_for_get(oid, entry, p1)
+    store.pin_for_get(oid, entry, p1)
+    store.pin_for_get(oid, entry, p2)
     assert entry.pinners == {p1: 2, p2: 1}
     assert store.pinned_bytes == 1000
     assert store.stats()["gets"] == 3
@@ -369,20 +344,20 @@ def test_owner_delete_invalidates_and_frees_after_all_release(store: PlasmaStore
 
     store.release(oid, owner)
     assert entry.owner is None and not entry.mapped
-    assert store.allocator.used == base + size
+    assert store.memory.allocator.used == base + size
     check_consistent(store)
     store.release(oid, p1)  # one of p1's two views
-    assert store.allocator.used == base + size
+    assert store.memory.allocator.used == base + size
     assert store.pinned_bytes == 1000
     check_consistent(store)
     store.release(oid, p1)
-    assert store.allocator.used == base + size
+    assert store.memory.allocator.used == base + size
     check_consistent(store)
     store.release(oid, bystander)  # holds nothing: no effect
-    assert store.allocator.used == base + size
+    assert store.memory.allocator.used == base + size
     store.release(oid, p2)
-    assert oid not in store.objects
-    assert store.allocator.used == base
+    assert oid not in store.table.objects
+    assert store.memory.allocator.used == base
     assert store.pinned_bytes == 0
     assert p1.pinned == {} and p2.pinned == {}
     stats = store.stats()
@@ -395,40 +370,40 @@ def test_owner_delete_invalidates_and_frees_after_all_release(store: PlasmaStore
 def test_pinners_release_before_owner(store: PlasmaStore) -> None:
     owner, p1 = Client(1), Client(2)
     oid = make(store, owner, 5000)
-    entry = store.get_now(oid)
+    entry = store.readable(oid)
     assert entry is not None
-    store.pin(oid, entry, p1)
+    store.pin_for_get(oid, entry, p1)
     store.release(oid, p1)
-    assert store.pinned_bytes == 0 and oid in store.objects
+    assert store.pinned_bytes == 0 and oid in store.table.objects
     store.delete(oid)
     assert p1.invalidated == []  # no longer a holder
-    assert oid in store.objects  # the owner still reads it through its mapping
+    assert oid in store.table.objects  # the owner still reads it through its mapping
     store.release(oid, owner)
-    assert oid not in store.objects
-    assert store.allocator.used == 0
+    assert oid not in store.table.objects
+    assert store.memory.allocator.used == 0
     check_consistent(store)
 
 
 def test_owner_release_of_a_live_object_ends_its_mapping_only(store: PlasmaStore) -> None:
     owner = Client(1)
     oid = make(store, owner, 5000)
-    entry = store.get_now(oid)
+    entry = store.readable(oid)
     assert entry is not None and entry.mapped
     store.release(oid, owner)  # the owner answered an invalidation (a spill)
-    assert entry.owner is owner and not entry.mapped and oid in store.objects
+    assert entry.owner is owner and not entry.mapped and oid in store.table.objects
     store.release(oid, owner)  # a second one changes nothing
-    assert entry.owner is owner and oid in store.objects
+    assert entry.owner is owner and oid in store.table.objects
     store.delete(oid)  # nobody holds it: freed at once
-    assert oid not in store.objects and store.allocator.used == 0
+    assert oid not in store.table.objects and store.memory.allocator.used == 0
     check_consistent(store)
 
 
 def test_invalidate_skips_closed_clients(store: PlasmaStore) -> None:
     owner, p1 = Client(1), Client(2)
     oid = make(store, owner, 10)
-    entry = store.get_now(oid)
+    entry = store.readable(oid)
     assert entry is not None
-    store.pin(oid, entry, p1)
+    store.pin_for_get(oid, entry, p1)
     owner.closed = True  # gone, not yet reaped
     store.delete(oid)
     assert owner.invalidated == []
@@ -448,9 +423,9 @@ async def test_disconnect_and_reap(store: PlasmaStore) -> None:
     deleted_released = make(store, gone, 600)  # deleted and released before leaving
     foreign = make(store, other, 700)  # `gone` pins it
     for oid, pinner in ((held, other), (foreign, gone)):
-        entry = store.get_now(oid)
+        entry = store.readable(oid)
         assert entry is not None
-        store.pin(oid, entry, pinner)
+        store.pin_for_get(oid, entry, pinner)
     store.delete(deleted_held)
     store.delete(deleted_released)
     store.release(deleted_released, gone)
@@ -465,36 +440,36 @@ async def test_disconnect_and_reap(store: PlasmaStore) -> None:
     assert gone.closed
     assert gone.pinned == {}
     assert store.pinned_bytes == 400  # its pin on `foreign` is gone
-    assert store.get_now(foreign) is not None
+    assert store.readable(foreign) is not None
     with pytest.raises(ObjectStoreError, match="disconnected"):
         store.create_now(new_object_id(), 10, b"", gone)
     check_consistent(store)
 
     await store.reap(gone)
     assert gone.owned == []
-    assert creating not in store.objects  # aborted
+    assert creating not in store.table.objects  # aborted
     with pytest.raises(ObjectNotFoundError):
         store.lookup_name("draft")
-    assert unnamed not in store.objects  # freed
-    assert deleted_held not in store.objects  # freed
-    kept = store.objects[named]
+    assert unnamed not in store.table.objects  # freed
+    assert deleted_held not in store.table.objects  # freed
+    kept = store.table.objects[named]
     assert kept.owner is None and kept.state is ObjectState.SEALED
     assert store.lookup_name("kept") == named
-    h = store.objects[held]  # deleted, but `other` still holds a view
+    h = store.table.objects[held]  # deleted, but `other` still holds a view
     assert h.state is ObjectState.DELETED and h.owner is None
     assert other.invalidated == [held]
-    assert store.objects[reused].owner is other
-    assert store.objects[reused].state is ObjectState.SEALED
-    assert store.objects[foreign].owner is other
+    assert store.table.objects[reused].owner is other
+    assert store.table.objects[reused].state is ObjectState.SEALED
+    assert store.table.objects[foreign].owner is other
     check_consistent(store)
 
     store.release(held, other)
-    assert held not in store.objects
+    assert held not in store.table.objects
     expected = sum(Allocator.allocated_size(s) for s in (300, 700, 64))
-    assert store.allocator.used == expected
+    assert store.memory.allocator.used == expected
     check_consistent(store)
     store.delete(named)
-    assert named not in store.objects  # no owner, no pins: freed at once
+    assert named not in store.table.objects  # no owner, no pins: freed at once
     check_consistent(store)
 
 
@@ -503,8 +478,8 @@ async def test_reap_in_batches(store: PlasmaStore) -> None:
     ids = [make(store, c, 8, seal=i % 2 == 0) for i in range(50)]
     store.disconnect(c)
     await store.reap(c, batch=7)
-    assert all(oid not in store.objects for oid in ids)
-    assert store.allocator.used == 0
+    assert all(oid not in store.table.objects for oid in ids)
+    assert store.memory.allocator.used == 0
     check_consistent(store)
 
 
@@ -518,18 +493,18 @@ def _secondary(store: PlasmaStore, size: int) -> bytes:
 def test_secondaries_become_evictable(store: PlasmaStore) -> None:
     c = Client(1)
     s = make(store, None, MiB, primary=False, seal=False)
-    assert s not in store.eviction  # not while CREATING
+    assert s not in store.memory.eviction  # not while CREATING
     store.seal(s, None)
-    assert s in store.eviction
+    assert s in store.memory.eviction
     assert store.stats()["evictable_bytes"] == MiB
     p = make(store, c, MiB)
-    assert p not in store.eviction  # primaries never
-    entry = store.get_now(s)
+    assert p not in store.memory.eviction  # primaries never
+    entry = store.readable(s)
     assert entry is not None
-    store.pin(s, entry, c)
-    assert s not in store.eviction
+    store.pin_for_get(s, entry, c)
+    assert s not in store.memory.eviction
     store.release(s, c)
-    assert s in store.eviction
+    assert s in store.memory.eviction
     check_consistent(store)
 
 
@@ -539,33 +514,33 @@ def test_create_evicts_lru_secondaries(store: PlasmaStore) -> None:
     s1 = _secondary(store, MiB)
     s2 = _secondary(store, MiB)
     s3 = _secondary(store, MiB)
-    assert store.allocator.free_bytes == 0
+    assert store.memory.allocator.free_bytes == 0
     # s1 is read (pin + release): it becomes the most recently used.
-    e1 = store.get_now(s1)
+    e1 = store.readable(s1)
     assert e1 is not None
-    store.pin(s1, e1, reader)
+    store.pin_for_get(s1, e1, reader)
     store.release(s1, reader)
     # s3 stays pinned: never evicted.
-    e3 = store.get_now(s3)
+    e3 = store.readable(s3)
     assert e3 is not None
-    store.pin(s3, e3, reader)
+    store.pin_for_get(s3, e3, reader)
     check_consistent(store)
 
     a = make(store, c, MiB)
-    assert s2 not in store.objects  # the least recently used went first
-    assert s1 in store.objects and s3 in store.objects and p0 in store.objects
-    assert store.evictions == 1 and store.stats()["evictions"] == 1
+    assert s2 not in store.table.objects  # the least recently used went first
+    assert s1 in store.table.objects and s3 in store.table.objects and p0 in store.table.objects
+    assert store.table.evictions == 1 and store.stats()["evictions"] == 1
     check_consistent(store)
 
     b = make(store, c, MiB - 10)
-    assert s1 not in store.objects
-    assert store.evictions == 2
+    assert s1 not in store.table.objects
+    assert store.table.evictions == 2
     check_consistent(store)
 
     # Only primaries and a pinned secondary are left: nothing to evict.
     assert store.create_now(new_object_id(), 64, b"", c) is None
-    assert store.evictions == 2
-    assert {p0, a, b, s3} == set(store.objects)
+    assert store.table.evictions == 2
+    assert {p0, a, b, s3} == set(store.table.objects)
     check_consistent(store)
 
 
@@ -574,8 +549,8 @@ def test_eviction_takes_only_what_is_needed(store: PlasmaStore) -> None:
     make(store, c, 2 * MiB)
     s = [_secondary(store, 512 * KiB) for _ in range(4)]
     make(store, c, 512 * KiB + 1)  # needs two 512 KiB slots
-    assert [x in store.objects for x in s] == [False, False, True, True]
-    assert store.evictions == 2
+    assert [x in store.table.objects for x in s] == [False, False, True, True]
+    assert store.table.evictions == 2
     check_consistent(store)
 
 
@@ -586,12 +561,12 @@ def test_eviction_under_fragmentation(store: PlasmaStore) -> None:
     k = 512 * KiB
     # Eight 512 KiB slots; slot 5 holds an evictable secondary copy.
     slots = [_secondary(store, k) if i == 5 else make(store, c, k) for i in range(8)]
-    assert store.objects[slots[5]].offset == 5 * k
+    assert store.table.objects[slots[5]].offset == 5 * k
     for i in (1, 3):  # free two separate 512 KiB holes
         oid = slots[i]
         store.delete(oid)
         store.release(oid, c)
-    assert store.allocator.free_bytes == 2 * k and store.allocator.largest_free == k
+    assert store.memory.allocator.free_bytes == 2 * k and store.memory.allocator.largest_free == k
     check_consistent(store)
     # 600 KiB fits in no hole; evicting s5 does not make a 600 KiB extent either.
     got = store.create_now(new_object_id(), 600 * KiB, b"", c)
@@ -613,11 +588,13 @@ async def test_fallback_secondary_is_not_evicted_for_arena_room(store: PlasmaSto
         store.release(oid, c)
     s1 = _secondary(store, 512 * KiB)
     s2 = _secondary(store, 512 * KiB)
-    assert store.allocator.free_bytes == 0
+    assert store.memory.allocator.free_bytes == 0
     check_consistent(store)
     make(store, c, 512 * KiB)  # needs exactly one 512 KiB arena slot
-    assert s1 not in store.objects  # the LRU arena secondary made the room
-    assert s2 in store.objects, "an arena secondary was evicted though its room was not needed"
+    assert s1 not in store.table.objects  # the LRU arena secondary made the room
+    assert s2 in store.table.objects, (
+        "an arena secondary was evicted though its room was not needed"
+    )
     check_consistent(store)
 
 
@@ -627,12 +604,12 @@ async def test_fallback_secondary_is_not_evicted_for_arena_room(store: PlasmaSto
 async def test_fallback_when_arena_full(store: PlasmaStore, tmp_path: Path) -> None:
     c = Client(1)
     prim = [make(store, c, MiB) for _ in range(4)]
-    assert store.allocator.free_bytes == 0
+    assert store.memory.allocator.free_bytes == 0
     oid = new_object_id()
     assert store.create_now(oid, 3 * MiB, b"", c) is None
     entry = await store.create(oid, 3 * MiB, b"", c)
     assert entry.segment >= 1 and entry.offset == 0
-    assert entry.segment in store.segments
+    assert entry.segment in store.memory.segments
     assert store.fallback_used == 3 * MiB
     assert store.stats()["fallback_used"] == 3 * MiB
     with store.view(entry) as v:
@@ -648,18 +625,18 @@ async def test_fallback_when_arena_full(store: PlasmaStore, tmp_path: Path) -> N
     assert e2.segment not in (0, entry.segment)
     assert store.fallback_used == 5 * MiB
     store.abort(oid2, c)  # aborting a fallback object drops its segment
-    assert e2.segment not in store.segments
+    assert e2.segment not in store.memory.segments
     assert store.fallback_used == 3 * MiB
     check_consistent(store)
 
     store.delete(oid)
     assert store.fallback_used == 3 * MiB  # still held by the owner
     store.release(oid, c)
-    assert oid not in store.objects
+    assert oid not in store.table.objects
     assert store.fallback_used == 0
-    assert set(store.segments) == {0}
-    assert store.allocator.used == 4 * MiB
-    assert all(p in store.objects for p in prim)
+    assert set(store.memory.segments) == {0}
+    assert store.memory.allocator.used == 4 * MiB
+    assert all(p in store.table.objects for p in prim)
     check_consistent(store)
 
 
@@ -678,7 +655,7 @@ async def test_fallback_capacity_exceeded(store: PlasmaStore) -> None:
     assert "5.0 MiB of 8.0 MiB" in msg
     assert isinstance(info.value, MemoryError)
     assert store.fallback_used == 5 * MiB
-    assert len(store.objects) == 5
+    assert len(store.table.objects) == 5
     check_consistent(store)
     # Exactly the remaining fallback room still fits.
     e = await store.create(new_object_id(), 3 * MiB, b"", c)
@@ -698,11 +675,11 @@ async def test_create_rechecks_name_after_making_room(store: PlasmaStore) -> Non
         make(store, c2, 0, name="race")
         return 4 * MiB
 
-    store.spill_hook = hook
+    store.events = _Hook(hook)
     with pytest.raises(ObjectExistsError, match="'race'"):
         await store.create(new_object_id(), MiB, b"", c1, name="race")
-    assert store.allocator.used == 64  # only "race": the room it got was given back
-    assert set(store.segments) == {0}
+    assert store.memory.allocator.used == 64  # only "race": the room it got was given back
+    assert set(store.memory.segments) == {0}
     check_consistent(store)
 
 
@@ -722,13 +699,13 @@ async def test_spill_hook_called_before_fallback(store: PlasmaStore) -> None:
         store.release(victim, c)
         return MiB
 
-    store.spill_hook = hook
+    store.events = _Hook(hook)
     oid = new_object_id()
     entry = await store.create(oid, MiB - 10, b"", c)
     store.seal(oid, c)
     assert asked == [Allocator.allocated_size(MiB - 10)]
     assert entry.segment == 0
-    assert store.fallback_used == 0 and set(store.segments) == {0}
+    assert store.fallback_used == 0 and set(store.memory.segments) == {0}
     check_consistent(store)
     # Not asked when there is room.
     store.delete(oid)
@@ -747,7 +724,7 @@ async def test_spill_hook_that_frees_nothing_falls_back(store: PlasmaStore) -> N
         asked.append(nbytes)
         return 0
 
-    store.spill_hook = hook
+    store.events = _Hook(hook)
     entry = await store.create(new_object_id(), 100, b"", c)
     assert asked == [Allocator.allocated_size(100)]
     assert entry.segment >= 1
@@ -759,10 +736,10 @@ def test_close_cancels_waiters(tmp_path: Path) -> None:
     loop = asyncio.new_event_loop()
     try:
         fut = loop.create_future()
-        s._seal_waiters[new_object_id()] = [(fut, 0)]
+        s._waiters[new_object_id()] = [_Waiter(fut, None)]
         s.close()
         assert fut.cancelled()
-        assert s.objects == {} and s.segments == {}
+        assert s.table.objects == {} and s.memory.segments == {}
     finally:
         loop.close()
 
@@ -788,7 +765,7 @@ class StoreMachine(RuleBasedStateMachine):
         return Client(self.next_client)
 
     def _entries(self, state: ObjectState) -> list[bytes]:
-        return [oid for oid, e in self.store.objects.items() if e.state is state]
+        return [oid for oid, e in self.store.table.objects.items() if e.state is state]
 
     # -- rules
     @rule(
@@ -814,7 +791,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(oid=created)
     def seal(self, oid: bytes) -> None:
-        e = self.store.objects.get(oid)
+        e = self.store.table.objects.get(oid)
         if e is None or e.state is not ObjectState.CREATING:
             return
         assert e.owner is not None
@@ -822,31 +799,31 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(oid=consumes(created))
     def abort(self, oid: bytes) -> None:
-        e = self.store.objects.get(oid)
+        e = self.store.table.objects.get(oid)
         if e is None or e.state is not ObjectState.CREATING:
             return
         self.store.abort(oid, e.owner)
-        assert oid not in self.store.objects
+        assert oid not in self.store.table.objects
 
     @rule(oid=created, ci=st.integers(0, 2))
     def pin(self, oid: bytes, ci: int) -> None:
-        e = self.store.objects.get(oid)
+        e = self.store.table.objects.get(oid)
         if e is None or e.state is ObjectState.DELETED:
             # Gone, deleted but held, or remembered as deleted (NotFound) or
             # aborted unsealed (Lost): never readable.
-            if e is not None or oid in self.store._deleted:
-                aborted = e is None and self.store._deleted[oid]
+            if e is not None or oid in self.store.table._deleted:
+                aborted = e is None and self.store.table._deleted[oid]
                 with pytest.raises(ObjectLostError if aborted else ObjectNotFoundError):
-                    self.store.get_now(oid)
+                    self.store.readable(oid)
             else:
-                assert self.store.get_now(oid) is None
+                assert self.store.readable(oid) is None
             return
-        got = self.store.get_now(oid)
+        got = self.store.readable(oid)
         if e.state is ObjectState.CREATING:
             assert got is None
             return
         assert got is e
-        self.store.pin(oid, e, self.clients[ci])
+        self.store.pin_for_get(oid, e, self.clients[ci])
 
     @rule(oid=created, ci=st.integers(0, 2))
     def release(self, oid: bytes, ci: int) -> None:
@@ -854,7 +831,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(oid=created)
     def delete(self, oid: bytes) -> None:
-        e = self.store.objects.get(oid)
+        e = self.store.table.objects.get(oid)
         if e is None:
             assert not self.store.delete(oid)
             return
@@ -870,26 +847,26 @@ class StoreMachine(RuleBasedStateMachine):
             for c in self.clients:
                 assert len(c.invalidated) - before[c] == (1 if c in holders else 0)
             if not holders:
-                assert oid not in self.store.objects
+                assert oid not in self.store.table.objects
 
     @rule(ci=st.integers(0, 2))
     def disconnect(self, ci: int) -> None:
         c = self.clients[ci]
-        owned = [oid for oid, e in self.store.objects.items() if e.owner is c]
-        named = {oid for oid in owned if oid in self.store.names_by_id}
+        owned = [oid for oid, e in self.store.table.objects.items() if e.owner is c]
+        named = {oid for oid in owned if oid in self.store.table.names_by_id}
         self.store.disconnect(c)
         assert c.pinned == {}
-        assert all(not e.pinners or c not in e.pinners for e in self.store.objects.values())
+        assert all(not e.pinners or c not in e.pinners for e in self.store.table.objects.values())
         check_consistent(self.store)
         self.loop.run_until_complete(self.store.reap(c))
         for oid in owned:
-            e = self.store.objects.get(oid)
+            e = self.store.table.objects.get(oid)
             if oid in named and e is not None and e.state is ObjectState.SEALED:
                 assert e.owner is None
             elif e is not None:
                 # only kept while another client holds a view of it
                 assert e.state is ObjectState.DELETED and e.owner is None and e.pinners
-        assert all(e.owner is not c for e in self.store.objects.values())
+        assert all(e.owner is not c for e in self.store.table.objects.values())
         self.clients[ci] = self._new_client()
 
     # -- invariants
@@ -903,19 +880,19 @@ class StoreMachine(RuleBasedStateMachine):
                 self.store.disconnect(c)
                 self.loop.run_until_complete(self.store.reap(c))
             check_consistent(self.store)
-            for oid, e in list(self.store.objects.items()):
+            for oid, e in list(self.store.table.objects.items()):
                 # Left: named objects and unowned secondary copies, all sealed.
                 assert e.state is ObjectState.SEALED
                 assert e.owner is None and e.pinners is None
-                assert oid in self.store.names_by_id or not e.primary
+                assert oid in self.store.table.names_by_id or not e.primary
                 self.store.delete(oid)
-            assert self.store.objects == {}
-            assert self.store.allocator.used == 0
-            assert self.store.allocator.free_bytes == ARENA
+            assert self.store.table.objects == {}
+            assert self.store.memory.allocator.used == 0
+            assert self.store.memory.allocator.free_bytes == ARENA
             assert self.store.pinned_bytes == 0
-            assert self.store.n_creating == 0 and self.store.n_deleted == 0
-            assert self.store.names == {} and self.store.names_by_id == {}
-            assert self.store.eviction.evictable_bytes == 0
+            assert self.store.table.n_creating == 0 and self.store.table.n_deleted == 0
+            assert self.store.table.names == {} and self.store.table.names_by_id == {}
+            assert self.store.memory.eviction.evictable_bytes == 0
         finally:
             self.store.close()
             self.loop.close()

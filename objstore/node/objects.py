@@ -1,0 +1,639 @@
+"""The node's object service: what create, put, seal, get, wait and delete mean here.
+
+The local socket server (:mod:`objstore.plasma.server`) turns frames into
+calls of :class:`ObjectService` and its answers into replies; everything a
+request means in a cluster is decided here, with the store, the directory,
+the transfer and the spill manager behind it:
+
+* **Names** are unique cluster-wide: a named create claims its name in the
+  directory first (and gives it back if the create fails); a get of a name
+  this node does not know asks the directory; a delete by such a name asks
+  the directory for the id, then deletes by id here and everywhere.
+* **Gets** of objects that are not sealed here wait: a spilled object is
+  restored here (no directory round trip); any other missing object is
+  subscribed to in the directory and pulled from a node that has it.  Every
+  object of a get is pinned for its client while the get waits for the
+  others, and a waited-for object is pinned at the moment it is sealed, so
+  nothing evicts or spills it before the reply.
+* The **directory's notifications** come here: a lost object fails the gets
+  waiting for it (``ObjectLostError``), a deleted one too
+  (``ObjectNotFoundError``); new locations go to the pull policy; frees
+  delete local copies; dead nodes stop being served.
+* The **store's events** come here too (:class:`~objstore.plasma.api.StoreEvents`)
+  and go on to the directory (copies added and gone), the spill manager
+  (primaries sealed, read, unheld, deleted) and the transfer (memory freed).
+
+The store reports to the service and the service calls the store: that one
+cycle of a node is tied once, by :meth:`ObjectService.bind` in ``Node.start``,
+before any client connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from objstore.config import Config
+from objstore.errors import (
+    GetTimeoutError,
+    ObjectLostError,
+    ObjectNotFoundError,
+    ObjectStoreError,
+)
+from objstore.locations import LocationState, ObjectRow, Usage
+from objstore.node.ports import Directory, PeerServer, Puller, Spill
+from objstore.plasma.api import Entry
+from objstore.plasma.lifecycle import ObjectState
+from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
+from objstore.tasks import TaskSet
+
+__all__ = ["ObjectService", "Parts", "GET", "WAIT"]
+
+log = structlog.get_logger("objstore.node.objects")
+
+# Priorities of a waiting request, as the pull policy knows them.
+GET = 0
+WAIT = 1
+# Gets and deletes of more objects than this are served in slices of this many.
+BATCH = 8192
+
+_SEALED = ObjectState.SEALED
+_SPILLED = ObjectState.SPILLED
+_CREATING = ObjectState.CREATING
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The components behind a node's object service (None: not on this node)."""
+
+    store: PlasmaStore
+    spill: Spill | None = None
+    directory: Directory | None = None
+    puller: Puller | None = None
+    peer_server: PeerServer | None = None
+    spill_target: str = ""
+
+
+class ObjectService:
+    """See the module docstring."""
+
+    def __init__(self, config: Config, node_id: bytes) -> None:
+        self.config = config
+        self.node_id = node_id
+        self._parts: Parts | None = None
+        self._reapers = TaskSet("reap")
+        # Connected clients (the server adds and removes them).
+        self.clients = 0
+
+    # ------------------------------------------------------------ wiring
+    def bind(self, parts: Parts) -> None:
+        """Give the service its components (once, before serving)."""
+        if self._parts is not None:
+            raise RuntimeError("the object service is bound already")
+        self._parts = parts
+
+    @property
+    def parts(self) -> Parts:
+        if self._parts is None:
+            raise RuntimeError("the object service is not bound yet")
+        return self._parts
+
+    @property
+    def store(self) -> PlasmaStore:
+        return self.parts.store
+
+    async def close(self) -> None:
+        """Stop freeing gone clients' objects (the node is stopping)."""
+        await self._reapers.close()
+
+    # ------------------------------------------------------------ clients
+    def segment_fd(self, segment_id: int) -> tuple[int, int] | None:
+        """(fd, size) of a segment a client may map, or None."""
+        seg = self.store.segment(segment_id)
+        return (seg.fd, seg.size) if seg is not None else None
+
+    def connected(self, client: ClientState) -> None:
+        self.clients += 1
+
+    def disconnected(self, client: ClientState) -> None:
+        """A client went away: its pins go now, its objects in the background."""
+        self.clients -= 1
+        store = self.store
+        store.disconnect(client)
+        if client.owned:
+            self._reapers.spawn(self._reap(client), "reap")
+
+    async def _reap(self, client: ClientState) -> None:
+        aborted, freed = await self.store.reap(client)
+        if aborted or freed:
+            log.info(
+                "client gone", client=client.client_id, pid=client.pid, aborted=aborted, freed=freed
+            )
+
+    # ------------------------------------------------------------ create / put / seal
+    def create_now(
+        self, client: ClientState, oid: bytes, size: int, meta: bytes, name: str
+    ) -> ObjectEntry | None:
+        """Create at once, or None: call :meth:`create` (room to make, a name to claim).
+
+        Raises at once what the local checks find (a name taken here, bad sizes).
+        """
+        store = self.store
+        if name and self.parts.directory is not None:
+            store.precheck_create(oid, name, client)
+            return None
+        return store.create_now(oid, size, meta, client, name)
+
+    async def create(
+        self, client: ClientState, oid: bytes, size: int, meta: bytes, name: str
+    ) -> ObjectEntry:
+        """Create, making room and claiming the name in the cluster first."""
+        store = self.store
+        return await self._claiming(
+            oid, name, size, lambda: store.create(oid, size, meta, client, name)
+        )
+
+    def put_inline_now(
+        self, client: ClientState, oid: bytes, data: bytes, meta: bytes, name: str
+    ) -> ObjectEntry | None:
+        """Create, copy and seal a small payload at once, or None (see :meth:`create_now`)."""
+        store = self.store
+        if name and self.parts.directory is not None:
+            store.precheck_create(oid, name, client)
+            return None
+        return store.put_inline(oid, data, meta, client, name)
+
+    async def put_inline(
+        self, client: ClientState, oid: bytes, data: bytes, meta: bytes, name: str
+    ) -> ObjectEntry:
+        store = self.store
+        return await self._claiming(
+            oid, name, len(data), lambda: store.put_inline_slow(oid, data, meta, client, name)
+        )
+
+    async def _claiming(
+        self,
+        oid: bytes,
+        name: str,
+        size: int,
+        create: Callable[[], Awaitable[ObjectEntry]],
+    ) -> ObjectEntry:
+        """Run ``create``; a name is claimed in the directory before, given back on failure."""
+        directory = self.parts.directory
+        if not name or directory is None:
+            return await create()
+        await directory.reserve_name(name, oid, size)
+        try:
+            return await create()
+        except BaseException:
+            directory.deleted(oid)  # give the name back
+            raise
+
+    def seal(self, client: ClientState, oid: bytes) -> None:
+        self.store.seal(oid, client)
+
+    def abort(self, client: ClientState, oid: bytes) -> None:
+        self.store.abort(oid, client)
+
+    def release(self, client: ClientState, oids: list[bytes]) -> None:
+        release = self.store.release
+        for oid in oids:
+            release(oid, client)
+
+    def note_owned(self, client: ClientState, compact_every: int) -> None:
+        """Keep a client's list of owned ids from growing with its deletes (amortized)."""
+        if client.stale >= compact_every and 2 * client.stale >= len(client.owned):
+            self.store.compact_owned(client)
+
+    # ------------------------------------------------------------ get
+    def get_now(
+        self, client: ClientState, ids: list[bytes], name: str
+    ) -> tuple[list[bytes], list[ObjectEntry]] | None:
+        """The ids (the name's last) and their objects pinned for ``client`` (one pin
+        per id), or None when the get must wait (:meth:`get`).  Raises for an object
+        that is gone."""
+        store = self.store
+        if name:
+            oid = store.named(name)
+            if oid is None:
+                if self.parts.directory is not None:
+                    return None
+                raise ObjectNotFoundError(f"no object is named {name!r}")
+            ids = [*ids, oid]
+        if len(ids) > BATCH:
+            return None
+        readable = store.readable
+        entries = []
+        for oid in ids:
+            entry = readable(oid)
+            if entry is None:
+                return None
+            entries.append(entry)
+        pin = store.pin_for_get
+        for oid, entry in zip(ids, entries):
+            pin(oid, entry, client)
+        return ids, entries
+
+    async def get(
+        self, client: ClientState, ids: list[bytes], name: str, timeout: float | None
+    ) -> tuple[list[bytes], list[ObjectEntry]]:
+        """Wait for every object (at most ``timeout`` s) and return them pinned for
+        ``client``, one pin per id (the name's id last)."""
+        store = self.store
+        if name:
+            ids = [*ids, await self._resolve(name, timeout)]
+        held: list[bytes] = []  # a pin each, for the get's duration
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    missing: list[bytes] = []
+                    for i, oid in enumerate(dict.fromkeys(ids)):
+                        entry = store.readable(oid)
+                        if entry is None:
+                            missing.append(oid)
+                        else:
+                            store.hold(oid, entry, client)
+                            held.append(oid)
+                        if i % BATCH == BATCH - 1:
+                            await asyncio.sleep(0)
+                    await self._wait_all(missing, client, held)
+            except TimeoutError:
+                pending = [oid.hex() for oid in dict.fromkeys(ids) if store.sealed(oid) is None]
+                raise GetTimeoutError(
+                    f"get timed out after {timeout:.3f}s waiting for {len(pending)} "
+                    f"object(s): {', '.join(pending[:5])}{' ...' if len(pending) > 5 else ''}"
+                ) from None
+            entries: list[ObjectEntry] = []
+            pinned = 0
+            try:
+                for start in range(0, len(ids), BATCH):
+                    if client.closed:  # its disconnect released every pin already
+                        raise ObjectStoreError("client disconnected")
+                    for oid in ids[start : start + BATCH]:
+                        entry = store.entry(oid)
+                        if entry is None or entry.state is not _SEALED:
+                            # Deleted while the get waited for the others.
+                            raise ObjectNotFoundError(f"object {oid.hex()} was deleted")
+                        store.pin_for_get(oid, entry, client)
+                        pinned += 1
+                        entries.append(entry)
+                    if start + BATCH < len(ids):
+                        await asyncio.sleep(0)
+            except BaseException:
+                for oid in ids[:pinned]:
+                    store.unpin(oid, client)
+                raise
+            return ids, entries
+        finally:
+            for oid in held:
+                store.unpin(oid, client)
+
+    async def _resolve(self, name: str, timeout: float | None) -> bytes:
+        """The id of a named object, asking the directory when this node does not know it."""
+        store = self.store
+        oid = store.named(name)
+        if oid is not None:
+            return oid
+        directory = self.parts.directory
+        if directory is None:
+            raise ObjectNotFoundError(f"no object is named {name!r}")
+        try:
+            async with asyncio.timeout(timeout):
+                row = await directory.resolve_name(name)
+        except TimeoutError:
+            raise GetTimeoutError(f"get timed out resolving the name {name!r}") from None
+        if store.was_deleted(row.object_id):
+            # Deleted here a moment ago; the directory has not heard yet.
+            raise ObjectNotFoundError(f"no object is named {name!r}")
+        return row.object_id
+
+    async def _wait_all(self, oids: list[bytes], client: ClientState, held: list[bytes]) -> None:
+        """Wait for every object at once (each subscribed and pulled now, not in turn);
+        each one sealed is pinned for ``client`` and added to ``held``."""
+        if not oids:
+            return
+        if len(oids) == 1:
+            await self._wait_one(oids[0], client, GET)
+            held.append(oids[0])
+            return
+
+        async def one(oid: bytes) -> None:
+            await self._wait_one(oid, client, GET)
+            held.append(oid)
+
+        waits = [asyncio.ensure_future(one(o)) for o in oids]
+        try:
+            await asyncio.gather(*waits)
+        finally:
+            for w in waits:
+                w.cancel()
+            # Cancelled waits release what they pinned themselves; let them run.
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _wait_one(self, oid: bytes, client: ClientState | None, priority: int) -> Entry:
+        """Wait until the object is sealed here: restored if it is spilled here,
+        else found in the cluster (subscribed and pulled) unless it is being made here."""
+        parts = self.parts
+        store = parts.store
+        state = store.state_of(oid)
+        if state is _SPILLED and parts.spill is not None:
+            parts.spill.restore(oid)
+            return await store.wait_sealed(oid, client)
+        directory = parts.directory
+        if directory is None or state is _CREATING:
+            return await store.wait_sealed(oid, client)
+        puller = parts.puller
+        if puller is not None:
+            puller.want(oid, priority)
+        directory.watch(oid)
+        try:
+            return await store.wait_sealed(oid, client)
+        finally:
+            directory.unwatch(oid)
+            if puller is not None:
+                puller.unwant(oid, priority)
+
+    async def restore_for_peer(self, oid: bytes, timeout: float) -> bool:
+        """Make a spilled object readable here for another node (True when it is)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wait_local(oid)
+            return True
+        except (TimeoutError, ObjectStoreError) as exc:
+            log.info(
+                "a spilled object could not be restored for a peer",
+                object_id=oid.hex(),
+                error=str(exc) or type(exc).__name__,
+            )
+            return False
+
+    async def _wait_local(self, oid: bytes) -> None:
+        parts = self.parts
+        if parts.store.state_of(oid) is _SPILLED and parts.spill is not None:
+            parts.spill.restore(oid)
+        await parts.store.wait_sealed(oid)
+
+    # ------------------------------------------------------------ wait
+    def wait_now(self, ids: list[bytes], num: int, timeout: float | None) -> list[bytes] | None:
+        """The ready ids if ``num`` of them are ready (or ``timeout`` is 0), else None."""
+        distinct = len(set(ids))
+        if num > distinct:
+            raise ObjectStoreError(
+                f"num_returns={num} is more than the {distinct} distinct refs given"
+            )
+        contains = self.store.contains
+        ready = [oid for oid in ids if contains(oid)]
+        if len(set(ready)) >= num or timeout == 0:
+            return ready
+        return None
+
+    async def wait(self, ids: list[bytes], num: int, timeout: float | None) -> list[bytes]:
+        """Wait until ``num`` of the objects are ready, or ``timeout``; the ready ids."""
+        store = self.store
+        pending = [oid for oid in dict.fromkeys(ids) if not store.contains(oid)]
+        need = num - (len(set(ids)) - len(pending))
+
+        async def one(oid: bytes) -> None:
+            with contextlib.suppress(ObjectStoreError):
+                await self._wait_one(oid, None, WAIT)
+
+        tasks = [asyncio.ensure_future(one(oid)) for oid in pending]
+        try:
+            async with asyncio.timeout(timeout):
+                for fut in asyncio.as_completed(tasks):
+                    await fut
+                    need -= 1
+                    if need <= 0:
+                        break
+        except TimeoutError:
+            pass
+        finally:
+            for t in tasks:
+                t.cancel()
+        return [oid for oid in ids if store.contains(oid)]
+
+    def contains(self, oid: bytes) -> bool:
+        return self.store.contains(oid)
+
+    # ------------------------------------------------------------ delete
+    def delete_now(self, ids: list[bytes], name: str) -> int | None:
+        """Delete at once, or None: call :meth:`delete` (others nodes to ask, or many ids)."""
+        store = self.store
+        if self.parts.directory is not None:
+            if name and not store.has_name(name):
+                return None
+            # Not here, and not deleted here a moment ago (its report may be on its way).
+            if any(store.entry(oid) is None and not store.was_deleted(oid) for oid in ids):
+                return None
+        if name:
+            ids = [*ids, store.lookup_name(name)]
+        if len(ids) > BATCH:
+            return None
+        return store.delete_many(ids)
+
+    async def delete(self, ids: list[bytes], name: str) -> int:
+        """Delete objects here and on every node holding a copy; how many were deleted."""
+        store = self.store
+        directory = self.parts.directory
+        if name:
+            if store.has_name(name) or directory is None:
+                ids = [*ids, store.lookup_name(name)]
+            else:
+                # A name this node does not know as a primary: the directory knows its id
+                # (this node may hold a secondary copy of it).
+                try:
+                    row = await directory.resolve_name(name)
+                except ObjectNotFoundError:
+                    return await self.delete(ids, "") if ids else 0
+                ids = [*ids, row.object_id]
+        remote = (
+            [oid for oid in ids if store.entry(oid) is None and not store.was_deleted(oid)]
+            if directory is not None
+            else []
+        )
+        local = [oid for oid in ids if store.entry(oid) is not None]
+        n = 0
+        for start in range(0, len(local), BATCH):
+            n += store.delete_many(local[start : start + BATCH])
+            if start + BATCH < len(local):
+                await asyncio.sleep(0)
+        if directory is not None and remote:
+            step = self.config.directory.max_lookup
+            for start in range(0, len(remote), step):
+                n += await directory.delete(remote[start : start + step])
+        return n
+
+    # ------------------------------------------------------------ the directory's word
+    def on_update(self, rows: list[ObjectRow]) -> None:
+        """Subscribed objects changed: fail the gets of lost or deleted ones, pull the others."""
+        store = self.store
+        puller = self.parts.puller
+        for row in rows:
+            if row.state == LocationState.LOST:
+                n = store.fail_waiters(
+                    row.object_id,
+                    ObjectLostError(
+                        f"object {row.object_id.hex()} is lost: every copy was on nodes that "
+                        "died, and it was never spilled"
+                    ),
+                )
+                if n:
+                    log.info("gets failed: object lost", object_id=row.object_id.hex(), gets=n)
+            elif row.state == LocationState.DELETED:
+                store.fail_waiters(
+                    row.object_id, ObjectNotFoundError(f"object {row.object_id.hex()} was deleted")
+                )
+            if puller is not None:
+                # PRESENT elsewhere: pull it (one pull however many gets wait).
+                puller.on_locations(row)
+
+    def on_free(self, ids: list[bytes]) -> None:
+        """Objects deleted on another node: free the copies here."""
+        n = self.store.delete_many(ids, by_directory=True)
+        log.debug("objects deleted elsewhere freed here", requested=len(ids), freed=n)
+
+    def on_dead(self, node_ids: list[bytes]) -> None:
+        """Nodes declared dead: stop serving their transfers."""
+        peer_server = self.parts.peer_server
+        if peer_server is not None:
+            for nid in node_ids:
+                peer_server.drop_destination(nid)
+
+    # -- what the directory client reads of the node
+    def snapshot(self) -> list[tuple[bytes, int, bool, str]]:
+        return self.store.snapshot()
+
+    def spilled_snapshot(self) -> list[tuple[bytes, str]]:
+        spill = self.parts.spill
+        return spill.copies_snapshot() if spill is not None else []
+
+    def usage(self) -> Usage:
+        store = self.store
+        spill = self.parts.spill
+        return Usage(
+            memory_used=store.used,
+            memory_total=store.capacity,
+            pinned_bytes=store.pinned_bytes,
+            objects=len(store),
+            spilled_bytes=spill.spilled_bytes if spill is not None else 0,
+            fallback_used=store.fallback_used,
+            clients=self.clients,
+        )
+
+    def spilled(self, oid: bytes, url: str) -> None:
+        """The spill manager wrote an object's copy (the directory hears of its URL)."""
+        directory = self.parts.directory
+        if directory is not None:
+            directory.spilled(oid, url)
+
+    # ------------------------------------------------------------ the store's events
+    def object_sealed(self, oid: bytes, entry: Entry, name: str) -> None:
+        parts = self.parts
+        if parts.directory is not None:
+            parts.directory.added(oid, entry.size, entry.primary, name)
+        if parts.spill is not None and entry.primary and entry.segment == 0:
+            parts.spill.sealed(oid, entry)
+
+    def object_read(self, oid: bytes, entry: Entry) -> None:
+        spill = self.parts.spill
+        if spill is not None:
+            spill.touched(oid, entry)
+
+    def object_unheld(self, oid: bytes, entry: Entry) -> None:
+        spill = self.parts.spill
+        if spill is not None:
+            spill.unheld(oid, entry)
+
+    def object_deleted(self, oid: bytes, entry: Entry, by_directory: bool) -> None:
+        parts = self.parts
+        if parts.directory is not None and not by_directory:
+            parts.directory.deleted(oid)
+        if parts.spill is not None and entry.primary:
+            parts.spill.deleted(oid, entry)
+
+    def object_evicted(self, oid: bytes) -> None:
+        directory = self.parts.directory
+        if directory is not None:
+            directory.removed(oid)
+
+    def object_dropped(self, oid: bytes, entry: Entry) -> None:
+        spill = self.parts.spill
+        if spill is not None and entry.primary:
+            spill.dropped(oid, entry)
+
+    def object_aborted(self, oid: bytes, name: str) -> None:
+        directory = self.parts.directory
+        if name and directory is not None:
+            directory.deleted(oid)  # frees the name reserved in the directory
+
+    def space_freed(self) -> None:
+        puller = self.parts.puller
+        if puller is not None:
+            puller.space_freed()
+
+    async def make_room(self, nbytes: int) -> int:
+        spill = self.parts.spill
+        return await spill.make_room(nbytes) if spill is not None else 0
+
+    def room_error(self) -> ObjectStoreError | None:
+        spill = self.parts.spill
+        return spill.last_error if spill is not None else None
+
+    # ------------------------------------------------------------ views
+    def stats(self) -> dict[str, Any]:
+        """The node's counters, by the names of the local protocol's ``StatsReply``."""
+        parts = self.parts
+        out: dict[str, Any] = dict(parts.store.stats())
+        out["clients"] = self.clients
+        directory = parts.directory
+        if directory is not None:
+            out["directory"] = f"{directory.host}:{directory.port}"
+        if parts.puller is not None:
+            out["pulled"] = parts.puller.pulled
+            out["bytes_pulled"] = parts.puller.bytes_pulled
+        if parts.peer_server is not None:
+            out["chunks_served"] = parts.peer_server.chunks_sent
+            out["bytes_served"] = parts.peer_server.bytes_sent
+        spill = parts.spill
+        if spill is not None:
+            sp = spill.stats()
+            out.update(
+                spilled_objects=sp["spilled_objects"],
+                spilled_bytes=sp["spilled_bytes"],
+                spill_files=sp["spill_files"],
+                bytes_spilled=sp["bytes_written"],
+                restored=sp["restored"],
+                bytes_restored=sp["bytes_restored"],
+                spill_write_errors=sp["write_errors"],
+                restore_errors=sp["restore_errors"],
+                spill_files_deleted=sp["files_deleted"],
+                spill=parts.spill_target,
+            )
+        return out
+
+    def list_objects(self, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """(objects in the table, up to ``limit`` of them described for ``memory``)."""
+        store = self.store
+        spill = self.parts.spill
+        rows = []
+        for oid, entry in store.iter_objects(limit):
+            pins = sum(entry.pinners.values()) if entry.pinners else 0
+            rows.append(
+                {
+                    "object_id": oid,
+                    "data_size": entry.size,
+                    "state": entry.state.name,
+                    "name": store.name_of(oid),
+                    "primary": entry.primary,
+                    "pins": pins + (1 if entry.mapped else 0),
+                    "segment": max(entry.segment, 0),
+                    "metadata": entry.meta,
+                    "spill_url": spill.url_of(oid) if spill is not None else "",
+                }
+            )
+        return len(store), rows

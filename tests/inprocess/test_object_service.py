@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import FakeDirectory, FakePuller, FakeSpill
 
 import objstore
 from objstore.config import Config, MiB
@@ -30,7 +31,6 @@ from objstore.node.objects import ObjectService, Parts
 from objstore.plasma.lifecycle import ObjectState
 from objstore.plasma.server import PlasmaServer
 from objstore.plasma.store import ClientState, PlasmaStore
-from fakes import FakeDirectory, FakePuller, FakeSpill
 
 KiB = 1024
 NODE = b"n" * 16
@@ -177,7 +177,7 @@ async def test_a_pulled_copy_is_pinned_for_its_waiting_get_at_seal(tmp_path: Pat
         # Same loop turn, before the get runs again: a put that needs the room.
         big = new_object_id()
         assert rig.service.create_now(owner, big, MiB + 512 * KiB, b"m", "") is None
-        ids, entries = await task
+        _ids, entries = await task
         assert entries[0].state is ObjectState.SEALED and rig.store.contains(oid)
         rig.service.release(reader, [oid])
         rig.check()
@@ -246,7 +246,7 @@ async def test_a_restore_here_asks_no_other_node(cluster_rig: Rig) -> None:
     assert rig.spill is not None and rig.directory is not None and rig.puller is not None
     rig.spill.spill(oid)
     assert rig.store.state_of(oid) is ObjectState.SPILLED
-    ids, entries = await rig.service.get(reader, [oid], "", 5.0)
+    _ids, entries = await rig.service.get(reader, [oid], "", 5.0)
     assert entries[0].state is ObjectState.SEALED
     assert ("restore", oid) in rig.spill.calls
     assert ("watch", oid) not in rig.directory.calls
@@ -299,7 +299,7 @@ async def test_get_by_a_name_only_the_directory_knows(cluster_rig: Rig) -> None:
     oid = _secondary(rig, b"remote")
     rig.directory.names["far"] = ObjectRow(oid, LocationState.PRESENT, 6, name="far")
     assert rig.service.get_now(reader, [], "far") is None
-    ids, entries = await rig.service.get(reader, [], "far", 5.0)
+    ids, _entries = await rig.service.get(reader, [], "far", 5.0)
     assert ids == [oid]
     rig.service.release(reader, [oid])
     with pytest.raises(ObjectNotFoundError):

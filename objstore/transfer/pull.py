@@ -237,11 +237,6 @@ class PullManager(Generic[S]):
     def succeeded(self, oid: bytes) -> None:
         self.forget(oid)
 
-    def active(self, oid: bytes) -> S | None:
-        """The source of the pull's attempt in flight (None: none is, or no such pull)."""
-        pull = self.pulls.get(oid)
-        return pull.active if pull is not None else None
-
     def failed(self, oid: bytes, node: S) -> None:
         """An attempt from ``node`` failed or timed out: another source next."""
         pull = self.pulls.get(oid)

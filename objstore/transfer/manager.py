@@ -363,13 +363,11 @@ class ObjectManager:
                         created = True
                         view = store.view(entry)
                         await first.read_into(view[:n], deadline)
-                        buffered = b""
                     else:
                         # No room at once: take the chunk off the wire so the
                         # source is free while this node waits for memory.
-                        buf = bytearray(n)
-                        await first.read_into(memoryview(buf), deadline)
-                        buffered = bytes(buf)
+                        buffered = bytearray(n)
+                        await first.read_into(memoryview(buffered), deadline)
                 finally:
                     first.close()
             if entry is None:

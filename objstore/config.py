@@ -102,6 +102,11 @@ def _positive(name: str, v: Any) -> None:
         raise ConfigError(f"{name}: must be a positive number, got {v!r}")
 
 
+def _positive_int(name: str, v: Any) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{name}: must be a positive whole number, got {v!r}")
+
+
 def _non_negative(name: str, v: Any) -> None:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
         raise ConfigError(f"{name}: must be zero or more, got {v!r}")
@@ -177,11 +182,21 @@ class PlasmaConfig:
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Moving objects between nodes (used from the transfer issue on)."""
+    """Moving objects between nodes: the data plane and the pulling side."""
 
+    # Bytes per FETCH request; objects up to min(this, 256 KiB) travel many per request.
     chunk_size: int = _setting(5 * MiB, _positive, "bytes per transfer chunk", size=True)
+    # Bytes of pulls in flight at once (the pull policy's admission; one pull always may go).
     max_bytes_in_flight: int = _setting(256 * MiB, _positive, "bytes in flight per node", size=True)
-    pull_timeout_s: float = _setting(10.0, _positive, "timeout per pull attempt")
+    # Seconds one request to a source may take, from connecting to the reply's last byte.
+    pull_timeout_s: float = _setting(10.0, _positive, "timeout per request to a source")
+    # Requests this node has in flight to one source at once (each on its own connection).
+    connections_per_peer: int = _setting(8, _positive_int, "requests in flight per source")
+    # A pooled connection idle this long is closed rather than reused (below idle_timeout_s,
+    # so a puller never reuses a connection the source is about to close).
+    peer_idle_s: float = _setting(60.0, _positive, "idle seconds before a pooled connection closes")
+    # The serving side closes a connection that sends no request for this long.
+    idle_timeout_s: float = _setting(300.0, _positive, "idle seconds before the server closes")
 
 
 @dataclass(frozen=True)
@@ -277,6 +292,12 @@ class Config:
                 )
         if self.transfer.chunk_size > self.transfer.max_bytes_in_flight:
             raise ConfigError("transfer.chunk_size: larger than transfer.max_bytes_in_flight")
+        if self.transfer.peer_idle_s >= self.transfer.idle_timeout_s:
+            raise ConfigError(
+                f"transfer.peer_idle_s: {self.transfer.peer_idle_s} s must be less than "
+                f"transfer.idle_timeout_s ({self.transfer.idle_timeout_s} s), or pullers "
+                "reuse connections the server is closing"
+            )
 
     # -- derived values -------------------------------------------------
     @property

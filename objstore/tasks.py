@@ -73,6 +73,10 @@ class TaskSet:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+            # Awaiting a task that is done already does not yield, so its done
+            # callback (which forgets it) may not have run yet: forget it here,
+            # or this loop would spin without ever letting the callback run.
+            self._tasks.difference_update(t for t in tasks if t.done())
 
     def __len__(self) -> int:
         return len(self._tasks)

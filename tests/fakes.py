@@ -6,6 +6,8 @@
   no partial copy, no allocation left).
 * :class:`FakeDirectory`, :class:`FakePuller`, :class:`FakeSpill`: what the
   node's object service talks to (``objstore.node.ports``), recording calls.
+* :class:`FakePeers` (the transfer's peer transport), :class:`FakeSpillReader` and
+  :class:`ScriptedPeer` (a raw data plane peer): see the transfer section.
 
 Each package's tests add their fakes below in a section of their own.
 """
@@ -13,10 +15,10 @@ Each package's tests add their fakes below in a section of their own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from objstore.errors import (
     ObjectExistsError,
@@ -26,8 +28,20 @@ from objstore.errors import (
 )
 from objstore.locations import LocationState, ObjectRow
 from objstore.plasma.api import Entry, ObjectState, Space, Store
+from objstore.transfer.manager import SpillFetch
+from objstore.transfer.peer import PeerTransport, Small, TransferError
 
-__all__ = ["FakeEntry", "FakeStore", "FakeDirectory", "FakePuller", "FakeSpill"]
+__all__ = [
+    "FakeEntry",
+    "FakeStore",
+    "FakeDirectory",
+    "FakePuller",
+    "FakeSpill",
+    "Step",
+    "FakePeers",
+    "FakeSpillReader",
+    "ScriptedPeer",
+]
 
 
 # ----------------------------------------------------------------------------- the store
@@ -446,3 +460,216 @@ class FakeSpill:
 
     def copies_snapshot(self) -> list[tuple[bytes, str]]:
         return [(oid, self.url_of(oid)) for oid in self.copies]
+
+
+# ----------------------------------------------------------------------------- transfer
+#
+# * :class:`FakePeers` implements :class:`objstore.transfer.peer.PeerTransport`
+#   over FakeStores by address, with no sockets: each fetch passes through
+#   steps where a test makes it slow (``delay``), fail (``fail``), stall
+#   (``stall``), corrupt (``corrupt``) or cancelled at exactly that await
+#   (``on_step``).
+# * :class:`FakeSpillReader` implements :class:`objstore.transfer.manager.SpillFetch`
+#   over a dict of URLs.
+# * :class:`ScriptedPeer` is a raw TCP server on 127.0.0.1 port 0 whose
+#   connections a test's coroutine answers byte by byte (bad CRCs, closing or
+#   stalling sources).
+
+
+@dataclass(frozen=True)
+class Step:
+    """One await of a fake fetch: what (``first``, ``body``, ``chunk``, ``many``), where, which."""
+
+    what: str
+    address: str
+    oid: bytes
+    offset: int = 0
+
+
+class _FakeFirst:
+    def __init__(self, peers: FakePeers, step: Step, entry: FakeEntry, chunk: int) -> None:
+        self._peers = peers
+        self._step = step
+        self.size = entry.size
+        self.meta = entry.meta
+        self.length = min(chunk, entry.size)
+        self._data = bytes(entry.data[: self.length])
+        self._open = True
+        peers.open_firsts.add(self)
+
+    async def read_into(self, view: memoryview, deadline: float) -> None:
+        if not self._open:
+            raise AssertionError("first chunk read twice or after close")
+        assert len(view) == self.length
+        self._open = False
+        self._peers.open_firsts.discard(self)
+        s = self._step
+        await self._peers._step(Step("body", s.address, s.oid), deadline)
+        view[:] = self._data
+
+    def close(self) -> None:
+        self._open = False
+        self._peers.open_firsts.discard(self)
+
+
+class FakePeers:
+    """A peer transport over :class:`FakeStore` s by address (see the section's comment)."""
+
+    def __init__(self, stores: dict[str, FakeStore] | None = None) -> None:
+        self.stores: dict[str, FakeStore] = stores if stores is not None else {}
+        # Seconds every step takes (slow sources).
+        self.delay = 0.0
+        # address -> the error every step from it raises (failing sources).
+        self.fail: dict[str, str] = {}
+        # Addresses whose steps never end (stalled sources: the deadline ends them).
+        self.stall: set[str] = set()
+        # (address, object id) whose data fails its checksum.
+        self.corrupt: set[tuple[str, bytes]] = set()
+        # Awaited at every step (after the delay): a test cancels things here.
+        self.on_step: Callable[[Step], Awaitable[None]] | None = None
+        self.steps: list[Step] = []
+        # Fetches running now, and first chunks handed out and not yet read or closed.
+        self.in_flight = 0
+        self.open_firsts: set[_FakeFirst] = set()
+        self.closed = False
+
+    async def _step(self, step: Step, deadline: float) -> None:
+        self.steps.append(step)
+        self.in_flight += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                if step.address in self.stall:
+                    await asyncio.Event().wait()
+                if self.on_step is not None:
+                    await self.on_step(step)
+        except TimeoutError as exc:
+            raise TransferError(f"{step.address}: no reply in time") from exc
+        finally:
+            self.in_flight -= 1
+        if step.address in self.fail:
+            raise TransferError(f"{step.address}: {self.fail[step.address]}")
+
+    def _sealed(self, address: str, oid: bytes) -> FakeEntry:
+        store = self.stores.get(address)
+        if store is None:
+            raise TransferError(f"{address}: connection refused")
+        entry = store.sealed(oid)
+        if entry is None:
+            raise TransferError(f"{address}: source says not found")
+        return entry
+
+    async def fetch_first(
+        self, address: str, oid: bytes, chunk: int, deadline: float
+    ) -> _FakeFirst:
+        step = Step("first", address, oid)
+        await self._step(step, deadline)
+        return _FakeFirst(self, step, self._sealed(address, oid), chunk)
+
+    async def fetch_chunk(
+        self, address: str, oid: bytes, offset: int, view: memoryview, deadline: float
+    ) -> None:
+        await self._step(Step("chunk", address, oid, offset), deadline)
+        entry = self._sealed(address, oid)
+        if offset + len(view) > entry.size:
+            raise TransferError(f"{address}: chunk outside the object")
+        if (address, oid) in self.corrupt:
+            raise TransferError(f"{address}: chunk at {offset} failed its checksum")
+        view[:] = entry.data[offset : offset + len(view)]
+
+    async def fetch_many(self, address: str, oids: list[bytes], deadline: float) -> list[Small]:
+        await self._step(Step("many", address, oids[0] if oids else b""), deadline)
+        store = self.stores.get(address)
+        if store is None:
+            raise TransferError(f"{address}: connection refused")
+        out = []
+        for oid in oids:
+            e = store.sealed(oid)
+            if e is None:
+                out.append(Small(0, b"", b"", "source says not found"))
+            elif (address, oid) in self.corrupt:
+                out.append(Small(e.size, e.meta, b"", "failed its checksum"))
+            else:
+                out.append(Small(e.size, e.meta, bytes(e.data)))
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+    def check(self) -> None:
+        """No fetch running, no first chunk left open."""
+        assert self.in_flight == 0, f"{self.in_flight} fetches still running"
+        assert not self.open_firsts, f"{len(self.open_firsts)} first chunks left open"
+
+
+class FakeSpillReader:
+    """Spill copies by URL, read into a store's sealed secondary copies."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+        # url -> (metadata, bytes).
+        self.copies: dict[str, tuple[bytes, bytes]] = {}
+        self.fail: set[str] = set()
+        self.reads = 0
+
+    def readable(self, url: str) -> bool:
+        return url.startswith("fake://")
+
+    async def fetch(self, oid: bytes, url: str) -> int:
+        if url in self.fail or url not in self.copies:
+            raise ObjectStoreError(f"{url}: cannot read")
+        meta, data = self.copies[url]
+        await asyncio.sleep(0)
+        entry = await self.store.create_secondary(oid, len(data), meta)
+        entry.data[:] = data
+        self.store.seal_secondary(oid)
+        self.reads += 1
+        return len(data)
+
+
+class ScriptedPeer:
+    """A TCP server on 127.0.0.1 port 0; ``handler(reader, writer)`` answers each connection."""
+
+    def __init__(
+        self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    ) -> None:
+        self.handler = handler
+        self.server: asyncio.Server | None = None
+        self.connections = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def address(self) -> str:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return f"{host}:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def __aenter__(self) -> Self:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self._writers):
+            w.close()
+        await self.server.wait_closed()
+
+
+def _conforms_transfer(
+    peers: FakePeers, spill: FakeSpillReader
+) -> tuple[PeerTransport, SpillFetch]:
+    """mypy checks here that the transfer fakes follow their protocols."""
+    return peers, spill

@@ -178,18 +178,22 @@ class Node:
         directory = DirectoryClient(
             cfg,
             self.node_id,
-            node=service,
-            listener=service,
+            snapshot=service.snapshot,
+            usage=service.usage,
+            on_update=service.on_update,
+            on_free=service.on_free,
+            on_dead=service.on_dead,
             socket=self.server.path,
             address=cfg.node.advertise or peer_server.address,
             # The head's own node calls its directory in-process.
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )
         stack.push_async_callback(directory.stop)
+        directory.spilled_snapshot = service.spilled_snapshot
         # A spill copy in S3 whose node is gone is read from S3 directly.
         reader = SpillReader(store, cfg)
         stack.push_async_callback(reader.close)
-        peers = PeerClient(cfg, self.node_id)
+        peers = PeerClient.from_config(self.node_id, cfg)
         stack.callback(peers.close)
         puller = ObjectManager(store, cfg, self.node_id, peers, directory.addresses.get, reader)
         stack.push_async_callback(puller.close)

@@ -1,45 +1,62 @@
-"""The pulling side: fetch objects other nodes hold into this node's arena.
+"""The pulling side: fetch objects that gets here wait for into secondary copies.
 
-When a get waits for an object that is not here, the node subscribes to its
-locations (the directory client) and tells :class:`ObjectManager`, whose pure
-policy (:class:`~objstore.transfer.pull.PullManager`) decides which pulls run
-and from where: one per object, however many gets wait for it.  An attempt:
+The node's object service tells :class:`ObjectManager` what gets and waits
+want (:meth:`~ObjectManager.want`, :meth:`~ObjectManager.unwant`) and where
+the directory says objects are (:meth:`~ObjectManager.on_locations`).  The
+pure policy (:class:`~objstore.transfer.pull.PullManager`) decides which pulls
+run and from which source, within the bytes in flight it admits; this class
+turns each decision into a task and each task's end back into an event for
+the policy.  It reaches other nodes only through a
+:class:`~objstore.transfer.peer.PeerTransport` and the store only through
+:class:`objstore.plasma.api.Store`.
 
-1. ask one source for the first chunk (``FETCH`` at offset 0): the reply says
-   the object's size and metadata;
-2. create a *secondary* copy of that size in the store (which may evict other
-   secondaries, or wait for room), receive the first chunk straight into it
-   (``sock_recv_into`` a view of the arena), then the other chunks, several at
-   a time over a few pooled connections, within a cap of bytes in flight;
-3. verify each chunk's CRC-32 and seal: the waiting gets wake.
+A source is a :class:`NodeSource` (a node holding a copy) or a
+:class:`SpillSource` (a spill copy this node can read itself, used when no
+node holds the object).  An attempt from a node:
 
-A source that fails, stalls past ``transfer.pull_timeout_s`` or sends a bad
-chunk ends the attempt and the policy picks another source; the partial copy
-is discarded (never visible). With no source left the pull backs off
-(exponential, with jitter) until the directory's next word (a new copy, or
-LOST, which fails the gets). A pull ends when its last get stops waiting.
+1. ask for the first chunk; the reply's header says the object's size and
+   metadata;
+2. create a secondary copy of that size and receive the first chunk straight
+   into it; if the store has no room at once, receive the chunk into a
+   buffer instead, let the source go, and wait for room here (waiting for
+   local memory is not the source's fault: it is bounded by the pull's life,
+   which ends when no get waits any more);
+3. fetch the other chunks, a few at a time over pooled connections, each
+   CRC-checked, then seal: the waiting gets wake.
+
+Objects up to ``min(chunk_size, 256 KiB)`` are fetched many per request
+instead, the pulls started in one turn of the loop from one source together.
+
+Every request to a source is bounded by ``transfer.pull_timeout_s`` from when
+one of this node's ``transfer.connections_per_peer`` slots for that source is
+free.  A source that fails, stalls or sends a bad chunk ends the attempt; the
+partial copy is discarded (never visible) and the policy picks another source,
+or backs off when every source failed, until the directory's next word.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
+import functools
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
 from objstore.config import Config
-from objstore.directory.state import PRESENT, ObjectRow
-from objstore.errors import ObjectStoreError, ObjectStoreFullError
-from objstore.plasma.store import PlasmaStore
-from objstore.transfer import wire
+from objstore.errors import ObjectStoreError
+from objstore.locations import LocationState, ObjectRow
+from objstore.plasma.api import Entry, Store
+from objstore.streak import FailureStreak
+from objstore.tasks import TaskSet
+from objstore.transfer.peer import PeerTransport, Small, TransferError
 from objstore.transfer.pull import Priority, PullManager, Start
-from objstore.transfer.server import recv_exact
 
-__all__ = ["ObjectManager", "PeerPool", "TransferError"]
+__all__ = ["ObjectManager", "NodeSource", "SpillSource", "Source", "SpillFetch", "TransferError"]
 
 log = structlog.get_logger("objstore.transfer.manager")
 
@@ -47,174 +64,129 @@ log = structlog.get_logger("objstore.transfer.manager")
 _SMALL_BYTES = 256 * 1024
 # Most objects in one batched request.
 _BATCH = 1000
+# Sources whose failure streak is remembered (one warning per streak).
+_STREAKS = 1024
 
 
-class TransferError(ObjectStoreError):
-    """One attempt to fetch from one source failed (the pull tries another)."""
+@dataclass(frozen=True, slots=True)
+class NodeSource:
+    """A node that holds a copy (fetched over the data plane)."""
+
+    node_id: bytes
+
+    def __str__(self) -> str:
+        return f"node {self.node_id.hex()}"
 
 
-class _NoRoomNow(TransferError):
-    """A small object fetched in a batch found no room at once: fetch it alone."""
+@dataclass(frozen=True, slots=True)
+class SpillSource:
+    """A spill copy in storage this node reads itself (``SpillFetch.readable``)."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
 
 
-class _Conn:
-    __slots__ = ("sock", "address")
-
-    def __init__(self, sock: socket.socket, address: str) -> None:
-        self.sock = sock
-        self.address = address
+Source = NodeSource | SpillSource
 
 
-class PeerPool:
-    """A few open data plane connections per peer, reused between chunks."""
+class SpillFetch(Protocol):
+    """Reads spill copies written by any node (the spill package implements it)."""
 
-    def __init__(
-        self, node_id: bytes = b"", per_peer: int = 8, connect_timeout: float = 5.0
-    ) -> None:
-        # Said first on every connection (wire.HELLO), so the source bounds and
-        # cancels its sends to this node by node rather than by address.
-        self._hello = (
-            wire.encode_request(wire.HELLO, node_id.ljust(20, b"\0"), 0, 0) if node_id else b""
-        )
-        self.per_peer = per_peer
-        self.connect_timeout = connect_timeout
-        self._idle: dict[str, list[_Conn]] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
+    def readable(self, url: str) -> bool:
+        """Whether this node can read the spill copy at ``url`` itself."""
+        ...
 
-    def slots(self, address: str) -> asyncio.Semaphore:
-        sem = self._slots.get(address)
-        if sem is None:
-            sem = self._slots[address] = asyncio.Semaphore(self.per_peer)
-        return sem
-
-    async def get(self, address: str) -> _Conn:
-        idle = self._idle.get(address)
-        if idle:
-            return idle.pop()
-        host, _, port = address.rpartition(":")
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await loop.sock_connect(sock, (host, int(port)))
-                if self._hello:
-                    await loop.sock_sendall(sock, self._hello)
-        except BaseException:
-            sock.close()
-            raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Conn(sock, address)
-
-    def put(self, conn: _Conn) -> None:
-        self._idle.setdefault(conn.address, []).append(conn)
-
-    def close(self) -> None:
-        for conns in self._idle.values():
-            for c in conns:
-                c.sock.close()
-        self._idle.clear()
+    async def fetch(self, oid: bytes, url: str) -> int:
+        """Read the copy at ``url`` into a sealed secondary copy here; returns its size."""
+        ...
 
 
-class _Buffered:
-    """Reads a socket through a buffer: many small replies per ``recv``."""
-
-    def __init__(self, sock: socket.socket, size: int = 1 << 20) -> None:
-        self.sock = sock
-        self.buf = bytearray(size)
-        self.view = memoryview(self.buf)
-        self.start = 0
-        self.end = 0
-
-    async def read(self, loop: asyncio.AbstractEventLoop, n: int) -> bytes:
-        if self.end - self.start >= n:
-            out = bytes(self.view[self.start : self.start + n])
-            self.start += n
-            return out
-        have = bytes(self.view[self.start : self.end])
-        self.start = self.end = 0
-        if n - len(have) > len(self.buf):
-            return have + await recv_exact(loop, self.sock, n - len(have))
-        while self.end < n - len(have):
-            k = await loop.sock_recv_into(self.sock, self.view[self.end :])
-            if not k:
-                raise ConnectionError("source closed in the middle of a batch")
-            self.end += k
-        need = n - len(have)
-        self.start = need
-        return have + bytes(self.view[:need])
-
-
-class _ByteBudget:
-    """At most ``limit`` bytes of chunks in flight (one chunk always may go)."""
+class _SourceSlots:
+    """At most ``limit`` requests in flight to one source address at once."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
-        self._cond = asyncio.Condition()
+        # address -> (its semaphore, holders and waiters); absent when nobody uses it.
+        self._slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
 
-    async def acquire(self, n: int) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
-            self.used += n
+    @contextlib.asynccontextmanager
+    async def hold(self, address: str) -> AsyncIterator[None]:
+        slot = self._slots.get(address)
+        if slot is None:
+            slot = self._slots[address] = (asyncio.Semaphore(self.limit), [0])
+        sem, users = slot
+        users[0] += 1
+        try:
+            async with sem:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._slots[address]
 
-    async def release(self, n: int) -> None:
-        async with self._cond:
-            self.used -= n
-            self._cond.notify_all()
+    def __len__(self) -> int:
+        return len(self._slots)
 
 
-# The pseudo source "a spill copy in shared storage" among a pull's sources.
-SPILL_SOURCE = b"\x00spill"
+@dataclass(eq=False)
+class _Batch:
+    """Small objects fetched from one address in one request."""
 
-# Reads a spill copy (object id, URL) into a sealed secondary copy here; the
-# node plugs the spill package's reader in (see ``objstore.spill.remote``).
-SpillFetch = Callable[[bytes, str], Awaitable[int]]
+    address: str
+    starts: list[Start[Source]]
+    task: asyncio.Task[None] | None = None
+    # Ids whose pulls still wait for this batch (the others were given up).
+    live: set[bytes] = field(default_factory=set)
 
 
 class ObjectManager:
-    """Pulls remote objects that gets on this node wait for."""
+    """Pulls remote objects that gets on this node wait for (see the module docstring).
+
+    ``peers`` belongs to the caller, who closes it after :meth:`close`.
+    """
 
     def __init__(
         self,
-        store: PlasmaStore,
+        store: Store,
         config: Config,
         node_id: bytes,
+        peers: PeerTransport,
         address_of: Callable[[bytes], str | None],
+        spill_reader: SpillFetch | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.node_id = node_id
+        self.peers = peers
         self.address_of = address_of
+        self.spill_reader = spill_reader
         tc = config.transfer
         self.chunk = tc.chunk_size
         self.timeout = tc.pull_timeout_s
-        self.budget = _ByteBudget(tc.max_bytes_in_flight)
-        self.peers = PeerPool(node_id)
-        self.policy = PullManager(node_id, max_bytes_in_flight=tc.max_bytes_in_flight)
-        # object id -> its attempt in flight (one per object).
-        self.tasks: dict[bytes, asyncio.Task[None]] = {}
+        self.small = min(self.chunk, _SMALL_BYTES)
+        self.policy: PullManager[Source] = PullManager(
+            NodeSource(node_id), max_bytes_in_flight=tc.max_bytes_in_flight
+        )
+        self.slots = _SourceSlots(tc.connections_per_peer)
+        self._tasks = TaskSet("pull")
+        # Every pull the policy has in flight is in exactly one of these two
+        # (once its task has started): its own task (one object from a node or
+        # a spill copy, or a batched object waiting for room here) ...
+        self._attempts: dict[bytes, asyncio.Task[None]] = {}
+        # ... or the batch request it is part of.
+        self._batched: dict[bytes, _Batch] = {}
+        self._streaks: dict[Source, FailureStreak] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._kick_pending = False
-        self._failed_once: set[bytes] = set()
+        self._closed = False
         self.pulled = 0
         self.bytes_pulled = 0
         self.failures = 0
-        self.small = min(self.chunk, _SMALL_BYTES)
-        # source address -> small objects waiting to go in its next batched request.
-        self._batches: dict[str, list[tuple[bytes, asyncio.Future[int]]]] = {}
-        self._batch_tasks: set[asyncio.Task[None]] = set()
-        # Set when the store gives memory back; pulls that found no room wait on it.
-        self._space = asyncio.Event()
-        self._space_waiters = 0
-        store.on_space = self._on_space
-        # A spilled copy as a source: the reader, and the URL of each pull's copy.
-        self.spill_fetch: SpillFetch | None = None
-        self.spill_readable: Callable[[str], bool] = lambda url: False
-        self._spill_urls: dict[bytes, str] = {}
         self.pulled_from_spill = 0
 
-    # -- driven by the node
+    # -- driven by the node's object service
     def want(self, oid: bytes, priority: int) -> None:
         """A get (0) or wait (1) here started waiting for an object not here."""
         self.policy.want(oid, Priority(priority))
@@ -222,67 +194,77 @@ class ObjectManager:
     def unwant(self, oid: bytes, priority: int) -> None:
         """One of them stopped waiting (the object came, or it gave up)."""
         if self.policy.unwant(oid, Priority(priority)):
-            self._spill_urls.pop(oid, None)
-            task = self.tasks.get(oid)
-            if task is not None and not self.store.contains(oid):
-                task.cancel()
+            self._cancel(oid)
         self._kick()
 
     def on_locations(self, row: ObjectRow) -> None:
         """A subscribed object's state from the directory."""
-        if row.state == PRESENT and not self.store.contains(row.object_id):
-            nodes: tuple[bytes, ...] = tuple(row.nodes)
-            if (
-                row.spilled_url
-                and self.spill_fetch is not None
-                and self.spill_readable(row.spilled_url)
-                and not [n for n in nodes if n != self.node_id]
-            ):
-                # No node holds it, but its spill copy is in shared storage.
-                self._spill_urls[row.object_id] = row.spilled_url
-                nodes = (SPILL_SOURCE,)
-            self.policy.located(row.object_id, row.size, nodes)
-            self._kick()
+        oid = row.object_id
+        if row.state != LocationState.PRESENT or self.store.contains(oid):
+            return
+        sources: list[Source] = [NodeSource(n) for n in row.nodes if n != self.node_id]
+        reader = self.spill_reader
+        if (
+            not sources
+            and row.spilled_url
+            and reader is not None
+            and reader.readable(row.spilled_url)
+        ):
+            # No node holds it, but its spill copy is in storage this node reads.
+            sources = [SpillSource(row.spilled_url)]
+        self.policy.located(oid, row.size, sources)
+        self._kick()
 
-    def _on_space(self) -> None:
+    def space_freed(self) -> None:
         """Memory was freed here: admission may let waiting pulls in."""
-        if self._space_waiters:
-            self._space.set()
         if self.policy.pulls:
             self._kick()
 
-    async def create_copy(self, oid: bytes, size: int, meta: bytes) -> Any:
-        """A secondary copy in state CREATING, waiting while the store is full.
+    async def close(self) -> None:
+        """Cancel every attempt and wait for them; nothing starts after."""
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self._tasks.close()
+        self._attempts.clear()
+        self._batched.clear()
 
-        The caller bounds the wait (an attempt's deadline).
-        """
-        while True:
-            try:
-                return await self.store.create(oid, size, meta, None, primary=False)
-            except ObjectStoreFullError:
-                # Every secondary is evicted and the fallback is full: wait until
-                # something frees memory (a delete, a release), then try again.
-                self._space.clear()
-                self._space_waiters += 1
-                try:
-                    await self._space.wait()
-                finally:
-                    self._space_waiters -= 1
+    def tasks(self) -> int:
+        """Tasks running (tests: 0 once every pull ended)."""
+        return len(self._tasks)
 
+    # -- policy -> tasks
     def _kick(self) -> None:
         """Start what the policy allows, once per loop turn however many events."""
-        if not self._kick_pending:
+        if not self._kick_pending and not self._closed:
             self._kick_pending = True
             asyncio.get_running_loop().call_soon(self._start_pulls)
 
     def _start_pulls(self) -> None:
         self._kick_pending = False
+        if self._closed:
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        store = self.store
-        free = store.capacity - store.used + store.eviction.evictable_bytes
-        for start in self.policy.next_pulls(now, free):
-            self.tasks[start.object_id] = loop.create_task(self._attempt(start), name="pull")
+        batches: dict[str, list[Start[Source]]] = {}
+        for start in self.policy.next_pulls(now, self.store.free_bytes):
+            src = start.node
+            oid = start.object_id
+            if isinstance(src, SpillSource):
+                self._spawn(start, functools.partial(self._from_spill, oid, src))
+                continue
+            address = self.address_of(src.node_id)
+            if not address:
+                self._failed(start, TransferError(f"no data plane address known for {src}"))
+                self._kick()  # another source, or the backoff's timer
+            elif start.size <= self.small:
+                batches.setdefault(address, []).append(start)
+            else:
+                self._spawn(start, functools.partial(self._from_node, oid, address))
+        for address, starts in batches.items():
+            for i in range(0, len(starts), _BATCH):
+                self._spawn_batch(address, starts[i : i + _BATCH])
         wake = self.policy.next_wakeup(now)
         if wake is not None and (self._timer is None or self._timer.when() > wake):
             if self._timer is not None:
@@ -293,287 +275,250 @@ class ObjectManager:
         self._timer = None
         self._kick()
 
-    async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        tasks = [*self.tasks.values(), *self._batch_tasks]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        self.peers.close()
+    def _cancel(self, oid: bytes) -> None:
+        """The policy gave up a pull in flight: stop its work."""
+        task = self._attempts.pop(oid, None)
+        if task is not None:
+            task.cancel()
+        batch = self._batched.pop(oid, None)
+        if batch is not None:
+            batch.live.discard(oid)
+            if not batch.live and batch.task is not None:
+                batch.task.cancel()
 
-    # -- one attempt
-    async def _attempt(self, start: Start) -> None:
-        oid, node, size = start
+    def _spawn(self, start: Start[Source], fetch: Callable[[], Awaitable[int]]) -> None:
+        self._attempts[start.object_id] = self._tasks.spawn(
+            self._attempt(start, fetch), name="pull"
+        )
+
+    async def _attempt(self, start: Start[Source], fetch: Callable[[], Awaitable[int]]) -> None:
+        """One attempt, its end told to the policy (a cancelled one tells nothing)."""
+        oid = start.object_id
         t0 = time.perf_counter()
-        spill_url = self._spill_urls.get(oid, "") if node == SPILL_SOURCE else ""
-        address = spill_url or self.address_of(node)
         try:
             if self.store.contains(oid):
                 self.policy.succeeded(oid)
                 return
-            if spill_url:
-                assert self.spill_fetch is not None
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        got = await self.spill_fetch(oid, spill_url)
-                except (OSError, TimeoutError) as exc:
-                    raise TransferError(f"{type(exc).__name__}: {exc}") from exc
-                except ObjectStoreError as exc:
-                    if isinstance(exc, TransferError):
-                        raise
-                    raise TransferError(str(exc)) from exc
-                self.pulled_from_spill += 1
-            elif not address:
-                raise TransferError(f"no data plane address known for node {node.hex()}")
-            else:
-                try:
-                    if size <= self.small:
-                        got = await self._fetch_small(oid, address)
-                    else:
-                        got = await self._fetch_from(oid, address)
-                except _NoRoomNow:
-                    got = await self._fetch_from(oid, address)
+            got = await fetch()
         except TransferError as exc:
-            self.failures += 1
-            # Once per object at warning level; the retries of a long outage at debug.
-            first = oid not in self._failed_once
-            self._failed_once.add(oid)
-            (log.warning if first else log.debug)(
-                "pull from a source failed; trying the next",
-                object_id=oid.hex(),
-                source=address,
-                error=str(exc),
-            )
-            self.policy.failed(oid, node)
+            self._failed(start, exc)
         except asyncio.CancelledError:
-            # Cancelled because nobody waits any more (the policy forgot the pull
-            # already) or at shutdown: nothing to report, lest a later attempt
-            # from the same source be counted as failed.
+            # Nobody waits any more (the policy forgot the pull already), or
+            # shutdown: nothing to report.
             raise
-        except Exception:
-            log.exception("pull failed", object_id=oid.hex(), source=address)
-            self.policy.failed(oid, node)
+        except Exception as exc:
+            log.exception("pull failed", object_id=oid.hex(), source=str(start.node))
+            self._failed(start, exc)
         else:
-            self.pulled += 1
-            self.bytes_pulled += got
-            self.policy.succeeded(oid)
-            self._failed_once.discard(oid)
-            log.debug(
-                "pulled",
-                object_id=oid.hex(),
-                source=address,
-                size=got,
-                seconds=round(time.perf_counter() - t0, 4),
-            )
+            self._succeeded(start, got, t0)
         finally:
-            if self.tasks.get(oid) is asyncio.current_task():
-                del self.tasks[oid]
-            if oid not in self.policy.pulls:
-                self._failed_once.discard(oid)
-                self._spill_urls.pop(oid, None)
+            if self._attempts.get(oid) is asyncio.current_task():
+                del self._attempts[oid]
             self._kick()
 
-    async def _fetch_from(self, oid: bytes, address: str) -> int:
-        """Fetch the whole object from one source and seal it; TransferError on failure."""
-        store = self.store
+    def _failed(self, start: Start[Source], exc: BaseException) -> None:
+        self.failures += 1
+        src = start.node
+        streak = self._streaks.get(src)
+        if streak is None:
+            if len(self._streaks) >= _STREAKS:
+                del self._streaks[next(iter(self._streaks))]
+            streak = self._streaks[src] = FailureStreak(
+                log, "pulls from a source fail; trying others", "pulls from a source work again"
+            )
+        streak.failed(exc, source=str(src), object_id=start.object_id.hex())
+        self.policy.failed(start.object_id, src)
+
+    def _succeeded(self, start: Start[Source], got: int, t0: float) -> None:
+        self.pulled += 1
+        self.bytes_pulled += got
+        streak = self._streaks.pop(start.node, None)
+        if streak is not None:
+            streak.ok(source=str(start.node))
+        self.policy.succeeded(start.object_id)
+        log.debug(
+            "pulled",
+            object_id=start.object_id.hex(),
+            source=str(start.node),
+            size=got,
+            seconds=round(time.perf_counter() - t0, 4),
+        )
+
+    # -- one object from one node
+    async def _from_node(self, oid: bytes, address: str) -> int:
+        """Fetch the whole object from ``address`` and seal it; TransferError on failure."""
         loop = asyncio.get_running_loop()
+        store = self.store
+        entry: Entry | None = None
+        view: memoryview | None = None
         created = False
         try:
-            async with self.peers.slots(address):
-                conn = await self._connect(address)
+            async with self.slots.hold(address):
+                deadline = loop.time() + self.timeout
+                first = await self.peers.fetch_first(address, oid, self.chunk, deadline)
                 try:
-                    async with asyncio.timeout(self.timeout):
-                        await loop.sock_sendall(
-                            conn.sock, wire.encode_request(wire.FETCH, oid, 0, self.chunk)
-                        )
-                        status, size, n, meta_len, crc = wire.decode_reply(
-                            await recv_exact(loop, conn.sock, wire.REPLY.size)
-                        )
-                        if status != wire.OK:
-                            raise TransferError(
-                                f"source says {wire.STATUS_NAMES.get(status, status)}"
-                            )
-                        if n > min(self.chunk, size) or meta_len > 65536:
-                            raise TransferError(f"bad first chunk: {n} of {size} bytes")
-                        meta = await recv_exact(loop, conn.sock, meta_len) if meta_len else b""
-                        # Room for the copy (may evict other secondaries, or wait).
-                        entry = await self.create_copy(oid, size, meta)
+                    size, meta, n = first.size, first.meta, first.length
+                    entry = store.create_secondary_now(oid, size, meta)
+                    if entry is not None:
                         created = True
-                        await self._recv_chunk(loop, conn, entry, 0, n, crc)
-                except BaseException:
-                    conn.sock.close()
-                    raise
-                self.peers.put(conn)
-            rest = [(off, min(self.chunk, size - off)) for off in range(n, size, self.chunk)]
-            if rest:
-                await asyncio.gather(*(self._chunk(oid, address, entry, o, k) for o, k in rest))
-            store.seal(oid, None)
+                        view = store.view(entry)
+                        await first.read_into(view[:n], deadline)
+                    else:
+                        # No room at once: take the chunk off the wire so the
+                        # source is free while this node waits for memory.
+                        buffered = bytearray(n)
+                        await first.read_into(memoryview(buffered), deadline)
+                finally:
+                    first.close()
+            if entry is None:
+                # Bounded by the pull's life, not by the source's deadline.
+                entry = await store.create_secondary(oid, size, meta)
+                created = True
+                view = store.view(entry)
+                view[:n] = buffered
+            assert view is not None
+            await self._rest(address, oid, view, n, size)
+            view.release()
+            view = None
+            store.seal_secondary(oid)
             created = False
             return size
-        except (OSError, ConnectionError, TimeoutError, wire.WireError) as exc:
-            raise TransferError(f"{type(exc).__name__}: {exc}") from exc
         except ObjectStoreError as exc:
             if isinstance(exc, TransferError):
                 raise
-            raise TransferError(str(exc)) from exc
+            raise TransferError(f"{type(exc).__name__}: {exc}") from exc
         finally:
+            if view is not None:
+                with contextlib.suppress(BufferError):
+                    view.release()
             if created:
                 store.discard_partial(oid)
 
-    # -- many small objects per request
-    async def _fetch_small(self, oid: bytes, address: str) -> int:
-        """Fetch a small object in the next batched request to ``address``."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-        queue = self._batches.get(address)
-        if queue is None:
-            queue = self._batches[address] = []
-            # Everything asked for in this turn of the loop goes together.
-            loop.call_soon(self._send_batches, address)
-        queue.append((oid, fut))
-        return await fut
-
-    def _send_batches(self, address: str) -> None:
-        queue = self._batches.pop(address, [])
-        loop = asyncio.get_running_loop()
-        for i in range(0, len(queue), _BATCH):
-            task = loop.create_task(self._batch(address, queue[i : i + _BATCH]))
-            self._batch_tasks.add(task)
-            task.add_done_callback(self._batch_tasks.discard)
-
-    async def _batch(self, address: str, items: list[tuple[bytes, asyncio.Future[int]]]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with self.peers.slots(address):
-                conn = await self._connect(address)
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        request = wire.encode_request(wire.FETCH_MANY, bytes(20), 0, len(items))
-                        await loop.sock_sendall(conn.sock, request + b"".join(o for o, _ in items))
-                        reader = _Buffered(conn.sock)
-                        for oid, fut in items:
-                            self._take_small(oid, fut, *await self._read_small(loop, reader))
-                        if reader.end > reader.start:
-                            raise TransferError("the source sent more than the batch")
-                except BaseException:
-                    conn.sock.close()
-                    raise
-                self.peers.put(conn)
-        except Exception as exc:  # noqa: BLE001 - every waiting pull hears of it
-            err = (
-                exc
-                if isinstance(exc, TransferError)
-                else TransferError(f"{type(exc).__name__}: {exc}")
-            )
-            for _, fut in items:
-                if not fut.done():
-                    fut.set_exception(err)
-
-    @staticmethod
-    async def _read_small(
-        loop: asyncio.AbstractEventLoop, reader: _Buffered
-    ) -> tuple[int, int, bytes, bytes, int]:
-        status, size, n, meta_len, crc = wire.decode_reply(await reader.read(loop, wire.REPLY.size))
-        if status == wire.OK and (n != size or meta_len > 65536):
-            raise TransferError(f"bad reply in a batch: {n} of {size} bytes")
-        meta = await reader.read(loop, meta_len) if meta_len else b""
-        data = await reader.read(loop, n) if n else b""
-        return status, size, meta, data, crc
-
-    def _take_small(
-        self,
-        oid: bytes,
-        fut: asyncio.Future[int],
-        status: int,
-        size: int,
-        meta: bytes,
-        data: bytes,
-        crc: int,
+    async def _rest(
+        self, address: str, oid: bytes, view: memoryview, start: int, size: int
     ) -> None:
-        """Seal one object of a batch (copied: it is small) and tell its pull."""
-        if fut.done():
-            return  # that pull was cancelled meanwhile
-        if status != wire.OK:
-            fut.set_exception(TransferError(f"source says {wire.STATUS_NAMES.get(status, status)}"))
+        """The chunks after the first, a few at a time; the first failure cancels the rest."""
+        offsets = deque(range(start, size, self.chunk))
+        if not offsets:
             return
-        if wire.crc32(data) != crc:
-            fut.set_exception(TransferError(f"object of {size} bytes failed its checksum"))
-            return
-        store = self.store
+        loop = asyncio.get_running_loop()
+
+        async def worker() -> None:
+            while offsets:
+                off = offsets.popleft()
+                n = min(self.chunk, size - off)
+                async with self.slots.hold(address):
+                    await self.peers.fetch_chunk(
+                        address, oid, off, view[off : off + n], loop.time() + self.timeout
+                    )
+
         try:
-            entry = store.create_now(oid, size, meta, None, primary=False)
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(len(offsets), self.slots.limit)):
+                    group.create_task(worker())
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
+
+    # -- one object from a spill copy
+    async def _from_spill(self, oid: bytes, src: SpillSource) -> int:
+        reader = self.spill_reader
+        if reader is None:
+            raise TransferError(f"no spill reader for {src.url}")
+        try:
+            async with asyncio.timeout(self.timeout):
+                got = await reader.fetch(oid, src.url)
+        except TimeoutError as exc:
+            raise TransferError(f"{src.url}: not read in time") from exc
+        except OSError as exc:
+            raise TransferError(f"{src.url}: {type(exc).__name__}: {exc}") from exc
         except ObjectStoreError as exc:
-            fut.set_exception(TransferError(str(exc)))
+            if isinstance(exc, TransferError):
+                raise
+            raise TransferError(f"{src.url}: {exc}") from exc
+        self.pulled_from_spill += 1
+        return got
+
+    # -- many small objects per request
+    def _spawn_batch(self, address: str, starts: list[Start[Source]]) -> None:
+        batch = _Batch(address, starts, live={s.object_id for s in starts})
+        for s in starts:
+            self._batched[s.object_id] = batch
+        batch.task = self._tasks.spawn(self._fetch_batch(batch), name="pull-batch")
+
+    async def _fetch_batch(self, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+        address = batch.address
+        t0 = time.perf_counter()
+        try:
+            try:
+                async with self.slots.hold(address):
+                    replies = await self.peers.fetch_many(
+                        address, [s.object_id for s in batch.starts], loop.time() + self.timeout
+                    )
+                if len(replies) != len(batch.starts):
+                    raise TransferError(
+                        f"{address}: {len(replies)} replies to a batch of {len(batch.starts)}"
+                    )
+            except Exception as exc:
+                if not isinstance(exc, TransferError):
+                    log.exception("batched pull failed", source=address)
+                for s in batch.starts:
+                    if self._batched.get(s.object_id) is batch:
+                        del self._batched[s.object_id]
+                        self._failed(s, exc)
+                return
+            for s, reply in zip(batch.starts, replies):
+                if self._batched.get(s.object_id) is not batch:
+                    continue  # given up meanwhile
+                del self._batched[s.object_id]
+                if reply.error:
+                    self._failed(s, TransferError(f"{address}: {reply.error}"))
+                else:
+                    self._place(s, reply, t0)
+        finally:
+            for s in batch.starts:
+                if self._batched.get(s.object_id) is batch:
+                    del self._batched[s.object_id]
+            self._kick()
+
+    def _place(self, start: Start[Source], reply: Small, t0: float) -> None:
+        """Seal a small object of a batch here (copied: it is small)."""
+        oid = start.object_id
+        store = self.store
+        if store.contains(oid):
+            self.policy.succeeded(oid)
+            return
+        try:
+            entry = store.create_secondary_now(oid, reply.size, reply.meta)
+        except ObjectStoreError as exc:
+            self._failed(start, TransferError(f"{type(exc).__name__}: {exc}"))
             return
         if entry is None:
-            fut.set_exception(_NoRoomNow("no room at once"))
+            # No room at once: wait for it with the bytes in hand (the source is done).
+            self._spawn(start, functools.partial(self._place_later, oid, reply))
             return
-        if size:
-            whole = store.view(entry)
-            whole[:] = data
-            whole.release()
-        store.seal(oid, None)
-        fut.set_result(size)
+        self._fill(entry, reply.data)
+        store.seal_secondary(oid)
+        self._succeeded(start, reply.size, t0)
 
-    async def _connect(self, address: str) -> _Conn:
+    async def _place_later(self, oid: bytes, reply: Small) -> int:
+        store = self.store
         try:
-            return await self.peers.get(address)
-        except (OSError, TimeoutError) as exc:
-            raise TransferError(f"cannot connect to {address}: {exc}") from exc
+            entry = await store.create_secondary(oid, reply.size, reply.meta)
+        except ObjectStoreError as exc:
+            raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+        try:
+            self._fill(entry, reply.data)
+        except BaseException:
+            store.discard_partial(oid)
+            raise
+        store.seal_secondary(oid)
+        return reply.size
 
-    async def _chunk(self, oid: bytes, address: str, entry: object, offset: int, n: int) -> None:
-        loop = asyncio.get_running_loop()
-        await self.budget.acquire(n)
-        try:
-            async with self.peers.slots(address):
-                conn = await self._connect(address)
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        await loop.sock_sendall(
-                            conn.sock, wire.encode_request(wire.FETCH, oid, offset, n)
-                        )
-                        status, _, got, _, crc = wire.decode_reply(
-                            await recv_exact(loop, conn.sock, wire.REPLY.size)
-                        )
-                        if status != wire.OK or got != n:
-                            raise TransferError(
-                                f"chunk at {offset}: source says "
-                                f"{wire.STATUS_NAMES.get(status, status)}, {got} of {n} bytes"
-                            )
-                        await self._recv_chunk(loop, conn, entry, offset, n, crc)
-                except BaseException:
-                    conn.sock.close()
-                    raise
-                self.peers.put(conn)
-        finally:
-            await self.budget.release(n)
-
-    async def _recv_chunk(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        conn: _Conn,
-        entry: object,
-        offset: int,
-        n: int,
-        crc: int,
-    ) -> None:
-        """Receive ``n`` bytes straight into the copy and check their CRC."""
-        whole = self.store.view(entry)  # type: ignore[arg-type]
-        view = whole[offset : offset + n]
-        try:
-            got = 0
-            while got < n:
-                k = await loop.sock_recv_into(conn.sock, view[got:])
-                if not k:
-                    raise ConnectionError(f"source closed after {got} of {n} bytes")
-                got += k
-            mine = wire.crc32(view)
-            if mine != crc:
-                raise TransferError(f"chunk at {offset} of {n} bytes failed its checksum")
-        finally:
-            with contextlib.suppress(BufferError):
+    def _fill(self, entry: Entry, data: bytes) -> None:
+        if data:
+            view = self.store.view(entry)
+            try:
+                view[:] = data
+            finally:
                 view.release()
-                whole.release()

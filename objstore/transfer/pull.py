@@ -17,6 +17,9 @@ asks it which pulls to start now.  The rules (Ray's pull manager, simplified):
   a failed or timed-out attempt marks its source tried.  When every source was
   tried, the pull backs off (exponential, with jitter) and starts a new round.
 * The directory's word ends a pull: a copy here, or the object lost or deleted.
+
+Sources are opaque hashable values (the object manager's ``NodeSource`` and
+``SpillSource``; plain bytes in the tests).
 """
 
 from __future__ import annotations
@@ -24,10 +27,16 @@ from __future__ import annotations
 import enum
 import heapq
 import random
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
+
+from objstore.backoff import backoff_delay
 
 __all__ = ["PullManager", "Priority", "Start"]
+
+# A source: where one attempt fetches the object from.
+S = TypeVar("S", bound=Hashable)
 
 
 class Priority(enum.IntEnum):
@@ -36,22 +45,22 @@ class Priority(enum.IntEnum):
     PREFETCH = 2
 
 
-class Start(NamedTuple):
+class Start(NamedTuple, Generic[S]):
     """An attempt to start: fetch ``object_id`` (``size`` bytes) from ``node``."""
 
     object_id: bytes
-    node: bytes
+    node: S
     size: int
 
 
 @dataclass(slots=True)
-class _Pull:
+class _Pull(Generic[S]):
     seq: int
     waiters: list[int] = field(default_factory=lambda: [0, 0, 0])
     size: int = -1
-    sources: tuple[bytes, ...] = ()
-    tried: set[bytes] = field(default_factory=set)
-    active: bytes | None = None
+    sources: tuple[S, ...] = ()
+    tried: set[S] = field(default_factory=set)
+    active: S | None = None
     rounds: int = 0
     not_before: float = 0.0
 
@@ -67,7 +76,7 @@ class _Pull:
         return any(self.waiters)
 
 
-class PullManager:
+class PullManager(Generic[S]):
     """See the module docstring.
 
     Pulls ready to start wait in one heap per priority, ordered by when they
@@ -78,7 +87,7 @@ class PullManager:
 
     def __init__(
         self,
-        node_id: bytes,
+        node_id: S,
         *,
         max_bytes_in_flight: int,
         backoff_min: float = 0.05,
@@ -90,7 +99,7 @@ class PullManager:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.rng = rng or random.Random()
-        self.pulls: dict[bytes, _Pull] = {}
+        self.pulls: dict[bytes, _Pull[S]] = {}
         self.in_flight_bytes = 0
         self._seq = 0
         # Ready to start (located, not in flight, not backing off): a heap of
@@ -105,7 +114,7 @@ class PullManager:
         self._queued.pop(oid, None)  # its heap entry goes stale
         self._backoff.pop(oid, None)
 
-    def _queue(self, oid: bytes, pull: _Pull) -> None:
+    def _queue(self, oid: bytes, pull: _Pull[S]) -> None:
         """Put a pull where it belongs now (ready, backing off, or nowhere)."""
         if pull.active is not None or not pull.sources or pull.size < 0:
             self._unqueue(oid)
@@ -167,7 +176,7 @@ class PullManager:
         return active
 
     # -- what the directory says
-    def located(self, oid: bytes, size: int, nodes: tuple[bytes, ...] | list[bytes]) -> None:
+    def located(self, oid: bytes, size: int, nodes: tuple[S, ...] | list[S]) -> None:
         """The object (wanted or not) is on ``nodes``; ignored if nobody wants it."""
         pull = self.pulls.get(oid)
         if pull is None:
@@ -186,14 +195,14 @@ class PullManager:
                 self.in_flight_bytes -= pull.size
 
     # -- attempts
-    def next_pulls(self, now: float, free_bytes: int) -> list[Start]:
+    def next_pulls(self, now: float, free_bytes: int) -> list[Start[S]]:
         """Attempts to start now (marked in flight)."""
         due = [oid for oid, t in self._backoff.items() if t <= now]
         for oid in due:
             pull = self.pulls[oid]
             pull.not_before = 0.0
             self._queue(oid, pull)
-        out: list[Start] = []
+        out: list[Start[S]] = []
         for priority in range(len(self._ready)):
             while True:
                 head = self._head(priority)
@@ -206,8 +215,9 @@ class PullManager:
                     # Every source failed this round: back off, then try them all again.
                     pull.tried.clear()
                     pull.rounds += 1
-                    delay = min(self.backoff_max, self.backoff_min * 2 ** min(pull.rounds - 1, 60))
-                    pull.not_before = now + delay * (0.5 + self.rng.random())
+                    pull.not_before = now + backoff_delay(
+                        pull.rounds, self.backoff_min, self.backoff_max, jitter=0.5, rng=self.rng
+                    )
                     self._queue(oid, pull)
                     continue
                 if self.in_flight_bytes and (
@@ -227,7 +237,7 @@ class PullManager:
     def succeeded(self, oid: bytes) -> None:
         self.forget(oid)
 
-    def failed(self, oid: bytes, node: bytes) -> None:
+    def failed(self, oid: bytes, node: S) -> None:
         """An attempt from ``node`` failed or timed out: another source next."""
         pull = self.pulls.get(oid)
         if pull is None or pull.active != node:

@@ -1,6 +1,6 @@
 """The serving side of the data plane: chunks straight from shared memory.
 
-Each connection reads one request at a time; a chunk is pinned while it is
+Each connection reads one request at a time; a chunk is leased while it is
 sent (so no delete can reuse its memory underneath), its CRC-32 is computed
 (ISA-L, inline; remembered per chunk, so a broadcast computes it once), then
 it goes out with ``sock_sendall`` from a view of the arena.  Which sends run
@@ -9,62 +9,57 @@ destination node (named by the connection's HELLO) and overall, one push per
 (destination, object), everything of a node aborted when the directory
 declares it dead.  A peer that sends garbage (a bad magic, an unknown kind, a
 range outside the object) gets an error reply or a closed connection; the
-node carries on.
+node carries on.  A connection that sends no request for
+``transfer.idle_timeout_s`` is closed (pullers drop theirs sooner).
+
+The server reaches the store only through :class:`objstore.plasma.api.Store`.
+A spilled object a peer asks for is made readable by the ``restore``
+callable given at construction (the node's object service: the server does
+not know spilling): ``await restore(object_id, timeout)`` is True once the
+object is sealed here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import itertools
 import socket
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 
 import structlog
 
 from objstore.config import Config
 from objstore.errors import ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
-from objstore.plasma.lifecycle import ObjectState
-from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
+from objstore.plasma.api import Entry, ObjectState, Store
+from objstore.tasks import TaskSet
 from objstore.transfer import wire
 from objstore.transfer.push import PushManager
 
-__all__ = ["TransferServer"]
+__all__ = ["TransferServer", "Restore"]
 
 log = structlog.get_logger("objstore.transfer.server")
 
-_IDLE_TIMEOUT_S = 300.0
 _SPILLED = ObjectState.SPILLED
 # Chunk CRCs remembered (object id, offset, length): objects are immutable.
 _CRC_CACHE = 4096
 
-
-async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    """``n`` bytes, or ConnectionError if the peer closed first."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = await loop.sock_recv_into(sock, view[got:])
-        if not k:
-            raise ConnectionError(f"peer closed after {got} of {n} bytes")
-        got += k
-    return bytes(buf)
+# Make a spilled object readable here within this many seconds; True once it is sealed.
+Restore = Callable[[bytes, float], Awaitable[bool]]
 
 
 class TransferServer:
     """Serves chunks of this node's sealed objects to other nodes."""
 
-    def __init__(self, store: PlasmaStore, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, restore: Restore) -> None:
         self.store = store
         self.config = config
+        self.restore = restore
         tc = config.transfer
         self.max_chunk = tc.chunk_size
-        # One pseudo-client holds the pins of chunks being sent.
-        self._pins = ClientState(0, lambda ids: None)
+        self.idle_timeout = tc.idle_timeout_s
         chunks = max(1, tc.max_bytes_in_flight // tc.chunk_size)
         self.push = PushManager(max_overall=chunks, max_per_destination=max(1, chunks // 2))
         # Request key -> future a queued send waits on; the send's task.
@@ -75,8 +70,8 @@ class TransferServer:
         self._keys = itertools.count(1)
         self._crcs: OrderedDict[tuple[bytes, int, int], int] = OrderedDict()
         self._listener: socket.socket | None = None
-        self._accept: asyncio.Task[None] | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        # The accept loop and one task per connection.
+        self._tasks = TaskSet("transfer-server")
         self.host = ""
         self.port = 0
         self.chunks_sent = 0
@@ -102,23 +97,18 @@ class TransferServer:
         sock.setblocking(False)
         self._listener = sock
         self.host, self.port = sock.getsockname()[:2]
-        self._accept = asyncio.get_running_loop().create_task(
-            self._accept_loop(), name="transfer-accept"
-        )
+        self._tasks.spawn(self._accept_loop(), name="transfer-accept")
 
     async def close(self) -> None:
-        if self._accept is not None:
-            self._accept.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept
+        """Stop accepting, close every connection (their leases go with them)."""
+        await self._tasks.close()
         if self._listener is not None:
             self._listener.close()
-        for t in list(self._conns):
-            t.cancel()
-        for t in list(self._conns):
-            with contextlib.suppress(BaseException):
-                await t
-        self.store.disconnect(self._pins)
+            self._listener = None
+
+    def connections(self) -> int:
+        """Open connections (tests)."""
+        return sum(len(c) for c in self._by_dest.values())
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -134,11 +124,13 @@ class TransferServer:
                 raise
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self._serve(sock, f"{peer[0]}:{peer[1]}", peer[0]))
-            self._conns.add(task)
-            task.add_done_callback(self._conns.discard)
+            try:
+                self._tasks.spawn(self._serve(sock, f"{peer[0]}:{peer[1]}"), name="transfer-conn")
+            except BaseException:
+                sock.close()
+                raise
 
-    async def _serve(self, sock: socket.socket, peer: str, host: str) -> None:
+    async def _serve(self, sock: socket.socket, peer: str) -> None:
         loop = asyncio.get_running_loop()
         # Until a HELLO names the node, the connection is a peer of its own.
         dest: Hashable = peer
@@ -148,10 +140,13 @@ class TransferServer:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(_IDLE_TIMEOUT_S):
-                        head = await recv_exact(loop, sock, wire.REQUEST.size)
+                    async with asyncio.timeout(self.idle_timeout):
+                        head = await wire.recv_exact(loop, sock, wire.REQUEST.size)
                 except ConnectionError:
                     return  # the peer closed between requests: fine
+                except TimeoutError:
+                    log.debug("data plane connection idle; closed", peer=peer)
+                    return
                 try:
                     kind, oid, offset, length = wire.decode_request(head)
                 except wire.WireError as exc:
@@ -168,7 +163,7 @@ class TransferServer:
                     self._by_dest.setdefault(dest, set()).add(task)
                     continue
                 if kind == wire.FETCH_MANY:
-                    ids = await recv_exact(loop, sock, length * 20)
+                    ids = await wire.recv_exact(loop, sock, length * 20)
                     # Each batch is a push of its own (offset -1 - key never repeats).
                     key = next(self._keys)
                     if not await self._admit(key, dest, b"", -key):
@@ -264,18 +259,19 @@ class TransferServer:
                 connections=len(conns),
             )
 
-    async def _restored(self, oid: bytes) -> ObjectEntry | None:
-        """A spilled object here, restored for a peer (None if that fails in time)."""
+    async def _restored(self, oid: bytes) -> bool:
+        """Whether a spilled object here was made readable for a peer in time."""
+        timeout = self.config.transfer.pull_timeout_s
         try:
-            async with asyncio.timeout(self.config.transfer.pull_timeout_s):
-                return await self.store.wait_sealed(oid, local=True)
+            async with asyncio.timeout(timeout):
+                return await self.restore(oid, timeout)
         except (TimeoutError, ObjectStoreError) as exc:
             log.info(
                 "data plane: a spilled object could not be restored for a peer",
                 object_id=oid.hex(),
                 error=str(exc) or type(exc).__name__,
             )
-            return None
+            return False
 
     def _crc(self, oid: bytes, offset: int, view: memoryview) -> int:
         key = (oid, offset, len(view))
@@ -293,35 +289,30 @@ class TransferServer:
     ) -> None:
         """Answer a FETCH_MANY: each object whole, copied into ~1 MiB writes."""
         store = self.store
-        if store.spiller is not None:
-            # Spilled objects here are restored first (a node without spilling has none).
-            spilled = [
-                oid
-                for i in range(0, len(ids), 20)
-                if store.state_of(oid := ids[i : i + 20]) is _SPILLED
-            ]
-            if spilled:
-                await asyncio.gather(*(self._restored(oid) for oid in spilled))
+        oids = [ids[i : i + 20] for i in range(0, len(ids), 20)]
+        # Spilled objects here are restored first, together.
+        spilled = [oid for oid in oids if store.state_of(oid) is _SPILLED]
+        if spilled:
+            await asyncio.gather(*(self._restored(oid) for oid in spilled))
         out = bytearray()
-        for i in range(0, len(ids), 20):
-            oid = ids[i : i + 20]
-            try:
-                entry = store.get_now(oid)
-            except ObjectStoreError:
-                entry = None
+        for oid in oids:
+            entry = store.sealed(oid)
             if entry is None:
                 out += wire.encode_reply(wire.NOT_FOUND)
             elif entry.size > self.max_chunk:
                 out += wire.encode_reply(wire.BAD_REQUEST, entry.size)
             else:
-                seg = store.segments[entry.segment].mm
-                data = seg[entry.offset : entry.offset + entry.size]
-                meta = entry.meta
-                out += wire.encode_reply(
-                    wire.OK, entry.size, entry.size, len(meta), wire.crc32(data)
-                )
-                out += meta
-                out += data
+                with store.lease(oid) as entry:
+                    view = store.view(entry)
+                    try:
+                        meta = entry.meta
+                        out += wire.encode_reply(
+                            wire.OK, entry.size, entry.size, len(meta), wire.crc32(view)
+                        )
+                        out += meta
+                        out += view
+                    finally:
+                        view.release()
                 self.chunks_sent += 1
                 self.bytes_sent += entry.size
             if len(out) >= 1 << 20:
@@ -342,12 +333,9 @@ class TransferServer:
     ) -> bool:
         """Answer one FETCH; False when the connection must close."""
         store = self.store
-        try:
-            entry = store.get_now(oid)
-        except ObjectStoreError:
-            entry = None
-        if entry is None and store.state_of(oid) is _SPILLED:
-            entry = await self._restored(oid)
+        entry: Entry | None = store.sealed(oid)
+        if entry is None and store.state_of(oid) is _SPILLED and await self._restored(oid):
+            entry = store.sealed(oid)
         if entry is None:
             await loop.sock_sendall(sock, wire.encode_reply(wire.NOT_FOUND))
             return True
@@ -365,23 +353,21 @@ class TransferServer:
             await loop.sock_sendall(sock, wire.encode_reply(wire.BAD_REQUEST, size))
             return False
         n = min(length, size - offset)
-        meta = entry.meta if offset == 0 else b""
-        store.pin(oid, entry, self._pins)
-        whole = store.view(entry)
-        view = whole[offset : offset + n]
-        try:
-            crc = self._crc(oid, offset, view)
-            await loop.sock_sendall(
-                sock, wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta
-            )
-            if n:
-                await loop.sock_sendall(sock, view)
-        finally:
-            # A CRC thread still running (cancelled at shutdown) keeps its export.
-            with contextlib.suppress(BufferError):
+        # Leased while it is sent: no delete, spill or eviction reuses its memory.
+        with store.lease(oid) as entry:
+            meta = entry.meta if offset == 0 else b""
+            whole = store.view(entry)
+            view = whole[offset : offset + n]
+            try:
+                crc = self._crc(oid, offset, view)
+                await loop.sock_sendall(
+                    sock, wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta
+                )
+                if n:
+                    await loop.sock_sendall(sock, view)
+            finally:
                 view.release()
                 whole.release()
-            store.release(oid, self._pins)
         self.chunks_sent += 1
         self.bytes_sent += n
         return True

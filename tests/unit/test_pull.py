@@ -1135,3 +1135,30 @@ PullMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_pull_state_machine = PullMachine.TestCase
+
+
+def test_sources_may_be_any_hashable_value() -> None:
+    """The object manager's sources are frozen dataclasses; the policy never looks inside."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Node:
+        node_id: bytes
+
+    @dataclass(frozen=True)
+    class Spill:
+        url: str
+
+    pm: PullManager[Node | Spill] = PullManager(
+        Node(ME), max_bytes_in_flight=100, rng=random.Random(1)
+    )
+    pm.want(A)
+    pm.located(A, 10, (Node(ME), Node(N1), Spill("s3://b/k")))
+    assert set(pm.pulls[A].sources) == {Node(N1), Spill("s3://b/k")}
+    (start,) = pm.next_pulls(0.0, BIG_FREE)
+    pm.failed(A, start.node)
+    (again,) = pm.next_pulls(0.0, BIG_FREE)
+    assert again.node != start.node
+    pm.succeeded(A)
+    pm.check()
+    assert not pm.pulls and pm.in_flight_bytes == 0

@@ -112,6 +112,28 @@ def _non_negative(name: str, v: Any) -> None:
         raise ConfigError(f"{name}: must be zero or more, got {v!r}")
 
 
+def _positive_int(name: str, v: Any) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{name}: must be a whole number of at least 1, got {v!r}")
+
+
+def _non_negative_int(name: str, v: Any) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ConfigError(f"{name}: must be a whole number of zero or more, got {v!r}")
+
+
+def _s3_part_size(name: str, v: Any) -> None:
+    # S3 refuses multipart parts under 5 MiB (all but the last) and over 5 GiB.
+    if not isinstance(v, int) or isinstance(v, bool) or not 5 * MiB <= v <= 5 * GiB:
+        raise ConfigError(f"{name}: must be between 5 MiB and 5 GiB (S3's limits), got {v!r}")
+
+
+def _s3_put_size(name: str, v: Any) -> None:
+    # S3 refuses a single PUT over 5 GiB.
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= 5 * GiB:
+        raise ConfigError(f"{name}: must be between 1 byte and 5 GiB (S3's limit), got {v!r}")
+
+
 def _fraction(name: str, v: Any) -> None:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v <= 1:
         raise ConfigError(f"{name}: must be a fraction in (0, 1], got {v!r}")
@@ -236,6 +258,44 @@ class SpillConfig:
     max_fused_object_count: int = _setting(2000, _positive, "most objects per spill file")
     # zstd level for spill files (0: off).  Records that do not shrink are stored raw.
     compression: int = _setting(0, _non_negative, "zstd level of spill files (0: off)")
+    # After a spill write, how long a create that needs the room waits for the
+    # owners of the objects written to let go of their mappings.
+    unmap_wait_s: float = _setting(2.0, _positive, "wait for owners to unmap spilled objects")
+    # The most a create (or a restore) waits for spilling to make room for it.
+    make_room_timeout_s: float = _setting(14.0, _positive, "deadline of making room by spilling")
+    # Tries again of a restore (or a file delete) after a transient error, waiting
+    # with exponential backoff from restore_retry_first_s to restore_retry_max_s.
+    restore_retries: int = _setting(4, _non_negative_int, "retries of a failed restore read")
+    restore_retry_first_s: float = _setting(0.05, _positive, "first pause before a retry")
+    restore_retry_max_s: float = _setting(2.0, _positive, "longest pause before a retry")
+    # Bytes of pending restores handed out at once (records of one file read together).
+    restore_group_bytes: int = _setting(
+        256 * MiB, _positive, "bytes of restores started together", size=True
+    )
+    # After a failed spill write, further writes wait: first this, doubled per failure.
+    write_backoff_first_s: float = _setting(0.1, _positive, "first pause after a failed write")
+    write_backoff_max_s: float = _setting(5.0, _positive, "longest pause after failed writes")
+    # At shutdown, how long the node waits for its spill files to be deleted.
+    shutdown_delete_timeout_s: float = _setting(10.0, _positive, "wait for deletes at shutdown")
+    # S3: multipart part size (S3's minimum is 5 MiB) and the largest single PUT.
+    s3_part_size: int = _setting(16 * MiB, _s3_part_size, "S3 multipart part size", size=True)
+    s3_single_put_max_bytes: int = _setting(
+        16 * MiB, _s3_put_size, "largest spill file sent as one S3 PUT", size=True
+    )
+    # S3: seconds to connect and to wait for each read, per HTTP request.
+    s3_connect_timeout_s: float = _setting(10.0, _positive, "S3 connect timeout")
+    s3_read_timeout_s: float = _setting(60.0, _positive, "S3 read timeout")
+    # S3: tries of one request (botocore's standard retries), parts uploaded at once.
+    s3_max_attempts: int = _setting(3, _positive_int, "tries of one S3 request")
+    s3_concurrency: int = _setting(4, _positive_int, "S3 parts uploaded at once")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # each field first, then the pairs
+            f.metadata["check"](f"spill.{f.name}", getattr(self, f.name))
+        if self.write_backoff_max_s < self.write_backoff_first_s:
+            raise ConfigError("spill.write_backoff_max_s: less than spill.write_backoff_first_s")
+        if self.restore_retry_max_s < self.restore_retry_first_s:
+            raise ConfigError("spill.restore_retry_max_s: less than spill.restore_retry_first_s")
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,34 @@
 """The spill manager: the asyncio driver of the spill policy.
 
-It is the store's :class:`~objstore.plasma.store.Spiller` and its
-``spill_hook``.  The decisions are :mod:`objstore.spill.policy`'s; this module
-does the I/O:
+The node's object service tells it what happens to primaries (``sealed``,
+``touched``, ``unheld``, ``deleted``, ``dropped``), forwards the store's
+requests for room (``make_room``) and the gets that wait for a spilled object
+(``restore``).  It reaches the store only through
+:class:`objstore.plasma.api.Store`.  The decisions are
+:mod:`objstore.spill.policy`'s; this module does the I/O:
 
 * **Spilling.**  A create that finds no room (``make_room``) or primaries over
-  ``spill.threshold`` of the arena (after a seal) start a batch: the objects
-  are pinned, owners that read them through their own mapping are asked to
-  let go (an invalidation; their release comes back while the file is being
-  written), the records are built in a thread (CRC-32, optional zstd) and
-  written as one fused file by the backend, straight from the arena.  Then
-  each object nobody holds is freed (state SPILLED); one still held is freed
-  when its last holder lets go, if memory is still short.
-* **Restoring.**  A get of a spilled object asks for a restore (one however
-  many gets wait); pending restores are taken together, grouped by file, and
-  records that follow each other in a file are read with one call.  Each is
-  read straight into new arena space, checked (header, CRC) in a thread, and
-  made readable again; its spill copy stays valid, so spilling it again only
-  frees memory.  A corrupt or missing record fails the waiting gets with
-  :class:`~objstore.errors.ObjectLostError`; a transient error is retried.
+  ``spill.threshold`` of the arena (after a seal) start a batch.  A write has
+  four steps: a synchronous start (lease the objects, ask owners that read
+  them through their own mapping to let go, plan), the I/O (records built in
+  a thread -- CRC-32, optional zstd -- and written as one fused file by the
+  backend, straight from the store's memory), a synchronous finish (record
+  the copies, tell the directory, free each object nobody holds: state
+  SPILLED), and, for a create waiting for the room, a bounded wait for the
+  owners' releases (``spill.unmap_wait_s``).  An object still held is freed
+  when its last holder lets go (``unheld``), while memory is short.
+* **Making room** goes on while candidates nobody holds remain: one found held
+  becomes the most recently used (the next batch takes others), one found gone
+  is forgotten; only when every candidate left is held does it wait for a
+  release, and it gives up at ``spill.make_room_timeout_s``.
+* **Restoring** is :mod:`objstore.spill.restore`'s (its room is made here too).
 * **Deleting.**  Each file counts its live copies; the last one gone deletes
-  the file (local or S3).  Files of an earlier run are removed at start.
+  the file (local or S3).  Files of an earlier run are removed at start, this
+  run's at close.
 * **Errors.**  A failed write (full disk, S3 refusing) leaves the objects in
   memory, is logged once per streak of failures, and makes further spills
-  wait with exponential backoff; the create that needed the room gets the
-  error (:class:`~objstore.errors.OutOfDiskError`) if the fallback cannot
-  take it either.
+  wait with exponential backoff; the create that needed the room hears of it
+  through :attr:`SpillManager.last_error`.
 """
 
 from __future__ import annotations
@@ -33,62 +36,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 
+from objstore.backoff import Backoff
 from objstore.config import Config
-from objstore.errors import ObjectLostError, ObjectStoreError
-from objstore.plasma.lifecycle import ObjectState
-from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
-from objstore.spill.backend import SpillBackend, SpillCorruptError, SpillIOError, SpillURL
-from objstore.spill.fused import (
-    HEADER_SIZE,
-    build_record,
-    decode_header,
-    decompress_into,
-    record_size,
-    verify,
-)
-from objstore.spill.policy import (
-    RestoreGroup,
-    RestoreItem,
-    RestoreQueue,
-    SpillFiles,
-    SpillPolicy,
-    SpillState,
-)
+from objstore.errors import ObjectLostError, ObjectNotFoundError, ObjectStoreError
+from objstore.plasma.api import Entry, Lease, ObjectState, Store
+from objstore.spill.backends.base import Buffer, SpillBackend, run_in_thread
+from objstore.spill.files import SpillFiles
+from objstore.spill.policy import Batch, SpillPolicy, SpillState
+from objstore.spill.records import build_record
+from objstore.spill.restore import Restorer
+from objstore.spill.restore_queue import RestoreQueue
+from objstore.spill.urls import SpillURL
+from objstore.streak import FailureStreak
+from objstore.tasks import TaskSet
 
 __all__ = ["SpillManager"]
 
 log = structlog.get_logger("objstore.spill")
 
-_SEALED = ObjectState.SEALED
 _SPILLED = ObjectState.SPILLED
 
-# How long a create that spilled waits for owners to let go of what was written.
-_UNMAP_WAIT_S = 2.0
-# Bytes of restores handed out at once (records of one file read together).
-_RESTORE_GROUP_BYTES = 256 * 1024 * 1024
-# Restores of one object retried on transient errors, with these pauses.
-_RESTORE_RETRIES = (0.05, 0.25, 1.0, 2.0)
-# Backoff after a failed spill write: first, then doubled up to the last.
-_BACKOFF_S = (0.1, 5.0)
 
+@dataclass(eq=False)
+class _Write:
+    """One write batch between its start and its finish.
 
-class _Copy:
-    """Where an object's spill copy is: its file and the record's range."""
+    ``oids``, ``metas``, ``leases`` and ``views`` are parallel: the objects
+    leased for the write, each with its metadata and a view of its memory.
+    """
 
-    __slots__ = ("base", "offset", "size")
-
-    def __init__(self, base: str, offset: int, size: int) -> None:
-        self.base = base
-        self.offset = offset
-        self.size = size
-
-    def url(self) -> str:
-        return str(SpillURL(self.base, self.offset, self.size))
+    batch_id: int
+    oids: list[bytes] = field(default_factory=list)
+    metas: list[bytes] = field(default_factory=list)
+    leases: list[Lease] = field(default_factory=list)
+    views: list[memoryview] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
 
 
 class SpillManager:
@@ -96,7 +83,7 @@ class SpillManager:
 
     def __init__(
         self,
-        store: PlasmaStore,
+        store: Store,
         config: Config,
         backend: SpillBackend,
         on_spilled: Callable[[bytes, str], None] | None = None,
@@ -105,47 +92,47 @@ class SpillManager:
         self.config = config
         self.backend = backend
         self.on_spilled = on_spilled
-        sc = config.spill
-        self.compress_level = sc.compression
+        sc = self._sc = config.spill
         self.policy = SpillPolicy.from_config(store.capacity, sc)
         self.files = SpillFiles()
-        self.restores = RestoreQueue()
         # object id -> its spill copy; every id here is in `files` (and the other
-        # way round), and is a primary in the store's table.
-        self.copies: dict[bytes, _Copy] = {}
-        # Pins objects while their records are written (so no delete frees them).
-        self._pins = ClientState(-2, lambda ids: None)
-        # Restored objects held for the gets that asked for them, until one of
-        # them pins it (or a second passes): else the next spill could free
-        # it again before they read it.
-        self._fresh: dict[bytes, asyncio.TimerHandle] = {}
+        # way round), and is a primary the store's table holds (in memory or SPILLED).
+        self.copies: dict[bytes, SpillURL] = {}
+        # Objects whose memory this manager freed (SPILLED now) -> their size.
+        # Invariant: spilled_bytes == sum of the sizes; every id here is in `copies`.
+        self._spilled: dict[bytes, int] = {}
+        self.spilled_bytes = 0
+        # Background spills and restores (cancelled at close); file deletions
+        # (awaited at close, not cancelled).
+        self._tasks = TaskSet("spill")
+        self._deletes = TaskSet("spill-delete")
+        self._restorer = Restorer(store, backend, sc, self.make_room, self._restored, self._tasks)
         # Objects a batch chose that were still held (a reader, or the owner's
         # mapping): freed as soon as they are let go, while memory is short.
+        # Every id here is COPIED or FREEING in the policy, or gone from it.
         self._awaiting: set[bytes] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        # File deletions in flight: awaited, not cancelled, at close.
-        self._deletes: set[asyncio.Task[Any]] = set()
         self._background: asyncio.Task[None] | None = None
-        self._restore_kick = False
-        # Set whenever memory is freed by a spill (creates waiting for room look again).
+        # Set whenever memory is freed by a spill (makers of room look again).
         self._freed = asyncio.Event()
         self._room_waiters = 0
-        # Failed writes: no new write before this loop time; failures in a row.
+        # Failed writes: one warning per streak, and no new write before _not_before.
+        self._streak = FailureStreak(
+            log,
+            "spilling failed; objects stay in memory, retrying with backoff",
+            "spilling works again",
+            first=sc.write_backoff_first_s,
+            maximum=sc.write_backoff_max_s,
+        )
         self._not_before = 0.0
-        self._failures = 0
         self._last_error: ObjectStoreError | None = None
         self._closed = False
+        self._deletes_closed = False
         # Counters (``status``).
-        self.spilled_objects = 0  # objects in state SPILLED now
-        self.spilled_bytes = 0  # their bytes
         self.objects_written = 0
         self.bytes_written = 0
         self.files_written = 0
         self.files_deleted = 0
-        self.restored = 0
-        self.bytes_restored = 0
         self.write_errors = 0
-        self.restore_errors = 0
 
     # ------------------------------------------------------------ life
     async def start(self) -> None:
@@ -155,74 +142,47 @@ class SpillManager:
             log.info(
                 "spill files of an earlier run removed", files=removed, backend=repr(self.backend)
             )
-        self.store.spiller = self
-        self.store.spill_hook = self.make_room
 
     async def close(self) -> None:
+        """Stop spilling and restoring; delete this run's files (bounded); close the backend.
+
+        Callers of :meth:`make_room` are the node's (creates): they end before this.
+        """
         self._closed = True
-        self.store.spill_hook = None
-        self.store.spiller = None
-        for timer in self._fresh.values():
-            timer.cancel()
-        self._fresh.clear()
-        tasks = list(self._tasks)
-        if self._background is not None:
-            tasks.append(self._background)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        self._restorer.close()
+        await self._tasks.close()
+        self._restorer.close()  # what a restore finished while being cancelled
         # The objects die with the node: so do their files (an unclean exit
         # leaves them to the next start's cleanup).  Deletions already on
         # their way finish too.
-        files = self.files.files()
-        pending = list(self._deletes)
-        if files or pending:
+        for base in self.files.files():
+            self._spawn_delete(base)
+        if len(self._deletes):
             try:
-                async with asyncio.timeout(10.0):
-                    await asyncio.gather(
-                        *pending,
-                        *(self.backend.delete(f) for f in files),
-                        return_exceptions=True,
-                    )
+                async with asyncio.timeout(self._sc.shutdown_delete_timeout_s):
+                    await self._deletes.drain()
             except TimeoutError:
-                log.warning(
-                    "spill files not all deleted at shutdown", files=len(files) + len(pending)
-                )
+                log.warning("spill files not all deleted at shutdown", files=len(self._deletes))
+        self._deletes_closed = True
+        await self._deletes.close()
         await self.backend.close()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        tasks = self._deletes if name == "spill-delete" else self._tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    # ------------------------------------------------------------ the store's calls
-    def sealed(self, oid: bytes, entry: ObjectEntry) -> None:
-        if oid in self.policy:
+    # ------------------------------------------------------------ the object service's calls
+    def sealed(self, oid: bytes, entry: Entry) -> None:
+        """A primary was sealed in the arena: a candidate to spill."""
+        if self._closed or oid in self.policy or not entry.primary or entry.segment != 0:
             return
         self.policy.add(oid, entry.size, has_copy=oid in self.copies)
-        if self.policy.need() and self._background is None and not self._closed:
-            self._background = asyncio.get_running_loop().create_task(
-                self._spill_over_threshold(), name="spill"
-            )
+        self._maybe_spill_in_background()
 
-    def touched(self, oid: bytes, entry: ObjectEntry) -> None:
+    def touched(self, oid: bytes, entry: Entry) -> None:
+        """A client reads a primary: it becomes the most recently used."""
         if oid in self.policy:
             self.policy.touch(oid)
-        timer = self._fresh.get(oid)
-        if timer is not None:
-            # A get pins it now (right after this call): let go of it then.
-            timer.cancel()
-            self._fresh[oid] = asyncio.get_running_loop().call_later(0, self._unfresh, oid)
+        self._restorer.touched(oid)
 
-    def _unfresh(self, oid: bytes) -> None:
-        self._fresh.pop(oid, None)
-        if oid in self._pins.pinned:
-            self.store.release(oid, self._pins)
-
-    def unheld(self, oid: bytes, entry: ObjectEntry) -> None:
+    def unheld(self, oid: bytes, entry: Entry) -> None:
+        """A sealed primary's last pin, lease or mapping went."""
         # An object a batch chose, let go of at last: free it if memory is short.
         # (Others stay: which to free is the policy's choice, least recently used.)
         if (
@@ -231,99 +191,126 @@ class SpillManager:
             and oid in self.policy
             and self.policy.state(oid) is SpillState.COPIED
             and (self._room_waiters or self.policy.need())
+            and self.store.sealed(oid) is not None
         ):
-            self._free(oid, entry)
+            self._free(oid)
 
-    def dropped(self, oid: bytes, entry: ObjectEntry) -> None:
+    def deleted(self, oid: bytes, entry: Entry) -> None:
+        """A delete reached the object, maybe still held: it is no candidate any more."""
         if oid in self.policy:
             self.policy.remove(oid)
-        if entry.segment < 0:  # it was spilled (it is DELETED by now)
-            self.spilled_objects -= 1
-            self.spilled_bytes -= entry.size
-        self.restores.cancel(oid)
         self._awaiting.discard(oid)
-        copy = self.copies.pop(oid, None)
-        if copy is None:
+        self._restorer.cancel(oid)
+
+    def dropped(self, oid: bytes, entry: Entry) -> None:
+        """The object left the store's table: its spill copy goes (and its file, if last)."""
+        if oid in self.policy:
+            self.policy.remove(oid)
+        self._awaiting.discard(oid)
+        self._restorer.cancel(oid)
+        self.spilled_bytes -= self._spilled.pop(oid, 0)
+        if self.copies.pop(oid, None) is None:
             return
         gone = self.files.release(oid)
         if gone is not None:
-            self._spawn(self._delete_file(gone), "spill-delete")
+            self._spawn_delete(gone)
 
-    def restore(self, oid: bytes, entry: ObjectEntry) -> None:
-        copy = self.copies.get(oid)
-        if copy is None:
+    def restore(self, oid: bytes) -> None:
+        """A get waits for a SPILLED object: read it back (once however many gets wait)."""
+        if self._closed:
+            return
+        entry = self.store.entry(oid)
+        if entry is None or entry.state is not _SPILLED:
+            return
+        url = self.copies.get(oid)
+        if url is None:
             self.store.fail_waiters(
                 oid, ObjectLostError(f"object {oid.hex()} is spilled but its copy is unknown")
             )
             return
-        new = self.restores.request(oid, copy.base, copy.offset, copy.size)
-        if new and not self._restore_kick:
-            self._restore_kick = True
-            asyncio.get_running_loop().call_soon(self._start_restores)
+        self._restorer.request(oid, url)
 
-    # ------------------------------------------------------------ spilling
+    def _restored(self, oid: bytes, entry: Entry) -> None:
+        """The restorer made ``oid`` readable again; its copy stays valid."""
+        self.spilled_bytes -= self._spilled.pop(oid, 0)
+        if not self._closed and oid not in self.policy:
+            self.policy.add(oid, entry.size, has_copy=oid in self.copies)
+
+    # ------------------------------------------------------------ making room
     async def make_room(self, nbytes: int) -> int:
-        """The store's ``spill_hook``: spill until a free block of ``nbytes`` exists.
+        """Spill until a free block of ``nbytes`` exists (the store asks, for a create
+        or a restore).
 
         Returns the bytes freed (at least 1 when the room is there), 0 when
-        nothing more could go (everything held, or writes failing): the store
-        then tries its fallback.
+        nothing more could go (everything held, writes failing, the deadline
+        passed): the store then tries its fallback.
         """
-        freed = 0
         store = self.store
+        freed = 0
+        # Objects found held by this call: a second time, every candidate is held.
+        seen_held: set[bytes] = set()
         self._room_waiters += 1
         try:
-            deadline = time.monotonic() + 2 * _UNMAP_WAIT_S + self.config.transfer.pull_timeout_s
-            while store.allocator.largest_free < nbytes and not self._closed:
-                if time.monotonic() > deadline:
-                    break
-                await self._wait_backoff()
-                batch = self.policy.next_batch(extra=nbytes, force=True)
-                log.debug(
-                    "make room",
-                    need=nbytes,
-                    largest_free=store.allocator.largest_free,
-                    batch=batch and (len(batch.write), len(batch.free_only)),
-                    writes=self.policy.writes_in_flight,
-                )
-                if batch is None:
-                    if not self.policy.writes_in_flight:
+            async with asyncio.timeout(self._sc.make_room_timeout_s):
+                while store.largest_free < nbytes and not self._closed:
+                    await self._wait_backoff()
+                    batch = self.policy.next_batch(extra=nbytes, force=True)
+                    log.debug(
+                        "make room",
+                        need=nbytes,
+                        largest_free=store.largest_free,
+                        batch=batch and (len(batch.write), len(batch.free_only)),
+                        writes=self.policy.writes_in_flight,
+                    )
+                    if batch is None:
+                        if not self.policy.writes_in_flight:
+                            break  # no candidate left
+                        # Another write is in flight: what it frees may be enough.
+                        await self._wait_freed(self._sc.unmap_wait_s)
+                        continue
+                    got, held, gone = self._free_batch(batch.free_only)
+                    if batch.write:
+                        got += await self._write(batch, need=nbytes)
+                    freed += got
+                    if got or batch.write or gone or not held <= seen_held:
+                        # Candidates nobody holds may remain: the next batch takes
+                        # them (the held ones are the most recently used now).
+                        seen_held |= held
+                        continue
+                    # Every candidate left is held: by views whose release may be on
+                    # its way, or by owners just asked to let go.  Wait a little.
+                    if not await self._wait_freed(self._sc.unmap_wait_s):
                         break
-                    # Another write is in flight: what it frees may be enough.
-                    self._freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_UNMAP_WAIT_S):
-                            await self._freed.wait()
-                    continue
-                self._freed.clear()
-                got, held = self._free_batch(batch.free_only)
-                if batch.write:
-                    got += await self._write(batch.batch_id, batch.write, wait_unmap=True)
-                freed += got
-                if not got and not batch.write:
-                    # Everything handed out is held: by views whose release may be
-                    # on its way, or by owners just asked to let go.  Wait a little.
-                    if not held:
-                        break
-                    try:
-                        async with asyncio.timeout(_UNMAP_WAIT_S):
-                            await self._freed.wait()
-                    except TimeoutError:
-                        break
+        except TimeoutError:
+            log.debug("making room timed out", needed=nbytes, freed=freed)
         except ObjectStoreError as exc:
             log.debug("spilling could not make room", needed=nbytes, error=str(exc))
         finally:
             self._room_waiters -= 1
             if not self._room_waiters and not self.policy.need():
                 self._awaiting.clear()  # memory is not short any more
-        if store.allocator.largest_free >= nbytes:
+        if store.largest_free >= nbytes:
             return max(1, freed)
         return freed
+
+    async def _wait_freed(self, timeout: float) -> bool:
+        """Wait until a spill frees memory, at most ``timeout`` s; whether one did."""
+        self._freed.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._freed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def _wait_backoff(self) -> None:
         delay = self._not_before - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def _maybe_spill_in_background(self) -> None:
+        if self.policy.need() and self._background is None and not self._closed:
+            self._background = self._tasks.spawn(self._spill_over_threshold(), name="spill")
 
     async def _spill_over_threshold(self) -> None:
         """Background spilling while primaries are over the threshold."""
@@ -334,343 +321,238 @@ class SpillManager:
                 if batch is None:
                     if not self.policy.writes_in_flight:
                         return
-                    await asyncio.sleep(0.01)
+                    await self._wait_freed(self._sc.unmap_wait_s)
                     continue
-                freed, _ = self._free_batch(batch.free_only)
+                freed, _, gone = self._free_batch(batch.free_only)
                 if batch.write:
-                    freed += await self._write(batch.batch_id, batch.write, wait_unmap=False)
-                if not freed and not batch.write:
+                    freed += await self._write(batch, need=None)
+                if not freed and not batch.write and not gone:
                     return  # everything handed out is held: wait for the next seal or release
         except ObjectStoreError:
             pass  # logged where it happened; the next seal tries again after the backoff
         finally:
             self._background = None
 
-    def _free_batch(self, oids: tuple[bytes, ...]) -> tuple[int, int]:
-        """Free objects that have a copy already; cancel those still held.
+    def _free_batch(self, oids: tuple[bytes, ...]) -> tuple[int, set[bytes], int]:
+        """Free objects that have a copy already; give back those still held.
 
-        Returns (bytes freed, objects held): a held one is freed by ``unheld``
-        when its holders let go while memory is still short.
+        Returns (bytes freed, the objects held, how many were gone).  A held
+        one becomes the most recently used candidate, and is freed by
+        ``unheld`` when its holders let go while memory is still short.
         """
-        freed = held = 0
+        freed = gone = 0
+        held: set[bytes] = set()
         store = self.store
         for oid in oids:
-            entry = store.objects.get(oid)
-            if entry is None or entry.state is not _SEALED:
-                if oid in self.policy:
-                    self.policy.cancel(oid)
-                continue
-            if store.held(entry):
-                store.invalidate_mappings([oid])
+            if store.sealed(oid) is None:  # deleted or freed meanwhile: not a candidate
+                self.policy.remove(oid)
+                self._awaiting.discard(oid)
+                gone += 1
+            elif store.held(oid):
                 self.policy.cancel(oid)
                 self._awaiting.add(oid)
-                held += 1
-                continue
-            freed += self._free(oid, entry)
-        return freed, held
+                held.add(oid)
+            else:
+                freed += self._free(oid)
+        if held:
+            store.invalidate_mappings(sorted(held))
+        return freed, held, gone
 
-    def _free(self, oid: bytes, entry: ObjectEntry) -> int:
-        """Free a written object's memory (it must not be held)."""
+    def _free(self, oid: bytes) -> int:
+        """Free a written object's memory (sealed, with a copy, held by nobody)."""
+        n = self.store.free_spilled(oid)
         self._awaiting.discard(oid)
         self.policy.remove(oid)
-        n = self.store.free_spilled(oid, entry)
-        self.spilled_objects += 1
+        self._spilled[oid] = n
         self.spilled_bytes += n
         self._freed.set()
         return n
 
-    async def _write(self, batch_id: int, oids: tuple[bytes, ...], wait_unmap: bool) -> int:
-        """Write one fused file of ``oids``; free those nobody holds.  Returns the bytes freed."""
-        store = self.store
-        entries: list[tuple[bytes, ObjectEntry]] = []
-        for oid in oids:
-            entry = store.objects[oid]
-            store.pin(oid, entry, self._pins, count=False)
-            entries.append((oid, entry))
-        # Owners reading through their own mapping: let go (answered during the write).
-        store.invalidate_mappings(oids)
-        t0 = time.monotonic()
+    # ------------------------------------------------------------ writing
+    async def _write(self, batch: Batch, need: int | None) -> int:
+        """Write ``batch.write`` as one fused file; free what nobody holds.
+
+        ``need``: a create waits for a block of that many bytes, so wait for
+        the owners' releases too (bounded).  Returns the bytes freed.
+        """
+        w = self._start_write(batch)
+        if not w.oids:  # every one of them went meanwhile
+            self.policy.written(w.batch_id, ok=True)
+            return 0
         try:
-            try:
-                parts, offsets, total = await asyncio.to_thread(self._build, entries)
-                base = await self.backend.write(parts, total)
-            except ObjectStoreError as exc:
-                self._write_failed(exc, len(oids))
-                self.policy.written(batch_id, ok=False)
-                raise
-            except BaseException:
-                self.policy.written(batch_id, ok=False)
-                raise
-            self._write_ok()
-            log.debug(
-                "spilled",
-                objects=len(entries),
-                bytes=total,
-                file=base,
-                seconds=round(time.monotonic() - t0, 4),
-            )
-            live = self.policy.written(batch_id, ok=True)
-            self.files_written += 1
-            self.objects_written += len(entries)
-            self.bytes_written += total
-            if live:
-                self.files.add_file(base, live)
-            else:
-                self._spawn(self._delete_file(base), "spill-delete")
-            live_set = set(live)
-            for (oid, _entry), (off, size) in zip(entries, offsets, strict=True):
-                if oid in live_set:
-                    copy = self.copies[oid] = _Copy(base, off, size)
-                    if self.on_spilled is not None:
-                        self.on_spilled(oid, copy.url())
-        finally:
-            for oid, entry in entries:
-                if oid in store.objects:
-                    store.release(oid, self._pins)
-        freed = 0
-        held: list[bytes] = []
-        for oid in live:
-            current = store.objects.get(oid)
-            if current is None or current.state is not _SEALED or oid not in self.policy:
-                continue
-            if store.held(current):
-                held.append(oid)
-                self._awaiting.add(oid)
-            elif self.policy.state(oid) is SpillState.COPIED:
-                freed += self._free(oid, current)
-        if held and wait_unmap:
-            # Owners answer the invalidation with a release; `unheld` frees then.
-            deadline = time.monotonic() + _UNMAP_WAIT_S
-            while time.monotonic() < deadline:
-                still = [
-                    o
-                    for o in held
-                    if (e := store.objects.get(o)) is not None and e.state is _SEALED
-                ]
-                if not still:
-                    break
-                self._freed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                        await self._freed.wait()
-            freed += sum(
-                e.size
-                for o in held
-                if (e := store.objects.get(o)) is not None and e.state is _SPILLED
-            )
+            base, offsets, total = await self._write_io(w)
+        except BaseException as exc:
+            self._abort_write(w, exc)
+            raise
+        freed, held = self._finish_write(w, base, offsets, total)
+        if held and need is not None:
+            freed += await self._wait_unmaps(held, need)
         return freed
 
-    def _build(
-        self, entries: list[tuple[bytes, ObjectEntry]]
-    ) -> tuple[list[Any], list[tuple[int, int]], int]:
+    def _start_write(self, batch: Batch) -> _Write:
+        """Lease the objects, ask owners reading them through their mapping to let go."""
+        store = self.store
+        w = _Write(batch.batch_id)
+        try:
+            for oid in batch.write:
+                try:
+                    lease = store.lease(oid)
+                except ObjectNotFoundError:
+                    self.policy.remove(oid)  # not sealed any more: nothing to write
+                    continue
+                w.leases.append(lease)
+                w.oids.append(oid)
+                w.metas.append(bytes(lease.entry.meta))
+                w.views.append(store.view(lease.entry))
+        except BaseException:
+            self._release(w)
+            self.policy.written(w.batch_id, ok=False)
+            raise
+        # Owners reading through their own mapping: let go (answered during the write).
+        store.invalidate_mappings(w.oids)
+        return w
+
+    async def _write_io(self, w: _Write) -> tuple[str, list[tuple[int, int]], int]:
+        """Build the records (in a thread) and write them: (base URL, record ranges, bytes)."""
+        parts, offsets, total = await run_in_thread(self._build, w)
+        base = await self.backend.write(parts, total)
+        return base, offsets, total
+
+    def _build(self, w: _Write) -> tuple[list[Buffer], list[tuple[int, int]], int]:
         """(In a thread) the records' buffers, each record's (offset, size), the total."""
-        parts: list[Any] = []
+        parts: list[Buffer] = []
         offsets: list[tuple[int, int]] = []
         pos = 0
-        store = self.store
-        for oid, entry in entries:
-            bufs = build_record(oid, entry.meta, store.view(entry), self.compress_level)
+        level = self._sc.compression
+        for oid, meta, view in zip(w.oids, w.metas, w.views, strict=True):
+            bufs = build_record(oid, meta, view, level)
             n = sum(memoryview(b).nbytes for b in bufs)
             parts.extend(bufs)
             offsets.append((pos, n))
             pos += n
         return parts, offsets, pos
 
-    def _write_failed(self, exc: ObjectStoreError, n: int) -> None:
-        self.write_errors += 1
-        self._failures += 1
-        self._last_error = exc
-        lo, hi = _BACKOFF_S
-        delay = min(hi, lo * 2 ** (self._failures - 1))
-        self._not_before = time.monotonic() + delay
-        if self._failures == 1:
-            log.warning(
-                "spilling failed; objects stay in memory, retrying with backoff",
-                error=str(exc),
-                objects=n,
-                backend=repr(self.backend),
-            )
-        else:
-            log.debug("spilling failed again", error=str(exc), failures=self._failures)
+    def _abort_write(self, w: _Write, exc: BaseException) -> None:
+        """The write failed or was cancelled: the objects are candidates again."""
+        self._release(w)
+        self.policy.written(w.batch_id, ok=False)
+        if isinstance(exc, ObjectStoreError):
+            self.write_errors += 1
+            self._last_error = exc
+            delay = self._streak.failed(exc, objects=len(w.oids), backend=repr(self.backend))
+            self._not_before = time.monotonic() + delay
 
-    def _write_ok(self) -> None:
-        if self._failures:
-            log.info("spilling works again", failures=self._failures)
-        self._failures = 0
+    def _finish_write(
+        self, w: _Write, base: str, offsets: list[tuple[int, int]], total: int
+    ) -> tuple[int, list[bytes]]:
+        """Record the copies, then free the objects nobody holds: (bytes freed, held ones)."""
+        self._streak.ok()
         self._not_before = 0.0
         self._last_error = None
+        log.debug(
+            "spilled",
+            objects=len(w.oids),
+            bytes=total,
+            file=base,
+            seconds=round(time.monotonic() - w.started, 4),
+        )
+        # Objects deleted during the write are not in `live`: their records are dead.
+        live = self.policy.written(w.batch_id, ok=True)
+        self.files_written += 1
+        self.objects_written += len(w.oids)
+        self.bytes_written += total
+        if not self.files.add_file(base, live):
+            self._spawn_delete(base)
+        live_set = set(live)
+        for oid, (off, size) in zip(w.oids, offsets, strict=True):
+            if oid in live_set:
+                url = self.copies[oid] = SpillURL(base, off, size)
+                if self.on_spilled is not None:
+                    self.on_spilled(oid, str(url))
+        self._release(w)
+        store = self.store
+        freed = 0
+        held: list[bytes] = []
+        for oid in live:
+            # Freed by `unheld` as the leases went, or deleted: nothing to do.
+            if oid not in self.policy or self.policy.state(oid) is not SpillState.COPIED:
+                continue
+            if store.sealed(oid) is None:
+                continue
+            if store.held(oid):
+                held.append(oid)
+                self._awaiting.add(oid)
+            else:
+                freed += self._free(oid)
+        return freed, held
+
+    def _release(self, w: _Write) -> None:
+        """Let go of a write's views, then of its leases."""
+        for view in w.views:
+            with contextlib.suppress(BufferError):
+                view.release()
+        w.views.clear()
+        for lease in w.leases:
+            lease.release()
+        w.leases.clear()
+
+    async def _wait_unmaps(self, held: list[bytes], need: int) -> int:
+        """Wait (``spill.unmap_wait_s`` at most) for the owners of ``held`` to let go,
+        until a block of ``need`` bytes exists.  Returns the bytes of those freed."""
+        store = self.store
+        deadline = time.monotonic() + self._sc.unmap_wait_s
+        while store.largest_free < need:
+            if not any(store.sealed(o) is not None and store.held(o) for o in held):
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await self._wait_freed(left)
+        return sum(self._spilled.get(o, 0) for o in held)
 
     @property
     def last_error(self) -> ObjectStoreError | None:
         """The error of the last spill write, while writes keep failing."""
         return self._last_error
 
-    # ------------------------------------------------------------ restoring
-    def _start_restores(self) -> None:
-        self._restore_kick = False
-        if self._closed:
-            return
-        for group in self.restores.take(_RESTORE_GROUP_BYTES):
-            self._spawn(self._restore_group(group), "restore")
-
-    async def _restore_group(self, group: RestoreGroup) -> None:
-        """Restore the objects of one file: consecutive records read with one call."""
-        runs: list[list[RestoreItem]] = []
-        for item in group.items:
-            if runs and runs[-1][-1].offset + runs[-1][-1].size == item.offset:
-                runs[-1].append(item)
-            else:
-                runs.append([item])
-        await asyncio.gather(*(self._restore_run(group.file_key, run) for run in runs))
-
-    async def _restore_run(self, base: str, run: list[RestoreItem]) -> None:
-        store = self.store
-        # Space first (a restore may spill others to make it); then one read.
-        spaces: list[tuple[RestoreItem, ObjectEntry, tuple[int, int]]] = []
-        try:
-            for item in run:
-                entry = store.objects.get(item.object_id)
-                if entry is None or entry.state is not _SPILLED:
-                    log.debug(
-                        "restore skipped",
-                        object_id=item.object_id.hex(),
-                        state=entry.state.name if entry else None,
-                    )
-                    self.restores.done(item.object_id)
-                    continue
-                got = await store.allocate(entry.size)
-                spaces.append((item, entry, got))
-            errors: list[SpillCorruptError | None] = []
-            for delay in (*_RESTORE_RETRIES, None):
-                try:
-                    errors = await self._read_run(base, spaces)
-                    break
-                except SpillIOError as exc:
-                    if delay is None:
-                        raise
-                    log.debug("restore failed; retrying", error=str(exc), file=base)
-                    await asyncio.sleep(delay)
-        except BaseException as exc:
-            for _, entry, got in spaces:
-                store.free_allocation(got, entry.size)
-            for item in run:
-                if self.restores.is_in_flight(item.object_id):
-                    self.restores.done(item.object_id)
-                    if isinstance(exc, ObjectStoreError):
-                        self._restore_failed(item.object_id, exc)
-            if not isinstance(exc, ObjectStoreError):
-                raise
-            return
-        for (item, entry, got), error in zip(spaces, errors, strict=True):
-            self.restores.done(item.object_id)
-            if error is not None:
-                store.free_allocation(got, entry.size)
-                self._restore_failed(item.object_id, error)
-                continue
-            current = store.objects.get(item.object_id)
-            if current is not entry or entry.state is not _SPILLED:
-                store.free_allocation(got, entry.size)  # deleted meanwhile
-                continue
-            self.spilled_objects -= 1
-            self.spilled_bytes -= entry.size
-            self.restored += 1
-            self.bytes_restored += entry.size
-            oid = item.object_id
-            store.pin(oid, entry, self._pins, count=False)
-            store.restored(oid, entry, got)
-            old = self._fresh.pop(oid, None)
-            if old is not None:
-                old.cancel()
-            self._fresh[oid] = asyncio.get_running_loop().call_later(1.0, self._unfresh, oid)
-
-    async def _read_run(
-        self, base: str, spaces: list[tuple[RestoreItem, ObjectEntry, tuple[int, int]]]
-    ) -> list[SpillCorruptError | None]:
-        """Read consecutive records into their new space and check each one.
-
-        Returns each record's damage (None: intact).  A damaged record loses
-        only its own object: when the read itself fails (a truncated or
-        missing file), each record is read alone to tell which are intact.
-        """
-        if not spaces:
-            return []
-        store = self.store
-        dests: list[memoryview] = []
-        checks: list[tuple[RestoreItem, ObjectEntry, bytearray, memoryview, bytearray | None]] = []
-        for item, entry, (segment, offset) in spaces:
-            head = bytearray(HEADER_SIZE + len(entry.meta))
-            target = memoryview(store.segments[segment].mm)[offset : offset + entry.size]
-            if item.size == record_size(len(entry.meta), entry.size):
-                stored = None
-                dests += [memoryview(head), target]
-            else:  # compressed: read the stored payload aside, then decompress
-                stored = bytearray(item.size - len(head))
-                dests += [memoryview(head), memoryview(stored)]
-            checks.append((item, entry, head, target, stored))
-        try:
-            try:
-                await self.backend.read_into(base, spaces[0][0].offset, dests)
-            except SpillCorruptError as exc:
-                if len(spaces) == 1:
-                    return [exc]
-                return [(await self._read_run(base, [one]))[0] for one in spaces]
-            return await asyncio.to_thread(self._check_run, checks)
-        finally:
-            for _, _, _, target, _ in checks:
-                with contextlib.suppress(BufferError):
-                    target.release()
-
-    @staticmethod
-    def _check_run(
-        checks: list[tuple[RestoreItem, ObjectEntry, bytearray, memoryview, bytearray | None]],
-    ) -> list[SpillCorruptError | None]:
-        errors: list[SpillCorruptError | None] = []
-        for item, entry, head, target, stored in checks:
-            try:
-                header = decode_header(head, expect_oid=item.object_id, expect_size=item.size)
-                meta = bytes(head[HEADER_SIZE:])
-                if header.data_size != entry.size or meta != entry.meta:
-                    raise SpillCorruptError(
-                        f"spill record of object {item.object_id.hex()} does not match the "
-                        f"object ({header.data_size} bytes, expected {entry.size})"
-                    )
-                if stored is not None:
-                    decompress_into(header, stored, target)
-                verify(header, meta, target)
-            except SpillCorruptError as exc:
-                errors.append(exc)
-            else:
-                errors.append(None)
-        return errors
-
-    def _restore_failed(self, oid: bytes, exc: ObjectStoreError) -> None:
-        self.restore_errors += 1
-        copy = self.copies.get(oid)
-        where = copy.url() if copy is not None else "?"
-        if isinstance(exc, SpillCorruptError):
-            err: ObjectStoreError = ObjectLostError(
-                f"object {oid.hex()} is lost: its spill copy at {where} is damaged ({exc})"
-            )
-        else:
-            err = exc
-        n = self.store.fail_waiters(oid, err)
-        log.error("restore failed", object_id=oid.hex(), url=where, error=str(exc), gets=n)
-
     # ------------------------------------------------------------ files
+    def _spawn_delete(self, base: str) -> None:
+        if not self._deletes_closed:  # else the next start of the node deletes it
+            self._deletes.spawn(self._delete_file(base), name="spill-delete")
+
     async def _delete_file(self, base: str) -> None:
-        for delay in (*_RESTORE_RETRIES, None):
+        backoff = Backoff(self._sc.restore_retry_first_s, self._sc.restore_retry_max_s)
+        while True:
             try:
                 await self.backend.delete(base)
-                self.files_deleted += 1
-                return
             except ObjectStoreError as exc:
-                if delay is None:
+                if backoff.failures >= self._sc.restore_retries:
                     log.warning("cannot delete a spill file", file=base, error=str(exc))
                     return
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff.failed())
+            else:
+                self.files_deleted += 1
+                return
 
     # ------------------------------------------------------------ views
+    @property
+    def restores(self) -> RestoreQueue:
+        """The restores pending and in flight."""
+        return self._restorer.queue
+
+    @property
+    def spilled_objects(self) -> int:
+        """Objects whose memory a spill freed (SPILLED now)."""
+        return len(self._spilled)
+
+    @property
+    def tasks(self) -> int:
+        """Background tasks running (spills, restores, file deletions)."""
+        return len(self._tasks) + len(self._deletes)
+
     def stats(self) -> dict[str, int]:
+        """Counters for ``status``."""
+        r = self._restorer
         return {
             "spilled_objects": self.spilled_objects,
             "spilled_bytes": self.spilled_bytes,
@@ -679,13 +561,17 @@ class SpillManager:
             "bytes_written": self.bytes_written,
             "files_written": self.files_written,
             "files_deleted": self.files_deleted,
-            "restored": self.restored,
-            "bytes_restored": self.bytes_restored,
+            "restored": r.restored,
+            "bytes_restored": r.bytes_restored,
             "write_errors": self.write_errors,
-            "restore_errors": self.restore_errors,
+            "restore_errors": r.restore_errors,
         }
 
     def url_of(self, oid: bytes) -> str:
         """The spill URL of an object's copy, or ""."""
-        copy = self.copies.get(oid)
-        return copy.url() if copy is not None else ""
+        url = self.copies.get(oid)
+        return str(url) if url is not None else ""
+
+    def copies_snapshot(self) -> list[tuple[bytes, str]]:
+        """(id, URL) of every spill copy (the directory's full reports)."""
+        return [(oid, str(url)) for oid, url in self.copies.items()]

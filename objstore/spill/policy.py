@@ -1,9 +1,11 @@
-"""The spill policy, pure: which primaries leave memory, in which fused files, and restores.
+"""The spill policy, pure: which primaries leave memory, and in which fused files.
 
 Nothing here does I/O, keeps time or knows asyncio.  The node's spill driver
-tells these classes what happened (a primary was sealed, read, deleted; a
-write finished) and asks them what to do next; it does the writing, freeing
-and reading itself.  Three classes, after Ray's ``LocalObjectManager``:
+tells :class:`SpillPolicy` what happened (a primary was sealed, read,
+deleted; a write finished) and asks it what to do next; it does the writing
+and freeing itself.  After Ray's ``LocalObjectManager``; its companions are
+:class:`~objstore.spill.files.SpillFiles` (which file holds which copy) and
+:class:`~objstore.spill.restore_queue.RestoreQueue` (restores, by file).
 
 :class:`SpillPolicy`
     The primaries in memory, in LRU order, and which of them to spill now.
@@ -16,12 +18,6 @@ and reading itself.  Three classes, after Ray's ``LocalObjectManager``:
     not many tiny ones), at most ``max_fused_object_count`` objects.  A hot
     object restored from a copy is thus not freed again before the colder
     ones (it would be spilled and restored over and over).
-:class:`SpillFiles`
-    Which file holds each object's spill copy, and how many live copies each
-    file still holds, so the driver deletes a file when its last one goes.
-:class:`RestoreQueue`
-    One restore per object however many gets wait for it, and the pending
-    restores of one file read together, in offset order.
 
 The driver's protocol for :class:`SpillPolicy` (each object's state is a
 :class:`SpillState`; every change goes through :data:`TRANSITIONS`)::
@@ -47,7 +43,7 @@ The driver's protocol for :class:`SpillPolicy` (each object's state is a
   - ``write``: write these objects to one file, then call
     ``written(batch_id, ok)`` exactly once.  It returns the objects of the
     batch still tracked (one removed during the write is skipped): on success
-    they now have a copy -- record them with :meth:`SpillFiles.add_file` --
+    they now have a copy -- record them with ``SpillFiles.add_file`` --
     and stay tracked until the driver calls ``remove`` for each one whose
     memory it frees.  A batch with an empty ``write`` needs no ``written``.
   - ``free_only``: these have a valid copy; free their memory (at once, or
@@ -68,9 +64,8 @@ from __future__ import annotations
 import enum
 import heapq
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from objstore.statemachine import StateMachine, TransitionError
 
@@ -86,10 +81,6 @@ __all__ = [
     "spill_transition",
     "Batch",
     "SpillPolicy",
-    "SpillFiles",
-    "RestoreItem",
-    "RestoreGroup",
-    "RestoreQueue",
 ]
 
 
@@ -567,263 +558,3 @@ class SpillPolicy:
             if not self._count[state]:
                 assert not heap
             assert all(heap[(i - 1) // 2] <= heap[i] for i in range(1, len(heap)))
-
-
-# ----------------------------------------------------------------------------- files
-
-
-class SpillFiles:
-    """Which spill file holds each object's copy, and the live copies per file.
-
-    A file is known from :meth:`add_file` until its last live copy is
-    released (:meth:`release`); the driver then deletes it.
-    """
-
-    __slots__ = ("_file_of", "_objects")
-
-    def __init__(self) -> None:
-        """No files."""
-        # oid -> the file holding its live copy.
-        self._file_of: dict[bytes, str] = {}
-        # file -> its live oids (in the order added).  Invariant: oid in _objects[f]
-        # iff _file_of[oid] == f, so each mapped oid counts 1 in exactly its file's
-        # live count; a file with no live object is not kept.
-        self._objects: dict[str, dict[bytes, None]] = {}
-
-    def add_file(self, file_key: str, oids: Iterable[bytes]) -> bool:
-        """File ``file_key`` now holds the live copies of ``oids``.
-
-        Returns whether the file is kept: False when ``oids`` is empty (nothing
-        in it is live; delete it).  Raises :class:`ValueError`, changing
-        nothing, if the file is known already, or an oid repeats or is in a
-        file already.
-        """
-        if file_key in self._objects:
-            raise ValueError(f"spill file {file_key!r} is known already")
-        objects: dict[bytes, None] = {}
-        for oid in oids:
-            if oid in objects:
-                raise ValueError(f"object {oid.hex()} twice in spill file {file_key!r}")
-            where = self._file_of.get(oid)
-            if where is not None:
-                raise ValueError(f"object {oid.hex()} is in spill file {where!r} already")
-            objects[oid] = None
-        if not objects:
-            return False
-        self._objects[file_key] = objects
-        for oid in objects:
-            self._file_of[oid] = file_key
-        return True
-
-    def file_of(self, oid: bytes) -> str | None:
-        """The file holding ``oid``'s live copy, or None."""
-        return self._file_of.get(oid)
-
-    def release(self, oid: bytes) -> str | None:
-        """``oid``'s copy is no longer needed (it was deleted).
-
-        Returns the file's key when that was its last live copy: the file is
-        forgotten and the driver deletes it.  None otherwise, and for an oid
-        with no copy.
-        """
-        file_key = self._file_of.pop(oid, None)
-        if file_key is None:
-            return None
-        objects = self._objects[file_key]
-        del objects[oid]
-        if objects:
-            return None
-        del self._objects[file_key]
-        return file_key
-
-    def live(self, file_key: str) -> int:
-        """Live copies in ``file_key`` (0 for a file not known)."""
-        return len(self._objects.get(file_key, ()))
-
-    def objects_in(self, file_key: str) -> tuple[bytes, ...]:
-        """The objects whose live copy is in ``file_key``, in the order added."""
-        return tuple(self._objects.get(file_key, ()))
-
-    def files(self) -> list[str]:
-        """The known files."""
-        return list(self._objects)
-
-    def __contains__(self, oid: object) -> bool:
-        """Whether ``oid`` has a live copy in a file."""
-        return oid in self._file_of
-
-    def __len__(self) -> int:
-        """Number of files kept (each with at least one live copy)."""
-        return len(self._objects)
-
-    def __repr__(self) -> str:
-        return f"<SpillFiles files={len(self._objects)} objects={len(self._file_of)}>"
-
-    def check(self) -> None:
-        """Assert the internal invariants (tests call it after every step)."""
-        total = 0
-        for file_key, objects in self._objects.items():
-            assert objects, f"spill file {file_key!r} kept with no live object"
-            total += len(objects)
-            for oid in objects:
-                assert self._file_of[oid] == file_key, (oid, file_key)
-        assert total == len(self._file_of), (total, len(self._file_of))
-
-
-# ----------------------------------------------------------------------------- restores
-
-
-class RestoreItem(NamedTuple):
-    """One object to read back: ``size`` bytes at ``offset`` of its file."""
-
-    object_id: bytes
-    offset: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreGroup:
-    """Objects of one file to restore together, sorted by offset."""
-
-    file_key: str
-    items: tuple[RestoreItem, ...]
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the objects (not of the gaps between them)."""
-        return sum(item.size for item in self.items)
-
-    @property
-    def start(self) -> int:
-        """Offset of the first byte to read."""
-        return self.items[0].offset
-
-    @property
-    def end(self) -> int:
-        """Offset just past the last byte to read."""
-        return max(item.offset + item.size for item in self.items)
-
-
-class RestoreQueue:
-    """Restores asked for (pending) and handed out (in flight), one per object.
-
-    :meth:`request` for each get of a spilled object; :meth:`take` hands out
-    every pending restore, grouped by file; :meth:`done` when one finished or
-    failed (a failed one may be requested again).
-    """
-
-    __slots__ = ("_pending", "_pending_file", "_in_flight", "_in_flight_bytes")
-
-    def __init__(self) -> None:
-        """Nothing pending, nothing in flight."""
-        # file -> its pending restores, oid -> item; files in the order first asked for.
-        # Invariant: oid in _pending[f] iff _pending_file[oid] == f; no empty file kept.
-        self._pending: dict[str, dict[bytes, RestoreItem]] = {}
-        self._pending_file: dict[bytes, str] = {}
-        # oid -> its restore handed out by take().  Disjoint from _pending_file.
-        self._in_flight: dict[bytes, RestoreItem] = {}
-        # Invariant: == sum of the sizes in _in_flight.
-        self._in_flight_bytes = 0
-
-    def request(self, oid: bytes, file_key: str, offset: int, size: int) -> bool:
-        """Restore ``oid`` from ``size`` bytes at ``offset`` of ``file_key``.
-
-        True if this starts a new restore; False if one is pending or in flight
-        already (the caller just waits for it).  :class:`ValueError` for a
-        negative offset or size.
-        """
-        if offset < 0 or size < 0:
-            raise ValueError(f"offset and size must be >= 0, got {offset}, {size}")
-        if oid in self._pending_file or oid in self._in_flight:
-            return False
-        self._pending.setdefault(file_key, {})[oid] = RestoreItem(oid, offset, size)
-        self._pending_file[oid] = file_key
-        return True
-
-    def take(self, max_bytes: int) -> list[RestoreGroup]:
-        """Hand out every pending restore, now in flight, in groups by file.
-
-        Files come in the order first asked for; each file's objects sorted by
-        offset, cut into groups of at most ``max_bytes`` (a single larger
-        object makes a group alone).  :class:`ValueError` if ``max_bytes < 1``.
-        """
-        if max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
-        groups: list[RestoreGroup] = []
-        for file_key, pending in self._pending.items():
-            group: list[RestoreItem] = []
-            group_bytes = 0
-            for item in sorted(pending.values(), key=lambda it: (it.offset, it.object_id)):
-                if group and group_bytes + item.size > max_bytes:
-                    groups.append(RestoreGroup(file_key, tuple(group)))
-                    group, group_bytes = [], 0
-                group.append(item)
-                group_bytes += item.size
-                self._in_flight[item.object_id] = item
-                self._in_flight_bytes += item.size
-            groups.append(RestoreGroup(file_key, tuple(group)))
-        self._pending.clear()
-        self._pending_file.clear()
-        return groups
-
-    def done(self, oid: bytes) -> None:
-        """``oid``'s restore finished or failed; :class:`KeyError` if not in flight."""
-        item = self._in_flight.pop(oid, None)
-        if item is None:
-            raise KeyError(f"no restore of {oid.hex()} in flight")
-        self._in_flight_bytes -= item.size
-
-    def cancel(self, oid: bytes) -> bool:
-        """Drop ``oid``'s pending restore (e.g. it was deleted); whether one was pending.
-
-        A restore in flight is not touched (False): the driver ends its read,
-        then calls :meth:`done`.
-        """
-        file_key = self._pending_file.pop(oid, None)
-        if file_key is None:
-            return False
-        pending = self._pending[file_key]
-        del pending[oid]
-        if not pending:
-            del self._pending[file_key]
-        return True
-
-    def is_pending(self, oid: bytes) -> bool:
-        """Whether ``oid``'s restore waits for :meth:`take`."""
-        return oid in self._pending_file
-
-    def is_in_flight(self, oid: bytes) -> bool:
-        """Whether ``oid``'s restore was handed out and is not done."""
-        return oid in self._in_flight
-
-    @property
-    def pending(self) -> int:
-        """Restores waiting for :meth:`take`."""
-        return len(self._pending_file)
-
-    @property
-    def in_flight(self) -> int:
-        """Restores handed out and not done."""
-        return len(self._in_flight)
-
-    @property
-    def in_flight_bytes(self) -> int:
-        """Bytes of the restores in flight."""
-        return self._in_flight_bytes
-
-    def __repr__(self) -> str:
-        return f"<RestoreQueue pending={self.pending} in_flight={self.in_flight}>"
-
-    def check(self) -> None:
-        """Assert the internal invariants (tests call it after every step)."""
-        total = 0
-        for file_key, pending in self._pending.items():
-            assert pending, f"file {file_key!r} kept with nothing pending"
-            total += len(pending)
-            for oid, item in pending.items():
-                assert item.object_id == oid and self._pending_file[oid] == file_key
-                assert item.offset >= 0 and item.size >= 0
-        assert total == len(self._pending_file)
-        assert not set(self._pending_file) & set(self._in_flight), "pending and in flight"
-        assert all(item.object_id == oid for oid, item in self._in_flight.items())
-        assert self._in_flight_bytes == sum(item.size for item in self._in_flight.values())

@@ -3,22 +3,28 @@
 When the directory says an object has no live copy on any node but a spill
 copy in S3 (its node died after spilling it), the node that wants it reads the
 record itself: the header and metadata first, then the payload straight into
-a new secondary copy in the arena, checked by CRC before it is sealed.  A file
-on another node's local disk cannot be read this way (that node serves its
-own spilled objects, restoring them first).
+a new secondary copy (``Store.create_secondary``), checked in a thread by
+:func:`~objstore.spill.records.check_record` -- the same check a restore
+makes -- before it is sealed.  A file on another node's local disk cannot be
+read this way (that node serves its own spilled objects, restoring them
+first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 
-from objstore.plasma.store import ObjectEntry, PlasmaStore
-from objstore.spill.backend import S3Backend, SpillCorruptError, SpillURL
-from objstore.spill.fused import HEADER_SIZE, decode_header, decompress_into, verify
+from objstore.config import Config
+from objstore.plasma.api import Store
+from objstore.spill.backends.base import run_in_thread
+from objstore.spill.backends.s3 import S3Backend
+from objstore.spill.errors import SpillCorruptError
+from objstore.spill.records import HEADER_SIZE, check_record, decode_header
+from objstore.spill.urls import S3SpillFile, SpillURL
 
 __all__ = ["SpillReader"]
 
@@ -27,15 +33,13 @@ log = structlog.get_logger("objstore.spill")
 # Bytes read first: the header, the metadata (usually small) and the payload's start.
 _FIRST_READ = 64 * 1024
 
-# Creates the secondary copy (waiting for room): (object id, size, metadata) -> entry.
-Create = Callable[[bytes, int, bytes], Awaitable[ObjectEntry]]
-
 
 class SpillReader:
     """Reads S3 spill records of any node into this node's store."""
 
-    def __init__(self, store: PlasmaStore) -> None:
+    def __init__(self, store: Store, config: Config) -> None:
         self.store = store
+        self.config = config
         # (bucket, prefix, namespace) -> a started reader backend (no cleanup).
         self._backends: dict[tuple[str, str, str], asyncio.Future[S3Backend]] = {}
         self.objects_read = 0
@@ -43,21 +47,23 @@ class SpillReader:
 
     @staticmethod
     def readable(url: str) -> bool:
-        """Whether this node can read the spill copy at ``url`` itself."""
-        return url.startswith("s3://")
+        """Whether this node can read the spill copy at ``url`` itself (an S3 record)."""
+        try:
+            S3SpillFile.parse(SpillURL.parse(url).base)
+        except (TypeError, ValueError):
+            return False
+        return True
 
     async def _backend(self, base: str) -> S3Backend:
-        bucket, _, key = base[len("s3://") :].partition("/")
-        parts = key.split("/")
-        if len(parts) < 2:
-            raise SpillCorruptError(f"not a spill file of a node: {base}")
-        namespace = parts[-2]
-        prefix = "/".join(parts[:-2])
-        k = (bucket, prefix, namespace)
+        try:
+            f = S3SpillFile.parse(base)
+        except ValueError as exc:
+            raise SpillCorruptError(f"not a spill file of a node: {base}") from exc
+        k = (f.bucket, f.prefix, f.namespace)
         fut = self._backends.get(k)
         if fut is None:
             fut = self._backends[k] = asyncio.get_running_loop().create_future()
-            backend = S3Backend(bucket, prefix, namespace)
+            backend = S3Backend.from_config(f.bucket, f.prefix, f.namespace, self.config.spill)
             try:
                 await backend.start(cleanup=False)
             except BaseException as exc:
@@ -68,9 +74,17 @@ class SpillReader:
             fut.set_result(backend)
         return await asyncio.shield(fut)
 
-    async def fetch(self, oid: bytes, url: str, create: Create) -> int:
-        """Read the record at ``url`` into a new sealed secondary copy; returns its size."""
-        u = SpillURL.parse(url)
+    async def fetch(self, oid: bytes, url: str) -> int:
+        """Read the record at ``url`` into a new sealed secondary copy; returns its size.
+
+        :class:`SpillCorruptError` if the record is missing or damaged (the
+        copy is then discarded), :class:`~objstore.spill.errors.SpillIOError`
+        if S3 fails in a way that may pass.
+        """
+        try:
+            u = SpillURL.parse(url)
+        except ValueError as exc:
+            raise SpillCorruptError(f"object {oid.hex()}: bad spill URL {url!r}") from exc
         backend = await self._backend(u.base)
         head = bytearray(min(u.size, _FIRST_READ))
         await backend.read_into(u.base, u.offset, [memoryview(head)])
@@ -82,28 +96,30 @@ class SpillReader:
             head += more
         meta = bytes(head[HEADER_SIZE:meta_end])
         got = bytes(head[meta_end:])  # the payload's first bytes, read already
-        entry = await create(oid, header.data_size, meta)
+        del head[meta_end:]
+        rest_at = u.offset + meta_end + len(got)
         store = self.store
+        entry = await store.create_secondary(oid, header.data_size, meta)
         sealed = False
         target = store.view(entry)
         try:
-            rest = header.stored_len - len(got)
+            stored: bytearray | None = None
             if header.compressed:
                 stored = bytearray(header.stored_len)
                 stored[: len(got)] = got
-                if rest:
-                    await backend.read_into(
-                        u.base, u.offset + meta_end + len(got), [memoryview(stored)[len(got) :]]
-                    )
-                await asyncio.to_thread(decompress_into, header, stored, target)
+                if len(got) < header.stored_len:
+                    await backend.read_into(u.base, rest_at, [memoryview(stored)[len(got) :]])
             else:
                 target[: len(got)] = got
-                if rest:
-                    await backend.read_into(
-                        u.base, u.offset + meta_end + len(got), [target[len(got) :]]
-                    )
-            await asyncio.to_thread(verify, header, meta, target)
-            store.seal(oid, None)
+                if len(got) < header.stored_len:
+                    rest = target[len(got) :]
+                    try:
+                        await backend.read_into(u.base, rest_at, [rest])
+                    finally:
+                        rest.release()
+            await run_in_thread(partial(check_record, meta=meta), oid, u.size, head, target, stored)
+            target.release()
+            store.seal_secondary(oid)
             sealed = True
         finally:
             with contextlib.suppress(BufferError):
@@ -116,6 +132,7 @@ class SpillReader:
         return header.data_size
 
     async def close(self) -> None:
+        """Close the reader backends."""
         for fut in self._backends.values():
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 with contextlib.suppress(Exception):

@@ -1,6 +1,6 @@
 """The spill record format and the spill backends, against real files and a real S3 server.
 
-* Records (:mod:`objstore.spill.fused`): round trips raw and zstd, CRC and
+* Records (:mod:`objstore.spill.records`): round trips raw and zstd, CRC and
   header checks.
 * :class:`LocalBackend`: real files under ``tmp_path`` (and a 4 MiB tmpfs for
   the full-disk case, which needs root to mount).
@@ -29,17 +29,10 @@ from tmpfs import tmpfs
 
 from objstore.errors import ObjectStoreError, OutOfDiskError
 from objstore.ids import OBJECT_ID_SIZE, new_object_id
-from objstore.spill import backend as backend_module
-from objstore.spill.backend import (
-    LocalBackend,
-    S3Backend,
-    SpillBackend,
-    SpillCorruptError,
-    SpillIOError,
-    SpillURL,
-    open_backend,
-)
-from objstore.spill.fused import (
+from objstore.spill.backends import LocalBackend, S3Backend, SpillBackend, open_backend
+from objstore.spill.backends import s3 as s3_module
+from objstore.spill.errors import SpillCorruptError, SpillIOError
+from objstore.spill.records import (
     FLAG_ZSTD,
     HEADER_SIZE,
     RecordHeader,
@@ -50,6 +43,7 @@ from objstore.spill.fused import (
     record_size,
     verify,
 )
+from objstore.spill.urls import SpillURL
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -670,7 +664,7 @@ async def test_s3_start_removes_an_earlier_runs_keys_only(s3_env: S3Server) -> N
 async def test_s3_start_deletes_in_batches(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backend_module, "_S3_DELETE_BATCH", 7)  # S3's is 1000
+    monkeypatch.setattr(s3_module, "_S3_DELETE_BATCH", 7)  # S3's is 1000
     bucket = s3_env.create_bucket()
     client = s3_env.client()
     for i in range(20):

@@ -1,4 +1,4 @@
-"""Tests for the pure spill policy (objstore.spill.policy).
+"""Tests for the pure spill classes (objstore.spill.policy, .files, .restore_queue).
 
 No I/O, no event loop, no clock: the tests play the spill driver by hand.
 Every step is followed by ``check()``, and every test ends by asserting that
@@ -25,20 +25,18 @@ from hypothesis.stateful import (
 
 from objstore.config import KiB, MiB, SpillConfig
 from objstore.errors import ObjectStoreError
+from objstore.spill.files import SpillFiles
 from objstore.spill.policy import (
     CANDIDATE_STATES,
     TRANSITIONS,
     Batch,
     InvalidSpillTransition,
-    RestoreGroup,
-    RestoreItem,
-    RestoreQueue,
     SpillEvent,
-    SpillFiles,
     SpillPolicy,
     SpillState,
     spill_transition,
 )
+from objstore.spill.restore_queue import RestoreGroup, RestoreItem, RestoreQueue
 
 RESIDENT, COPIED = SpillState.RESIDENT, SpillState.COPIED
 WRITING, FREEING = SpillState.WRITING, SpillState.FREEING

@@ -1,7 +1,7 @@
 """The spill record: one object's metadata and bytes, many records to a file.
 
 A spill file is records back to back; a record is found by its URL
-(:class:`~objstore.spill.backend.SpillURL`: the file, the record's offset and
+(:class:`~objstore.spill.urls.SpillURL`: the file, the record's offset and
 its size).  A record is a fixed header, the metadata, then the payload::
 
     magic  "OSP1"                       4
@@ -21,6 +21,12 @@ computed with ISA-L where it is installed.
 
 The payload is stored compressed only when that makes it smaller; otherwise
 it is the object's own bytes, written straight from its memory.
+
+Reading one back: :func:`read_plan` says where its bytes go (a raw payload
+straight into the object's memory, a compressed one aside), and
+:func:`check_record` is the one check of what was read -- the header, the
+metadata and size against what was expected, zstd, the CRC -- for restores and
+for reads of another node's records alike.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import zstandard
 
 from objstore.checksum import crc32
 from objstore.ids import OBJECT_ID_SIZE
-from objstore.spill.backend import Buffer, SpillCorruptError
+from objstore.spill.backends.base import Buffer
+from objstore.spill.errors import SpillCorruptError
 
 __all__ = [
     "MAGIC",
@@ -46,6 +53,9 @@ __all__ = [
     "build_record",
     "verify",
     "decompress_into",
+    "ReadPlan",
+    "read_plan",
+    "check_record",
 ]
 
 MAGIC = b"OSP1"
@@ -273,3 +283,82 @@ def decompress_into(header: RecordHeader, stored: Buffer, dest: memoryview) -> N
             f"object {header.oid.hex()}: zstd payload decompresses to "
             f"{'more than ' if extra else ''}{done} bytes, expected {header.data_size}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """Where a record's bytes go when it is read back with one ``read_into``.
+
+    ``dests`` in order: ``head`` (header and metadata), then either ``target``
+    itself (a raw payload) or ``stored`` (a compressed one, decompressed into
+    ``target`` by :func:`check_record`).
+    """
+
+    head: bytearray
+    target: memoryview
+    stored: bytearray | None
+
+    @property
+    def dests(self) -> list[memoryview]:
+        """The buffers to fill, in order."""
+        payload = self.target if self.stored is None else memoryview(self.stored)
+        return [memoryview(self.head), payload]
+
+
+def read_plan(record_len: int, meta_len: int, target: memoryview) -> ReadPlan:
+    """How to read a record of ``record_len`` bytes (its URL's size) whose object is known.
+
+    ``meta_len`` is the object's metadata size and ``target`` its memory
+    (``data_size`` bytes).  A record larger or smaller than a raw one of that
+    object is read as compressed; :func:`check_record` then tells whether it
+    is one.
+    """
+    head = bytearray(HEADER_SIZE + meta_len)
+    if record_len == record_size(meta_len, len(target)):
+        return ReadPlan(head, target, None)
+    return ReadPlan(head, target, bytearray(max(0, record_len - len(head))))
+
+
+def check_record(
+    oid: bytes,
+    record_len: int,
+    head: Buffer,
+    target: memoryview,
+    stored: Buffer | None = None,
+    *,
+    meta: bytes | None = None,
+) -> RecordHeader:
+    """Check a record read back, and decompress its payload into ``target``.
+
+    ``head`` holds the header and the metadata (more after them is ignored);
+    ``record_len`` is the record's size as its URL gives it; ``target`` the
+    object's memory, holding the raw payload already unless ``stored`` (the
+    payload as stored) is given.  ``meta``: the metadata the object must have
+    (a restore knows it; a read of another node's record does not).
+
+    Raises :class:`SpillCorruptError` for a bad or foreign header, metadata or
+    a size that does not match, a payload that does not decompress, or a CRC
+    mismatch.  CPU-heavy for big objects: run it in a thread.
+    """
+    header = decode_header(head, expect_oid=oid, expect_size=record_len)
+    view = memoryview(head).cast("B")
+    meta_end = HEADER_SIZE + header.meta_len
+    if len(view) < meta_end:
+        raise SpillCorruptError(
+            f"spill record of object {oid.hex()}: {header.meta_len} bytes of metadata, "
+            f"only {len(view) - HEADER_SIZE} read"
+        )
+    got_meta = bytes(view[HEADER_SIZE:meta_end])
+    if header.data_size != len(target) or (meta is not None and got_meta != meta):
+        raise SpillCorruptError(
+            f"spill record of object {oid.hex()} does not match the object "
+            f"({header.data_size} bytes, expected {len(target)})"
+        )
+    if stored is not None:
+        decompress_into(header, stored, target)
+    elif header.compressed:
+        raise SpillCorruptError(
+            f"spill record of object {oid.hex()} is compressed, but was read as raw"
+        )
+    verify(header, got_meta, target)
+    return header

@@ -102,11 +102,6 @@ def _positive(name: str, v: Any) -> None:
         raise ConfigError(f"{name}: must be a positive number, got {v!r}")
 
 
-def _positive_int(name: str, v: Any) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ConfigError(f"{name}: must be a positive whole number, got {v!r}")
-
-
 def _non_negative(name: str, v: Any) -> None:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
         raise ConfigError(f"{name}: must be zero or more, got {v!r}")

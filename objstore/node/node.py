@@ -65,6 +65,7 @@ class Node:
             await self._start(stack)
         except BaseException:
             await stack.aclose()
+            log.info("node stopped", node_id=self.node_id.hex())
             raise
         self._stack = stack
         cfg = self.config

@@ -440,32 +440,30 @@ class ObjectService:
         """Delete objects here and on every node holding a copy; how many were deleted."""
         store = self.store
         directory = self.parts.directory
+        # Ids the directory is asked to delete itself (not reported by a delete here).
+        ask: list[bytes] = []
         if name:
             if store.has_name(name) or directory is None:
                 ids = [*ids, store.lookup_name(name)]
             else:
-                # A name this node does not know as a primary: the directory knows its id
-                # (this node may hold a secondary copy of it).
-                try:
-                    row = await directory.resolve_name(name)
-                except ObjectNotFoundError:
-                    return await self.delete(ids, "") if ids else 0
-                ids = [*ids, row.object_id]
-        remote = (
-            [oid for oid in ids if store.entry(oid) is None and not store.was_deleted(oid)]
-            if directory is not None
-            else []
-        )
+                # A name this node does not know as a primary: the directory knows its
+                # id, and this node may hold a secondary copy of it.
+                row = await directory.resolve_name(name)
+                ask.append(row.object_id)
+                if store.entry(row.object_id) is not None:
+                    store.delete_many([row.object_id], by_directory=True)
+        if directory is not None:
+            ask += [oid for oid in ids if store.entry(oid) is None and not store.was_deleted(oid)]
         local = [oid for oid in ids if store.entry(oid) is not None]
         n = 0
         for start in range(0, len(local), BATCH):
             n += store.delete_many(local[start : start + BATCH])
             if start + BATCH < len(local):
                 await asyncio.sleep(0)
-        if directory is not None and remote:
+        if directory is not None and ask:
             step = self.config.directory.max_lookup
-            for start in range(0, len(remote), step):
-                n += await directory.delete(remote[start : start + step])
+            for start in range(0, len(ask), step):
+                n += await directory.delete(ask[start : start + step])
         return n
 
     # ------------------------------------------------------------ the directory's word

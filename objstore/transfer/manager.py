@@ -324,7 +324,7 @@ class ObjectManager:
             if len(self._streaks) >= _STREAKS:
                 del self._streaks[next(iter(self._streaks))]
             streak = self._streaks[src] = FailureStreak(
-                log, "pulls from a source fail; trying others", "pulls from a source work again"
+                log, "pull from a source failed; trying the next", "pulls from a source work again"
             )
         streak.failed(exc, source=str(src), object_id=start.object_id.hex())
         self.policy.failed(start.object_id, src)

@@ -73,6 +73,9 @@ class TaskSet:
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+                # A task that had ended already returns without yielding, before its
+                # done callback runs: forget it here, or this loop never yields.
+                self._tasks.discard(task)
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -99,15 +99,8 @@ class Restorer:
         self._unfresh(oid)
 
     def touched(self, oid: bytes) -> None:
-        """A get reads ``oid`` now (and pins it right after this call): let go of it then."""
-        held = self._fresh.get(oid)
-        if held is not None:
-            lease, timer = held
-            timer.cancel()
-            self._fresh[oid] = (
-                lease,
-                asyncio.get_running_loop().call_later(0, self._unfresh, oid),
-            )
+        """A get reads ``oid`` (and holds it by its own pin): let go of it."""
+        self._unfresh(oid)
 
     def close(self) -> None:
         """No more restores; let go of every restored object (the tasks are the manager's)."""

@@ -468,10 +468,11 @@ class SpillManager:
         live_set = set(live)
         for oid, (off, size) in zip(w.oids, offsets, strict=True):
             if oid in live_set:
-                url = self.copies[oid] = SpillURL(base, off, size)
-                if self.on_spilled is not None:
-                    self.on_spilled(oid, str(url))
+                self.copies[oid] = SpillURL(base, off, size)
         self._release(w)
+        if self.on_spilled is not None:
+            for oid in live:
+                self.on_spilled(oid, str(self.copies[oid]))
         store = self.store
         freed = 0
         held: list[bytes] = []

@@ -272,8 +272,8 @@ class SpillManager:
                         continue
                     got, held, gone = self._free_batch(batch.free_only)
                     if batch.write:
-                        # Those still held keep their place: the next batch gives them
-                        # back (below) if they are let go of by then.
+                        # Those still held keep their place: a later batch hands them
+                        # out again, to free only (or to give back if still held).
                         got += (await self._write(batch))[0]
                     freed += got
                     if got or batch.write or gone or not held <= seen_held:

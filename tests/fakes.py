@@ -9,16 +9,20 @@
 * :class:`FakePeers` (the transfer's peer transport), :class:`FakeSpillReader` and
   :class:`ScriptedPeer` (a raw data plane peer): see the transfer section.
 
-Each package's tests add their fakes below in a section of their own.
+Each package's tests add their fakes below in a section of their own:
+
+* spill: :class:`SpillStore` (a FakeStore that reports to a spill manager as
+  the node's object service does) and :class:`StepBackend` (a spill backend
+  that stops at chosen await points, for cancellation tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from objstore.errors import (
     ObjectExistsError,
@@ -28,6 +32,7 @@ from objstore.errors import (
 )
 from objstore.locations import LocationState, ObjectRow
 from objstore.plasma.api import Entry, ObjectState, Space, Store
+from objstore.spill.backends.base import Buffer, SpillBackend
 from objstore.transfer.manager import SpillFetch
 from objstore.transfer.peer import PeerTransport, Small, TransferError
 
@@ -41,6 +46,8 @@ __all__ = [
     "FakePeers",
     "FakeSpillReader",
     "ScriptedPeer",
+    "SpillStore",
+    "StepBackend",
 ]
 
 
@@ -673,3 +680,192 @@ def _conforms_transfer(
 ) -> tuple[PeerTransport, SpillFetch]:
     """mypy checks here that the transfer fakes follow their protocols."""
     return peers, spill
+
+
+# --- spill
+
+
+class SpillEvents(Protocol):
+    """What :class:`SpillStore` tells its spiller (``SpillManager``'s upward calls)."""
+
+    def sealed(self, oid: bytes, entry: Entry) -> None: ...
+    def touched(self, oid: bytes, entry: Entry) -> None: ...
+    def unheld(self, oid: bytes, entry: Entry) -> None: ...
+    def deleted(self, oid: bytes, entry: Entry) -> None: ...
+    def dropped(self, oid: bytes, entry: Entry) -> None: ...
+    def restore(self, oid: bytes) -> None: ...
+    async def make_room(self, nbytes: int) -> int: ...
+
+
+@dataclass
+class SpillStore(FakeStore):
+    """A :class:`FakeStore` that tells a spiller what happens, as the node's object service.
+
+    Set ``spiller`` (a ``SpillManager``).  Puts of primaries are reported
+    sealed; :meth:`get` reads like a client's get (a restore if spilled, then a
+    pin while it copies); :meth:`delete` deletes like a client's delete (a held
+    object stays, DELETED, until its last holder goes); :meth:`create` makes
+    room through the spiller first, as the real store's create does.  With
+    ``answer_invalidations`` the owners let go of their mappings on the next
+    loop tick after an invalidation.
+    """
+
+    spiller: SpillEvents | None = None
+    answer_invalidations: bool = False
+
+    def put(self, oid: bytes, data: bytes, meta: bytes = b"m", primary: bool = True) -> FakeEntry:
+        entry = super().put(oid, data, meta, primary)
+        if self.spiller is not None and primary:
+            self.spiller.sealed(oid, entry)
+        return entry
+
+    async def create(self, oid: bytes, data: bytes, meta: bytes = b"m") -> FakeEntry:
+        """A client's put of a primary: room is made by spilling, else ObjectStoreFullError."""
+        if self.largest_free < len(data) and self.spiller is not None:
+            await self.spiller.make_room(len(data))
+        if self.largest_free < len(data):
+            raise ObjectStoreFullError(
+                f"no room for {len(data)} bytes: {self.used} of {self.capacity} in use"
+            )
+        return self.put(oid, data, meta)
+
+    def pin(self, oid: bytes) -> None:
+        """A client holds a view of the object."""
+        self.objects[oid].client_pins += 1
+
+    def unpin(self, oid: bytes) -> None:
+        """A client's view went."""
+        entry = self.objects[oid]
+        assert entry.client_pins > 0
+        entry.client_pins -= 1
+        self._maybe_unheld(oid, entry)
+
+    async def get(self, oid: bytes, timeout: float = 10.0) -> bytes:
+        """A client's get: restored first if spilled; its bytes copied under a pin."""
+        entry = self.objects.get(oid)
+        if entry is None or entry.state is ObjectState.DELETED:
+            raise ObjectNotFoundError(f"object {oid.hex()} is not here")
+        if entry.state is ObjectState.SPILLED and self.spiller is not None:
+            self.spiller.restore(oid)
+        async with asyncio.timeout(timeout):
+            entry = await self.wait_sealed(oid)
+        if self.spiller is not None and entry.primary:
+            self.spiller.touched(oid, entry)
+        entry.client_pins += 1
+        try:
+            return bytes(entry.data)
+        finally:
+            self.unpin(oid)
+
+    def delete(self, oid: bytes, tell: bool = True) -> None:
+        """A client's delete (``tell=False``: the spiller is not told before the drop)."""
+        entry = self.objects[oid]
+        if self.spiller is not None and tell:
+            self.spiller.deleted(oid, entry)
+        self.log.append(("delete", oid))
+        if self.held(oid):
+            entry.state = ObjectState.DELETED
+        else:
+            self._drop(oid)
+
+    def _drop(self, oid: bytes) -> None:
+        entry = self.objects.pop(oid)
+        if entry.segment >= 0:
+            self._free(entry.size)
+        if self.spiller is not None and entry.primary:
+            self.spiller.dropped(oid, entry)
+
+    def _maybe_unheld(self, oid: bytes, entry: FakeEntry) -> None:
+        super()._maybe_unheld(oid, entry)
+        if self.objects.get(oid) is not entry or self.held(oid):
+            return
+        if entry.state is ObjectState.DELETED:
+            self._drop(oid)
+        elif entry.state is ObjectState.SEALED and entry.primary and self.spiller is not None:
+            self.spiller.unheld(oid, entry)
+
+    def invalidate_mappings(self, oids: Iterable[bytes]) -> None:
+        oids = list(oids)
+        super().invalidate_mappings(oids)
+        if self.answer_invalidations:
+            for oid in oids:
+                asyncio.get_running_loop().call_soon(self._unmap, oid)
+
+    def _unmap(self, oid: bytes) -> None:
+        entry = self.objects.get(oid)
+        if entry is not None and entry.mapped:
+            entry.mapped = False
+            self._maybe_unheld(oid, entry)
+
+    def spilled(self) -> list[bytes]:
+        """The objects in state SPILLED."""
+        return [o for o, e in self.objects.items() if e.state is ObjectState.SPILLED]
+
+
+class StepBackend:
+    """A ``SpillBackend`` around a real one that can stop at each of its await points.
+
+    Every call passes two steps, ``"<method>:before"`` and ``"<method>:after"``
+    the real call, recorded in ``steps``.  ``cancel_at = k`` blocks the k-th
+    step forever (``reached`` is set; the test cancels the task); ``pause_at =
+    name`` stops at the next step of that name until ``resume`` is set
+    (``paused`` is set); ``fail[name]`` raises that error at that step once.
+    A write stopped after the real write deletes its file, as a real backend's
+    cancelled write does.
+    """
+
+    def __init__(self, inner: SpillBackend) -> None:
+        self.inner = inner
+        self.scheme = inner.scheme
+        self.steps: list[str] = []
+        self.cancel_at: int | None = None
+        self.reached = asyncio.Event()
+        self.pause_at: str | None = None
+        self.paused = asyncio.Event()
+        self.resume = asyncio.Event()
+        self.fail: dict[str, BaseException] = {}
+
+    async def _step(self, name: str) -> None:
+        self.steps.append(name)
+        exc = self.fail.pop(name, None)
+        if exc is not None:
+            raise exc
+        if self.pause_at == name:
+            self.pause_at = None
+            self.paused.set()
+            await self.resume.wait()
+        if self.cancel_at == len(self.steps):
+            self.reached.set()
+            await asyncio.get_running_loop().create_future()  # until cancelled
+        await asyncio.sleep(0)
+
+    async def start(self) -> int:
+        return await self.inner.start()
+
+    async def write(self, parts: Sequence[Buffer], total: int) -> str:
+        await self._step("write:before")
+        base = await self.inner.write(parts, total)
+        try:
+            await self._step("write:after")
+        except BaseException:
+            await self.inner.delete(base)
+            raise
+        return base
+
+    async def read_into(self, base: str, offset: int, dests: Sequence[memoryview]) -> None:
+        await self._step("read:before")
+        await self.inner.read_into(base, offset, dests)
+        await self._step("read:after")
+
+    async def delete(self, base: str) -> None:
+        await self._step("delete:before")
+        await self.inner.delete(base)
+        await self._step("delete:after")
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def _conforms_backend(backend: StepBackend) -> SpillBackend:
+    """mypy checks here that StepBackend follows the SpillBackend protocol."""
+    return backend

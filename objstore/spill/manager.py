@@ -15,8 +15,9 @@ requests for room (``make_room``) and the gets that wait for a spilled object
   backend, straight from the store's memory), a synchronous finish (record
   the copies, tell the directory, free each object nobody holds: state
   SPILLED), and, for a create waiting for the room, a bounded wait for the
-  owners' releases (``spill.unmap_wait_s``).  An object still held is freed
-  when its last holder lets go (``unheld``), while memory is short.
+  owners' releases (``spill.unmap_wait_s``) once no other candidate can go.
+  An object still held is freed when its last holder lets go (``unheld``),
+  while memory is short.
 * **Making room** goes on while candidates nobody holds remain: one found held
   becomes the most recently used (the next batch takes others), one found gone
   is forgotten; only when every candidate left is held does it wait for a
@@ -247,7 +248,8 @@ class SpillManager:
         """
         store = self.store
         freed = 0
-        # Objects found held by this call: a second time, every candidate is held.
+        # Objects this call gave back held (now the most recently used): when a
+        # batch holds only these, every candidate left is held.
         seen_held: set[bytes] = set()
         self._room_waiters += 1
         try:
@@ -266,11 +268,13 @@ class SpillManager:
                         if not self.policy.writes_in_flight:
                             break  # no candidate left
                         # Another write is in flight: what it frees may be enough.
-                        await self._wait_freed(self._sc.unmap_wait_s)
+                        await self._wait_unmaps(nbytes)
                         continue
                     got, held, gone = self._free_batch(batch.free_only)
                     if batch.write:
-                        got += await self._write(batch, need=nbytes)
+                        # Those still held keep their place: a later batch hands them
+                        # out again, to free only (or to give back if still held).
+                        got += (await self._write(batch))[0]
                     freed += got
                     if got or batch.write or gone or not held <= seen_held:
                         # Candidates nobody holds may remain: the next batch takes
@@ -279,7 +283,7 @@ class SpillManager:
                         continue
                     # Every candidate left is held: by views whose release may be on
                     # its way, or by owners just asked to let go.  Wait a little.
-                    if not await self._wait_freed(self._sc.unmap_wait_s):
+                    if not await self._wait_unmaps(nbytes):
                         break
         except TimeoutError:
             log.debug("making room timed out", needed=nbytes, freed=freed)
@@ -325,7 +329,7 @@ class SpillManager:
                     continue
                 freed, _, gone = self._free_batch(batch.free_only)
                 if batch.write:
-                    freed += await self._write(batch, need=None)
+                    freed += (await self._write(batch))[0]
                 if not freed and not batch.write and not gone:
                     return  # everything handed out is held: wait for the next seal or release
         except ObjectStoreError:
@@ -369,25 +373,23 @@ class SpillManager:
         return n
 
     # ------------------------------------------------------------ writing
-    async def _write(self, batch: Batch, need: int | None) -> int:
+    async def _write(self, batch: Batch) -> tuple[int, list[bytes]]:
         """Write ``batch.write`` as one fused file; free what nobody holds.
 
-        ``need``: a create waits for a block of that many bytes, so wait for
-        the owners' releases too (bounded).  Returns the bytes freed.
+        Returns the bytes freed and the objects written that are still held
+        (freed by ``unheld`` when let go, while memory is short: a maker of
+        room waits for that with :meth:`_wait_unmaps`).
         """
         w = self._start_write(batch)
         if not w.oids:  # every one of them went meanwhile
             self.policy.written(w.batch_id, ok=True)
-            return 0
+            return 0, []
         try:
             base, offsets, total = await self._write_io(w)
         except BaseException as exc:
             self._abort_write(w, exc)
             raise
-        freed, held = self._finish_write(w, base, offsets, total)
-        if held and need is not None:
-            freed += await self._wait_unmaps(held, need)
-        return freed
+        return self._finish_write(w, base, offsets, total)
 
     def _start_write(self, batch: Batch) -> _Write:
         """Lease the objects, ask owners reading them through their mapping to let go."""
@@ -466,10 +468,11 @@ class SpillManager:
         live_set = set(live)
         for oid, (off, size) in zip(w.oids, offsets, strict=True):
             if oid in live_set:
-                url = self.copies[oid] = SpillURL(base, off, size)
-                if self.on_spilled is not None:
-                    self.on_spilled(oid, str(url))
+                self.copies[oid] = SpillURL(base, off, size)
         self._release(w)
+        if self.on_spilled is not None:
+            for oid in live:
+                self.on_spilled(oid, str(self.copies[oid]))
         store = self.store
         freed = 0
         held: list[bytes] = []
@@ -496,19 +499,18 @@ class SpillManager:
             lease.release()
         w.leases.clear()
 
-    async def _wait_unmaps(self, held: list[bytes], need: int) -> int:
-        """Wait (``spill.unmap_wait_s`` at most) for the owners of ``held`` to let go,
-        until a block of ``need`` bytes exists.  Returns the bytes of those freed."""
-        store = self.store
+    async def _wait_unmaps(self, need: int) -> bool:
+        """Wait (``spill.unmap_wait_s`` at most) for holders of written objects to let
+        go -- owners answering the invalidation, views released -- until a block of
+        ``need`` bytes exists.  Returns whether memory was freed meanwhile."""
         deadline = time.monotonic() + self._sc.unmap_wait_s
-        while store.largest_free < need:
-            if not any(store.sealed(o) is not None and store.held(o) for o in held):
-                break
+        freed = False
+        while self.store.largest_free < need:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not await self._wait_freed(left):
                 break
-            await self._wait_freed(left)
-        return sum(self._spilled.get(o, 0) for o in held)
+            freed = True
+        return freed
 
     @property
     def last_error(self) -> ObjectStoreError | None:

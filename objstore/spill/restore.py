@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import structlog
 
@@ -79,6 +80,8 @@ class Restorer:
         # that lets go.  Every lease here is held (released when it leaves).
         self._fresh: dict[bytes, tuple[Lease, asyncio.TimerHandle]] = {}
         self._kick: asyncio.Handle | None = None
+        # Restore tasks spawned whose body has not started yet.
+        self._unstarted: set[asyncio.Task[None]] = set()
         self._closed = False
         self.restored = 0
         self.bytes_restored = 0
@@ -99,15 +102,8 @@ class Restorer:
         self._unfresh(oid)
 
     def touched(self, oid: bytes) -> None:
-        """A get reads ``oid`` now (and pins it right after this call): let go of it then."""
-        held = self._fresh.get(oid)
-        if held is not None:
-            lease, timer = held
-            timer.cancel()
-            self._fresh[oid] = (
-                lease,
-                asyncio.get_running_loop().call_later(0, self._unfresh, oid),
-            )
+        """A get reads ``oid`` (and holds it by its own pin): let go of it."""
+        self._unfresh(oid)
 
     def close(self) -> None:
         """No more restores; let go of every restored object (the tasks are the manager's)."""
@@ -137,17 +133,35 @@ class Restorer:
         if self._closed:
             return
         for group in self.queue.take(self.config.restore_group_bytes):
-            self._tasks.spawn(self._restore_group(group), name="spill-restore")
+            task = self._tasks.spawn(self._restore_group(group), name="spill-restore")
+            self._unstarted.add(task)
+            task.add_done_callback(partial(self._ended, group))
+
+    def _ended(self, group: RestoreGroup, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never ran its body: its restores
+        # are still in flight.  (One that ran finished each of them itself.)
+        if task in self._unstarted:
+            self._unstarted.discard(task)
+            for item in group.items:
+                self.queue.done(item.object_id)
 
     async def _restore_group(self, group: RestoreGroup) -> None:
         """Restore the objects of one file: consecutive records read with one call."""
+        self._unstarted.discard(asyncio.current_task())  # type: ignore[arg-type]
         runs: list[list[RestoreItem]] = []
         for item in group.items:
             if runs and runs[-1][-1].offset + runs[-1][-1].size == item.offset:
                 runs[-1].append(item)
             else:
                 runs.append([item])
-        await asyncio.gather(*(self._restore_run(group.file_key, run) for run in runs))
+        # The restores of this group not finished yet (each is finished exactly once):
+        # a run's task cancelled before it started leaves its own here.
+        owed = {item.object_id for item in group.items}
+        try:
+            await asyncio.gather(*(self._restore_run(group.file_key, run, owed) for run in runs))
+        finally:
+            for oid in owed:
+                self.queue.done(oid)
 
     async def _allocate(self, oid: bytes, size: int) -> Space:
         """Room for one object, made by spilling others if need be, within the deadline."""
@@ -164,7 +178,7 @@ class Restorer:
                 f"of {format_size(self.store.capacity)}"
             ) from exc
 
-    async def _restore_run(self, base: str, run: list[RestoreItem]) -> None:
+    async def _restore_run(self, base: str, run: list[RestoreItem], owed: set[bytes]) -> None:
         store = self.store
         slots: list[_Slot] = []
         try:
@@ -177,6 +191,7 @@ class Restorer:
                         object_id=item.object_id.hex(),
                         state=entry.state.name if entry else None,
                     )
+                    owed.discard(item.object_id)
                     self.queue.done(item.object_id)
                     continue
                 space = await self._allocate(item.object_id, entry.size)
@@ -186,15 +201,18 @@ class Restorer:
             for _, _, space in slots:
                 store.free_allocation(space)
             for item in run:
-                if self.queue.is_in_flight(item.object_id):
-                    self.queue.done(item.object_id)
+                oid = item.object_id
+                if oid in owed:
+                    owed.discard(oid)
+                    self.queue.done(oid)
                     if isinstance(exc, ObjectStoreError):
-                        self._failed(item.object_id, base, exc)
+                        self._failed(oid, base, exc)
             if not isinstance(exc, ObjectStoreError):
                 raise
             return
         for (item, _, space), error in zip(slots, errors, strict=True):
             oid = item.object_id
+            owed.discard(oid)
             self.queue.done(oid)
             if error is not None:
                 store.free_allocation(space)

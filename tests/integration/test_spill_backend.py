@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from s3_server import S3Server, s3_server, start_s3_server  # noqa: F401  (fixture)
 from tmpfs import tmpfs
 
+from objstore.config import Config
 from objstore.errors import ObjectStoreError, OutOfDiskError
 from objstore.ids import OBJECT_ID_SIZE, new_object_id
 from objstore.spill.backends import LocalBackend, S3Backend, SpillBackend, open_backend
@@ -37,13 +38,15 @@ from objstore.spill.records import (
     HEADER_SIZE,
     RecordHeader,
     build_record,
+    check_record,
     decode_header,
     decompress_into,
     encode_header,
+    read_plan,
     record_size,
     verify,
 )
-from objstore.spill.urls import SpillURL
+from objstore.spill.urls import S3SpillFile, SpillURL, s3_namespace_prefix, spill_file_name
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -288,6 +291,101 @@ def test_open_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             open_backend(str(tmp_path), bad_ns)
     with pytest.raises(ValueError, match="part_size"):
         S3Backend("b", "", "n", part_size=MiB)
+
+
+def test_open_backend_takes_the_s3_settings_from_the_config() -> None:
+    spill = (
+        Config()
+        .replace(
+            spill={
+                "s3_part_size": "8MiB",
+                "s3_single_put_max_bytes": "1MiB",
+                "s3_connect_timeout_s": 1.5,
+                "s3_read_timeout_s": 7,
+                "s3_max_attempts": 5,
+                "s3_concurrency": 2,
+            }
+        )
+        .spill
+    )
+    s3 = open_backend("s3://b/p", "n", spill)
+    assert isinstance(s3, S3Backend)
+    assert (s3.part_size, s3.single_put_max, s3.concurrency) == (8 * MiB, MiB, 2)
+    assert s3._timeouts == (1.5, 7.0, 5)
+    default = open_backend("s3://b/p", "n")
+    assert isinstance(default, S3Backend) and default.single_put_max == default.part_size
+    with pytest.raises(ValueError, match="single_put_max"):
+        S3Backend("b", "", "n", single_put_max=0)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "key"),
+    [("", "ns/r-00000001.spill"), ("a", "a/ns/r-1.spill"), ("a/b/c", "a/b/c/n.s_1/x.spill")],
+)
+def test_s3_key_layout_round_trip(prefix: str, key: str) -> None:
+    namespace, name = key.rsplit("/", 2)[-2:]
+    f = S3SpillFile("bkt", prefix, namespace, name)
+    assert f.key == key and f.base == f"s3://bkt/{key}"
+    assert S3SpillFile.parse(f.base) == f
+    assert f.key.startswith(s3_namespace_prefix(prefix, namespace))
+    assert s3_namespace_prefix(f"/{prefix}/", namespace) == s3_namespace_prefix(prefix, namespace)
+
+
+@given(
+    prefix=st.lists(st.from_regex(r"[a-z0-9._-]{1,8}", fullmatch=True), max_size=3),
+    namespace=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True),
+    seq=st.integers(0, 10**9),
+)
+def test_s3_key_layout_property(prefix: list[str], namespace: str, seq: int) -> None:
+    f = S3SpillFile("b", "/".join(prefix), namespace, spill_file_name("run", seq))
+    assert S3SpillFile.parse(f.base) == f
+    assert S3SpillFile.parse(str(SpillURL(f.base, 1, 2)).partition("?")[0]) == f
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "file:///ns/x.spill",
+        "s3://b/x.spill",
+        "s3://b/ns/x.txt",
+        "s3://b/ns/.spill",
+        "s3://b/-n/x.spill",
+    ],
+)
+def test_s3_key_layout_rejects(base: str) -> None:
+    with pytest.raises(ValueError):
+        S3SpillFile.parse(base)
+
+
+def test_check_record_is_the_one_check_of_a_record_read_back() -> None:
+    oid = new_object_id()
+    payload = bytes(_compressible(64 * 1024))
+    for level in (0, 3):
+        blob = _joined(build_record(oid, b"meta", memoryview(payload), level))
+        target = memoryview(bytearray(len(payload)))
+        plan = read_plan(len(blob), 4, target)
+        assert (plan.stored is None) == (level == 0)
+        done = 0
+        for d in plan.dests:
+            d[:] = blob[done : done + len(d)]
+            done += len(d)
+        header = check_record(oid, len(blob), plan.head, target, plan.stored, meta=b"meta")
+        assert header.compressed == (level > 0) and bytes(target) == payload
+        with pytest.raises(SpillCorruptError, match="does not match"):
+            check_record(oid, len(blob), plan.head, target, plan.stored, meta=b"other")
+        with pytest.raises(SpillCorruptError, match="holds object"):
+            check_record(new_object_id(), len(blob), plan.head, target, plan.stored)
+        with pytest.raises(SpillCorruptError, match="does not match"):
+            check_record(oid, len(blob), plan.head, target[:-1], plan.stored)
+        with pytest.raises(SpillCorruptError, match="metadata"):
+            check_record(oid, len(blob), plan.head[:HEADER_SIZE], target, plan.stored)
+    compressed = _joined(build_record(oid, b"", memoryview(payload), 3))
+    with pytest.raises(SpillCorruptError, match="compressed"):
+        check_record(oid, len(compressed), compressed, memoryview(bytearray(len(payload))))
+    raw = bytearray(_joined(build_record(oid, b"", memoryview(payload), 0)))
+    raw[-1] ^= 1
+    with pytest.raises(SpillCorruptError, match="CRC"):
+        check_record(oid, len(raw), raw, memoryview(raw)[HEADER_SIZE:])
 
 
 # --- LocalBackend -------------------------------------------------------------------

@@ -1273,3 +1273,38 @@ test_restore_queue_state_machine = RestoreMachine.TestCase
 
 def test_pool_ids_are_distinct() -> None:
     assert len(set(POOL)) == len(POOL)
+
+
+# --- SpillConfig's tunables ------------------------------------------------------------
+
+
+def test_spill_config_tunables_have_todays_defaults_and_validators() -> None:
+    from objstore.config import Config
+    from objstore.errors import ConfigError
+
+    sc = SpillConfig()
+    assert (sc.unmap_wait_s, sc.make_room_timeout_s, sc.shutdown_delete_timeout_s) == (
+        2.0,
+        14.0,
+        10.0,
+    )
+    assert (sc.restore_retries, sc.restore_retry_first_s, sc.restore_retry_max_s) == (4, 0.05, 2.0)
+    assert (sc.write_backoff_first_s, sc.write_backoff_max_s) == (0.1, 5.0)
+    assert sc.restore_group_bytes == 256 * MiB
+    assert (sc.s3_part_size, sc.s3_single_put_max_bytes) == (16 * MiB, 16 * MiB)
+    assert (sc.s3_connect_timeout_s, sc.s3_read_timeout_s) == (10.0, 60.0)
+    env = {"OBJSTORE_SPILL_S3_PART_SIZE": "8MiB", "OBJSTORE_SPILL_UNMAP_WAIT_S": "0.5"}
+    loaded = Config.load(env=env).spill
+    assert (loaded.s3_part_size, loaded.unmap_wait_s) == (8 * MiB, 0.5)
+    for bad, match in [
+        ({"s3_part_size": MiB}, r"spill\.s3_part_size: must be between 5 MiB"),
+        ({"s3_single_put_max_bytes": 6 << 30}, r"spill\.s3_single_put_max_bytes"),
+        ({"unmap_wait_s": 0}, r"spill\.unmap_wait_s: must be a positive"),
+        ({"restore_retries": -1}, r"spill\.restore_retries"),
+        ({"restore_retries": 1.5}, r"spill\.restore_retries"),
+        ({"s3_max_attempts": 0}, r"spill\.s3_max_attempts"),
+        ({"write_backoff_max_s": 0.01}, r"spill\.write_backoff_max_s: less than"),
+        ({"restore_retry_first_s": 3.0}, r"spill\.restore_retry_max_s: less than"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            Config().replace(spill=bad)

@@ -1,7 +1,7 @@
 """The loop watchdog (objstore.watchdog): the pure verdict, then real blocks of this loop.
 
 A CPU-contended loop (runnable but not scheduled) is tested with real processes
-in tests/integration/test_watchdog.py.
+in tests/integration/test_watchdog_contention.py.
 """
 
 from __future__ import annotations

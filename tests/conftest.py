@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from loop_errors import loop_error_handler, loop_errors  # noqa: F401  (autouse fixtures)
+from tiers import pytest_collection_finish, pytest_deselected  # noqa: F401  (hooks)
 
 # The tests of the harness itself run inner pytest sessions.
 pytest_plugins = ["pytester"]

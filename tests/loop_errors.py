@@ -10,6 +10,13 @@ starts with an empty record and fails at teardown if something was recorded
 while it ran.  Reports that carry no exception ("Task was destroyed but it is
 pending!") are only logged.
 
+A test that hits a known defect of the code under test (not of the test) can
+say so until it is fixed, with the report it tolerates::
+
+    @pytest.mark.known_loop_error("_Aborted", reason="what is wrong, and where")
+
+Reports whose text matches the pattern (``re.search``) are then only logged.
+
 A task's "exception was never retrieved" comes when the task is garbage
 collected, which for a task caught in a reference cycle is whenever the
 collector runs.  So that it is blamed on the test that made it, the teardown of
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import re
 import traceback
 from collections.abc import AsyncIterator
 from typing import Any
@@ -106,6 +114,10 @@ async def loop_errors(
     if inspect.iscoroutinefunction(getattr(request, "function", None)):
         gc.collect()
     reports = loop_error_handler.take()
+    known = request.node.get_closest_marker("known_loop_error")
+    if known is not None:
+        pattern = re.compile(known.args[0])
+        reports = [r for r in reports if not pattern.search(LoopErrors.describe([r]))]
     if reports:
         pytest.fail(
             "unhandled exceptions in the event loop during the test:\n"

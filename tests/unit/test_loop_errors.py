@@ -19,6 +19,7 @@ INI = """
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = session
 asyncio_default_test_loop_scope = session
+markers = known_loop_error(pattern, reason): tolerated loop reports
 """
 
 INNER = """
@@ -85,6 +86,15 @@ async def leaks_in_teardown():
 
 async def test_module_fixture_user(leaks_in_teardown):
     pass
+
+
+@pytest.mark.known_loop_error("Boom: known", reason="a defect of the code under test")
+async def test_a_known_defect_is_tolerated():
+    def callback():
+        raise Boom("known")
+
+    asyncio.get_running_loop().call_soon(callback)
+    await asyncio.sleep(0.01)
 """
 
 NEXT_MODULE = """
@@ -105,7 +115,7 @@ def test_unhandled_loop_exceptions_fail_the_test_that_ran(pytester: pytest.Pytes
     )
     pytester.makepyfile(test_a=INNER, test_b=NEXT_MODULE)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-v")
-    result.assert_outcomes(passed=8, errors=4)
+    result.assert_outcomes(passed=9, errors=4)
     out = result.stdout.str()
     errors = {
         m[1] for line in result.outlines if (m := re.match(r"ERROR test_\w\.py::(\w+)", line))
@@ -127,4 +137,4 @@ def test_unhandled_loop_exceptions_fail_the_test_that_ran(pytester: pytest.Pytes
     assert "Boom: task in a cycle" in out
     assert "before this test (in the teardown of a wider-scoped fixture)" in out
     assert "ZeroDivisionError" in out
-    assert "Boom: awaited" not in out
+    assert "Boom: awaited" not in out and "Boom: known" not in out

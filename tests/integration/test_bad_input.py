@@ -198,7 +198,8 @@ async def test_get_unknown_ref_times_out(node) -> None:
             with pytest.raises(GetTimeoutError) as info:
                 await a.get(refs, timeout=0.2)
             elapsed = time.monotonic() - t0
-            assert 0.15 <= elapsed < 1.0
+            # Ends at its timeout: not before, and not much later even on a loaded machine.
+            assert 0.15 <= elapsed < 5.0
             assert isinstance(info.value, TimeoutError)
             assert isinstance(info.value, ObjectStoreError)
             assert unknown.hex() in str(info.value)
@@ -344,7 +345,8 @@ async def test_connect_where_no_node_listens(tmp_path, short_tmp) -> None:
     with pytest.raises(NodeUnavailableError) as info:
         await objstore.connect(stale)
     assert stale in str(info.value)
-    assert time.monotonic() - t0 < 2.0
+    # Refused at once, not retried until the client's 60 s request timeout.
+    assert time.monotonic() - t0 < 10.0
 
     with pytest.raises(NodeUnavailableError) as info:
         await objstore.connect(str(tmp_path))  # a directory, not a socket

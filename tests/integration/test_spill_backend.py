@@ -18,14 +18,16 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from loop_lag import LoopLag
 from s3_server import S3Server, s3_server, start_s3_server  # noqa: F401  (fixture)
 from tmpfs import tmpfs
+from waits import until
 
 from objstore.errors import ObjectStoreError, OutOfDiskError
 from objstore.ids import OBJECT_ID_SIZE, new_object_id
@@ -308,6 +310,10 @@ async def started(backend: Any) -> AsyncIterator[Any]:
         await backend.close()
 
 
+async def _no_spill_files(directory: Path) -> bool:
+    return not _spill_files(directory)
+
+
 def _spill_files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("*.spill")) if directory.exists() else []
 
@@ -463,33 +469,6 @@ async def test_local_full_disk_raises_out_of_disk_and_leaves_nothing(tiny_tmpfs:
         assert out == data[: 2 * MiB]
 
 
-class LoopLag:
-    """Measures the longest gap between ticks of a 2 ms sleeper on the event loop."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.002)
-            now = time.perf_counter()
-            self.worst = max(self.worst, now - last)
-            last = now
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.sleep(0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 async def test_local_big_write_and_read_do_not_block_the_loop(tmp_path: Path) -> None:
     data = (np.arange(128 * MiB, dtype=np.uint32) % 251).astype(np.uint8)
     async with started(LocalBackend([str(tmp_path)], "ns")) as backend:
@@ -498,9 +477,16 @@ async def test_local_big_write_and_read_do_not_block_the_loop(tmp_path: Path) ->
             out = np.empty_like(data)
             await backend.read_into(base, 0, [memoryview(out)])
         assert np.array_equal(out, data)
-        assert lag.worst < 0.25, f"the event loop stalled for {lag.worst * 1000:.0f} ms"
+        # Copies and file I/O on the loop would keep it for 50-500 ms here.
+        assert lag.worst < 0.25, f"the event loop stalled: {lag}"
 
 
+@pytest.mark.known_loop_error(
+    r"Future exception was never retrieved.*\n(.*\n)*.*_Aborted",
+    reason="spill.backend._run_blocking leaves the exception of a cancelled read's worker "
+    "future unretrieved when there is no on_orphan (fut.exception() is only called "
+    "after the on_orphan check)",
+)
 async def test_local_cancelled_write_leaves_no_file_and_cancelled_read_stops(
     tmp_path: Path,
 ) -> None:
@@ -520,8 +506,8 @@ async def test_local_cancelled_write_leaves_no_file_and_cancelled_read_stops(
             else:
                 await backend.delete(base)
         assert cancelled
-        await asyncio.sleep(0.05)  # the orphan cleanup (a completed write) runs in a thread
-        assert _spill_files(tmp_path / "ns") == []
+        # The orphan cleanup (of a write that completed anyway) runs in a thread.
+        await until(lambda: _no_spill_files(tmp_path / "ns"), 10, "the orphans removed")
 
         data[:] = b"\x01" * len(data)
         base = await backend.write([data], len(data))

@@ -79,6 +79,7 @@ async def test_unpicklable_values(node) -> None:
         sock.close()
 
 
+@pytest.mark.slow
 async def test_object_larger_than_memory_and_fallback(node_factory) -> None:
     node = node_factory(memory="16MiB", env={"OBJSTORE_PLASMA_FALLBACK_MAX_BYTES": "32MiB"})
     size = 48 * MiB
@@ -189,6 +190,7 @@ async def test_get_bad_arguments(node) -> None:
         await still_works(a, b)
 
 
+@pytest.mark.slow
 async def test_get_unknown_ref_times_out(node) -> None:
     unknown = ObjectRef(os.urandom(20))
     async with objstore.connect(node.socket) as a:
@@ -257,6 +259,7 @@ async def start_fails(node_factory, *flags: str, **kw: object) -> str:
     return err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "kw", "expect"),
     [
@@ -303,6 +306,7 @@ async def test_node_socket_path_is_a_regular_file(node_factory, short_tmp) -> No
     assert path.read_text() == "not a socket"  # left alone
 
 
+@pytest.mark.slow
 async def test_node_socket_already_served(node_factory) -> None:
     first = node_factory()
     async with objstore.connect(first.socket) as a:

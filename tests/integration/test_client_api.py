@@ -145,6 +145,7 @@ ARRAYS: dict[str, Any] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(ARRAYS))
 async def test_numpy_round_trip(node, kind: str) -> None:
     arr = ARRAYS[kind]()
@@ -193,6 +194,7 @@ async def test_numpy_pickled_in_band_comes_back_read_only(node, kind: str) -> No
             del got
 
 
+@pytest.mark.slow
 async def test_numpy_200mib(node_factory) -> None:
     node = node_factory(memory="512MiB")
     arr = np.arange(200 * MiB // 8, dtype=np.float64)
@@ -266,6 +268,7 @@ async def test_get_list_order_and_duplicates(node) -> None:
             del got, g
 
 
+@pytest.mark.slow
 async def test_get_10000_small_refs_in_one_call(node) -> None:
     n = 10_000
     async with objstore.connect(node.socket) as a, objstore.connect(node.socket) as b:
@@ -502,6 +505,7 @@ async def test_wait_all_ready_and_num_returns(node) -> None:
                 assert pending == [r for r in refs if r in pending]
 
 
+@pytest.mark.slow
 async def test_wait_timeout_returns_pending(node) -> None:
     never = ObjectRef(os.urandom(20))
     async with objstore.connect(node.socket) as a, objstore.connect(node.socket) as b:
@@ -592,6 +596,7 @@ async def test_delete_by_another_client(node) -> None:
         await poll(a.stats, lambda s: s["objects"] == 0 and s["used"] == 0)
 
 
+@pytest.mark.slow
 async def test_delete_while_another_client_holds_a_view(node) -> None:
     data = pattern(2 * MiB, seed=11)
     async with objstore.connect(node.socket) as a, objstore.connect(node.socket) as b:
@@ -719,6 +724,7 @@ async def test_stats_and_list_objects(node) -> None:
         await poll(a.stats, lambda s: s["objects"] == 0 and s["used"] == 0)
 
 
+@pytest.mark.slow
 async def test_fallback_segment(node_factory) -> None:
     node = node_factory(memory="16MiB")
     data = pattern(40 * MiB, seed=15)
@@ -751,6 +757,7 @@ async def test_fallback_segment(node_factory) -> None:
 
 
 # ---------------------------------------------------------------------- command line
+@pytest.mark.slow
 async def test_cli_status_and_memory(node) -> None:
     async with objstore.connect(node.socket) as a:
         r1 = await a.put(pattern(3 * MiB), name="cli-object")

@@ -135,6 +135,7 @@ async def _node_alive(address: str, node_id: str) -> bool | None:
 
 
 # ---------------------------------------------------------------------- membership
+@pytest.mark.slow
 async def test_nodes_register_and_show_in_status(cluster) -> None:
     st = await _status(cluster.directory)
     by_id = {n.node_id.hex(): n for n in st.nodes}
@@ -167,6 +168,7 @@ async def test_nodes_register_and_show_in_status(cluster) -> None:
     assert cluster.directory in out and "3 alive of 3" in out
 
 
+@pytest.mark.slow
 async def test_heartbeats_carry_usage(cluster) -> None:
     a = cluster.nodes[0]
     async with objstore.connect(a.socket) as c:
@@ -182,6 +184,7 @@ async def test_heartbeats_carry_usage(cluster) -> None:
         await until(usage_seen, 10, "heartbeat with the new usage")
 
 
+@pytest.mark.slow
 async def test_death_detection_and_a_node_that_comes_back(cluster) -> None:
     a = cluster.nodes[0]
     async with objstore.connect(a.socket) as c:
@@ -224,6 +227,7 @@ async def _present(address: str, oid: bytes) -> Any:
 
 
 # ---------------------------------------------------------------------- locations
+@pytest.mark.slow
 async def test_locations_reported_and_batch_lookup(cluster) -> None:
     a, b = cluster.nodes
     async with objstore.connect(a.socket) as ca, objstore.connect(b.socket) as cb:
@@ -269,6 +273,7 @@ async def _all_state(address: str, oids: list[bytes], state: int) -> bool:
     return all(r.state == state for r in await _lookup(address, oids))
 
 
+@pytest.mark.slow
 async def test_subscription_snapshot_then_changes(cluster) -> None:
     a = cluster.nodes[0]
     fake = FakeNode(cluster.directory)
@@ -324,6 +329,7 @@ async def test_subscription_snapshot_then_changes(cluster) -> None:
 
 
 # ---------------------------------------------------------------------- names and deletes
+@pytest.mark.slow
 async def test_names_are_unique_cluster_wide(cluster) -> None:
     a, b = cluster.nodes
     async with (
@@ -357,6 +363,7 @@ async def test_names_are_unique_cluster_wide(cluster) -> None:
             await cb.delete("never-was")
 
 
+@pytest.mark.slow
 async def test_named_put_racing_on_two_nodes_gives_one_winner(cluster) -> None:
     a, b = cluster.nodes
     async with objstore.connect(a.socket) as ca, objstore.connect(b.socket) as cb:
@@ -382,6 +389,7 @@ async def _objects_at_least(address: str, n: int) -> Any:
     return st if st.objects >= n else None
 
 
+@pytest.mark.slow
 async def test_delete_from_another_node_frees_every_copy(cluster) -> None:
     a, b = cluster.nodes
     async with objstore.connect(a.socket) as ca, objstore.connect(b.socket) as cb:
@@ -402,6 +410,7 @@ async def test_delete_from_another_node_frees_every_copy(cluster) -> None:
 
 
 # ---------------------------------------------------------------------- lost objects
+@pytest.mark.slow
 async def test_objects_of_a_dead_node_are_lost_not_waited_for(cluster) -> None:
     a, b = cluster.nodes
     async with objstore.connect(a.socket) as ca, objstore.connect(b.socket) as cb:
@@ -477,6 +486,7 @@ async def _restart_directory(cluster_factory, node_factory, head_args: list[str]
     a.allow_loop_stall = b.allow_loop_stall = False
 
 
+@pytest.mark.slow
 async def test_directory_restart_with_sqlite(cluster_factory, node_factory, tmp_path) -> None:
     await _restart_directory(
         cluster_factory, node_factory, ["--state-dir", str(tmp_path / "state")]
@@ -484,6 +494,7 @@ async def test_directory_restart_with_sqlite(cluster_factory, node_factory, tmp_
     assert (tmp_path / "state" / "directory.sqlite3").exists()
 
 
+@pytest.mark.slow
 async def test_directory_restart_with_redis(cluster_factory, node_factory, redis_url) -> None:  # noqa: F811
     url = redis_url.rsplit("/", 1)[0] + "/5"
     await _restart_directory(cluster_factory, node_factory, ["--directory-store", url])
@@ -498,6 +509,7 @@ def _rss(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 async def test_a_subscriber_that_never_reads_costs_bounded_memory(cluster_factory) -> None:
     # A generous node timeout: this test loads the machine on purpose.
     c = cluster_factory(0, env={"OBJSTORE_DIRECTORY_NODE_TIMEOUT_S": "20"})
@@ -546,6 +558,7 @@ async def _subscriptions_at_least(address: str, n: int) -> bool:
 
 
 # ---------------------------------------------------------------------- bad input
+@pytest.mark.slow
 async def test_bad_requests_get_clear_errors_and_the_directory_keeps_serving(
     cluster_factory,
 ) -> None:

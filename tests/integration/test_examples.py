@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from loop_lag import LoopLag
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -35,6 +36,7 @@ async def test_quickstart(node) -> None:
     assert "'used': 0, 'objects': 0" in out
 
 
+@pytest.mark.slow
 async def test_share_between_processes(node_factory) -> None:
     n = node_factory(memory="512MiB")
     out = await _run("share_between_processes.py", {**os.environ, "OBJSTORE_SOCKET": n.socket})
@@ -47,6 +49,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 async def test_web_backend(node) -> None:
     port = _free_port()
     env = {**os.environ, "OBJSTORE_SOCKET": node.socket, "PORT": str(port)}
@@ -97,6 +100,7 @@ async def test_client_loop_stays_responsive_during_large_put(node_factory) -> No
     assert lag.worst < 0.1, lag
 
 
+@pytest.mark.slow
 async def test_cluster(cluster) -> None:
     a = cluster.nodes[0]
     out = await _run_args(["cluster.py", cluster.head.socket, a.socket, cluster.directory])
@@ -120,6 +124,7 @@ async def _run_args(args: list[str]) -> str:
     return out.decode()
 
 
+@pytest.mark.slow
 async def test_spill(node_factory, tmp_path) -> None:
     n = node_factory("--spill", str(tmp_path / "spill"), memory="128MiB")
     out = await _run("spill.py", {**os.environ, "OBJSTORE_SOCKET": n.socket})

@@ -294,6 +294,7 @@ async def _check_client_works(client: objstore.Client, ref: objstore.ObjectRef) 
         await client.delete(ref2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 async def test_garbage_closes_only_that_connection(node, case: str) -> None:
     func, args, must_warn = CASES[case]
@@ -461,6 +462,7 @@ def _requests(draw: Any) -> pb.Request:
     return r
 
 
+@pytest.mark.slow
 async def test_nonsensical_requests_never_hurt_the_node(node) -> None:
     """Hypothesis: well-formed requests with arbitrary values (bad ids, huge sizes,
     odd timeouts, seals and aborts of others' objects...) get replies or errors,
@@ -503,6 +505,7 @@ async def _named(client: objstore.Client) -> list[str]:
     return [o["name"] for o in objects if o["name"]]
 
 
+@pytest.mark.slow
 async def test_silent_client_dropped_after_handshake_timeout(node) -> None:
     async with objstore.connect(node.socket) as client:
         ref = await client.put(np.arange(100_000))
@@ -606,6 +609,7 @@ async def test_sigint_exits_zero(node_factory) -> None:
                 await client.stats()
 
 
+@pytest.mark.slow
 async def test_node_killed_clients_fail_cleanly_and_socket_is_reusable(node_factory) -> None:
     node = node_factory()
     async with objstore.connect(node.socket) as client:

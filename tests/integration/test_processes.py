@@ -147,6 +147,7 @@ async def cycle_arena(
 # --------------------------------------------------------------------------- sharing
 
 
+@pytest.mark.slow
 async def test_producer_and_two_concurrent_consumers(node) -> None:
     n = 12
     procs = [
@@ -181,6 +182,7 @@ async def test_producer_and_two_concurrent_consumers(node) -> None:
 # --------------------------------------------------------------------------- pinning
 
 
+@pytest.mark.slow
 async def test_view_in_other_process_pins_memory_under_pressure(node_factory) -> None:
     """THE key test: a deleted object viewed by another process is never reused."""
     node = node_factory(memory="64MiB")
@@ -248,6 +250,7 @@ async def test_view_in_other_process_pins_memory_under_pressure(node_factory) ->
             b.kill()
 
 
+@pytest.mark.slow
 async def test_view_outlives_owner_exit_and_holder_kill_frees_it(node_factory) -> None:
     """An unnamed object dies with its owner's connection, but not under a reader's view;
     the reader being SIGKILLed gives the memory back."""
@@ -298,6 +301,7 @@ async def test_view_outlives_owner_exit_and_holder_kill_frees_it(node_factory) -
                 b.kill()
 
 
+@pytest.mark.slow
 async def test_slices_and_derived_arrays_keep_the_pin(node_factory) -> None:
     node = node_factory(memory="32MiB")
     n = 12 * MiB
@@ -411,6 +415,7 @@ async def test_owner_view_keeps_memory_after_own_delete(node_factory) -> None:
 # --------------------------------------------------------------------------- crashes and exits
 
 
+@pytest.mark.slow
 async def test_client_killed_with_unsealed_raw_create(node) -> None:
     size = 96 * MiB
     async with objstore.connect(node.socket) as client:
@@ -439,6 +444,7 @@ async def test_client_killed_with_unsealed_raw_create(node) -> None:
         assert st["fallback_used"] == base["fallback_used"]
 
 
+@pytest.mark.slow
 async def test_client_killed_during_put(node) -> None:
     """``client.put`` of 96 MiB, SIGKILLed while its object is still CREATING (the
     copy takes tens of ms; in the rare case it was sealed first, try again)."""
@@ -489,6 +495,7 @@ async def test_exited_client_unnamed_objects_are_freed(node) -> None:
         )
 
 
+@pytest.mark.slow
 async def test_exited_client_named_objects_survive(node) -> None:
     (done,) = await run_script("put_many.py", node.socket, 8, "keep")
     lines = await run_script("consumer.py", node.socket, "keep", 8)
@@ -503,6 +510,7 @@ async def test_exited_client_named_objects_survive(node) -> None:
         await wait_stats(client, lambda s: s["used"] == 0 and s["objects"] == 0, what="deleted")
 
 
+@pytest.mark.slow
 async def test_eight_busy_client_processes(node) -> None:
     workers, named = 8, 3
     procs = [await Script.start("worker.py", node.socket, i, workers, 2.0) for i in range(workers)]

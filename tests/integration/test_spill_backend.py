@@ -224,6 +224,7 @@ def test_header_expectations_and_short_buffer() -> None:
         encode_header(RecordHeader(b"\x01" * OBJECT_ID_SIZE, 10, 0, 0, 11, 0))
 
 
+@pytest.mark.slow
 @given(
     meta=st.binary(max_size=300),
     data=st.one_of(st.binary(max_size=5000), st.text(max_size=3000).map(str.encode)),
@@ -469,6 +470,7 @@ async def test_local_full_disk_raises_out_of_disk_and_leaves_nothing(tiny_tmpfs:
         assert out == data[: 2 * MiB]
 
 
+@pytest.mark.slow
 async def test_local_big_write_and_read_do_not_block_the_loop(tmp_path: Path) -> None:
     data = (np.arange(128 * MiB, dtype=np.uint32) % 251).astype(np.uint8)
     async with started(LocalBackend([str(tmp_path)], "ns")) as backend:
@@ -550,6 +552,7 @@ def _uploads(server: S3Server, bucket: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 async def test_s3_small_put_and_ranged_reads_of_records(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     objs = [
@@ -576,6 +579,7 @@ async def test_s3_small_put_and_ranged_reads_of_records(s3_env: S3Server) -> Non
         await backend.read_into(empty, 0, [])
 
 
+@pytest.mark.slow
 async def test_s3_multipart_upload(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     big = np.random.default_rng(3).integers(0, 255, size=9 * MiB, dtype=np.uint8)
@@ -628,6 +632,7 @@ async def test_s3_delete_and_missing_key(s3_env: S3Server) -> None:
             await backend.read_into(f"s3://{bucket}/other/x.spill", 0, [memoryview(out)])
 
 
+@pytest.mark.slow
 async def test_s3_start_removes_an_earlier_runs_keys_only(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     client = s3_env.client()
@@ -653,6 +658,7 @@ async def test_s3_start_removes_an_earlier_runs_keys_only(s3_env: S3Server) -> N
     assert _keys(s3_env, bucket, "spill/node1x/") == ["spill/node1x/keep.spill"]
 
 
+@pytest.mark.slow
 async def test_s3_start_deletes_in_batches(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -683,6 +689,7 @@ def _fast_failing(bucket: str) -> S3Backend:
     return S3Backend(bucket, "", "ns", connect_timeout=0.5, read_timeout=0.5, max_attempts=2)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(15)
 async def test_s3_nothing_listening_is_spill_io_error(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
@@ -697,6 +704,7 @@ async def test_s3_nothing_listening_is_spill_io_error(
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(15)
 async def test_s3_silent_server_times_out_as_spill_io_error(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
@@ -712,6 +720,7 @@ async def test_s3_silent_server_times_out_as_spill_io_error(
         assert time.monotonic() - t0 < 6
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(40)
 async def test_s3_server_stopped_midway(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -738,6 +747,7 @@ async def test_s3_server_stopped_midway(
         await asyncio.to_thread(server.stop)
 
 
+@pytest.mark.slow
 async def test_s3_cancelled_writes_leave_nothing(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     data = memoryview(os.urandom(16 * MiB))

@@ -13,6 +13,7 @@ import objstore
 from objstore.errors import NodeUnavailableError
 
 
+@pytest.mark.slow
 async def test_frozen_node_fails_requests_after_request_timeout(node) -> None:
     node.allow_loop_stall = True  # the freeze shows up as a late tick
     async with objstore.connect(node.socket, request_timeout=0.5) as client:

@@ -45,6 +45,7 @@ def tcluster(cluster_factory):
     return cluster_factory(2, env=ENV, memory="128MiB")
 
 
+@pytest.mark.slow
 async def test_sizes_around_the_chunk_size(tcluster) -> None:
     a = tcluster.nodes[0]
     sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 12345]
@@ -67,6 +68,7 @@ async def test_sizes_around_the_chunk_size(tcluster) -> None:
         assert (await ca.stats())["bytes_served"] >= sum(sizes)
 
 
+@pytest.mark.slow
 async def test_four_readers_of_one_object_cause_one_transfer(tcluster) -> None:
     a = tcluster.nodes[0]
     data = pattern(5 * MiB + 7, 1)
@@ -85,6 +87,7 @@ async def test_four_readers_of_one_object_cause_one_transfer(tcluster) -> None:
                 await r.close()
 
 
+@pytest.mark.slow
 async def test_ten_thousand_small_objects_in_one_get(tcluster) -> None:
     a = tcluster.nodes[0]
     async with objstore.connect(a.socket) as ca, objstore.connect(tcluster.head.socket) as ch:
@@ -123,6 +126,7 @@ async def test_a_killed_source_with_another_copy_elsewhere(cluster_factory) -> N
             assert time.monotonic() - t0 < 15
 
 
+@pytest.mark.slow
 async def test_one_gib_object(cluster_factory) -> None:
     c = cluster_factory(1, memory="1200MiB")
     a = c.nodes[0]
@@ -137,6 +141,7 @@ async def test_one_gib_object(cluster_factory) -> None:
     del got, data
 
 
+@pytest.mark.slow
 async def test_data_plane_garbage_closes_that_connection_only(tcluster) -> None:
     a = tcluster.nodes[0]
     host, port = _host_port(str(a.ready["address"]))
@@ -242,6 +247,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 async def test_a_link_that_stalls_or_drops(cluster_factory, node_factory) -> None:
     c = cluster_factory(0, env=ENV, memory="128MiB")
     real, front = _free_port(), _free_port()
@@ -275,6 +281,7 @@ async def test_a_link_that_stalls_or_drops(cluster_factory, node_factory) -> Non
     assert "pull from a source failed" in c.head.stderr()
 
 
+@pytest.mark.slow
 async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> None:
     """A source stuck sending to a node that died aborts those sends when the directory says so."""
     # Chunks of 8 MiB, so a stalled link leaves the source inside its sends.
@@ -322,6 +329,7 @@ async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> N
         await proxy.close()
 
 
+@pytest.mark.slow
 async def test_secondary_copies_are_evicted_lru_and_the_directory_hears(cluster_factory) -> None:
     c = cluster_factory(0, env=ENV, memory="128MiB")
     small = c.add_node(env=ENV, memory="32MiB")
@@ -353,6 +361,7 @@ async def test_secondary_copies_are_evicted_lru_and_the_directory_hears(cluster_
         assert bytes(await cs.get(refs[0], timeout=30)) == pattern(12 * MiB, 20)
 
 
+@pytest.mark.slow
 async def test_a_pull_with_no_room_waits_for_memory_then_goes_on(cluster_factory) -> None:
     """No secondary to evict, no fallback: the pull waits for a free, not for a retry."""
     c = cluster_factory(0, env=ENV, memory="128MiB")

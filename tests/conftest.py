@@ -3,7 +3,8 @@
 ``node_factory`` starts ``python -m objstore.node`` processes, waits for their
 ready line and stops them with SIGTERM, checking that they exit 0 and that
 their event loop never stalled (the node logs ``event loop blocked`` when it
-does; see ``node.loop_lag_warn_ms``).
+does; see ``node.loop_lag_warn_ms``).  An unhandled exception in this process's
+own loop fails the test that was running (``loop_errors.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from loop_errors import loop_error_handler, loop_errors  # noqa: F401  (autouse fixtures)
+from tiers import pytest_collection_finish, pytest_deselected  # noqa: F401  (hooks)
+
+# The tests of the harness itself run inner pytest sessions.
+pytest_plugins = ["pytester"]
 
 # The machine is shared and noisy: no per-example deadlines (timeouts bound tests).
 settings.register_profile("objstore", deadline=None, suppress_health_check=[HealthCheck.too_slow])

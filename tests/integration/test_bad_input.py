@@ -79,6 +79,7 @@ async def test_unpicklable_values(node) -> None:
         sock.close()
 
 
+@pytest.mark.slow
 async def test_object_larger_than_memory_and_fallback(node_factory) -> None:
     node = node_factory(memory="16MiB", env={"OBJSTORE_PLASMA_FALLBACK_MAX_BYTES": "32MiB"})
     size = 48 * MiB
@@ -189,6 +190,7 @@ async def test_get_bad_arguments(node) -> None:
         await still_works(a, b)
 
 
+@pytest.mark.slow
 async def test_get_unknown_ref_times_out(node) -> None:
     unknown = ObjectRef(os.urandom(20))
     async with objstore.connect(node.socket) as a:
@@ -198,7 +200,8 @@ async def test_get_unknown_ref_times_out(node) -> None:
             with pytest.raises(GetTimeoutError) as info:
                 await a.get(refs, timeout=0.2)
             elapsed = time.monotonic() - t0
-            assert 0.15 <= elapsed < 1.0
+            # Ends at its timeout: not before, and not much later even on a loaded machine.
+            assert 0.15 <= elapsed < 5.0
             assert isinstance(info.value, TimeoutError)
             assert isinstance(info.value, ObjectStoreError)
             assert unknown.hex() in str(info.value)
@@ -256,6 +259,7 @@ async def start_fails(node_factory, *flags: str, **kw: object) -> str:
     return err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("flags", "kw", "expect"),
     [
@@ -302,6 +306,7 @@ async def test_node_socket_path_is_a_regular_file(node_factory, short_tmp) -> No
     assert path.read_text() == "not a socket"  # left alone
 
 
+@pytest.mark.slow
 async def test_node_socket_already_served(node_factory) -> None:
     first = node_factory()
     async with objstore.connect(first.socket) as a:
@@ -344,7 +349,8 @@ async def test_connect_where_no_node_listens(tmp_path, short_tmp) -> None:
     with pytest.raises(NodeUnavailableError) as info:
         await objstore.connect(stale)
     assert stale in str(info.value)
-    assert time.monotonic() - t0 < 2.0
+    # Refused at once, not retried until the client's 60 s request timeout.
+    assert time.monotonic() - t0 < 10.0
 
     with pytest.raises(NodeUnavailableError) as info:
         await objstore.connect(str(tmp_path))  # a directory, not a socket

@@ -29,6 +29,7 @@ import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waits import round_trip
 
 import objstore
 from objstore.errors import NodeUnavailableError
@@ -293,6 +294,7 @@ async def _check_client_works(client: objstore.Client, ref: objstore.ObjectRef) 
         await client.delete(ref2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 async def test_garbage_closes_only_that_connection(node, case: str) -> None:
     func, args, must_warn = CASES[case]
@@ -311,12 +313,12 @@ async def test_garbage_closes_only_that_connection(node, case: str) -> None:
             np.testing.assert_array_equal(await fresh.get(ref, timeout=5), np.arange(100_000))
             st = await fresh.stats()
             assert st["objects"] == 1 and st["creating"] == 0, st
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 10
         while (await client.stats())["clients"] != 1:
             assert time.monotonic() < deadline, "the bad connection is still counted"
             await asyncio.sleep(0.01)
         if must_warn:
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 10
             while warning_count(node) <= before:
                 if time.monotonic() > deadline:
                     pytest.fail(
@@ -388,7 +390,7 @@ async def test_arbitrary_bytes_then_eof_never_hurt_the_node(node) -> None:
         await asyncio.to_thread(check)
         await _check_client_works(client, ref)
         st_ = await client.stats()
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 10
         while st_["clients"] != 1 or st_["creating"] != 0 or st_["objects"] != 1:
             assert time.monotonic() < deadline, st_
             await asyncio.sleep(0.02)
@@ -460,6 +462,7 @@ def _requests(draw: Any) -> pb.Request:
     return r
 
 
+@pytest.mark.slow
 async def test_nonsensical_requests_never_hurt_the_node(node) -> None:
     """Hypothesis: well-formed requests with arbitrary values (bad ids, huge sizes,
     odd timeouts, seals and aborts of others' objects...) get replies or errors,
@@ -485,7 +488,7 @@ async def test_nonsensical_requests_never_hurt_the_node(node) -> None:
 
         await asyncio.to_thread(check)
         await _check_client_works(client, ref)
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 10
         while True:
             st_ = await client.stats()
             if (st_["clients"], st_["creating"], st_["fallback_used"]) == (1, 0, 0) and (
@@ -502,12 +505,13 @@ async def _named(client: objstore.Client) -> list[str]:
     return [o["name"] for o in objects if o["name"]]
 
 
+@pytest.mark.slow
 async def test_silent_client_dropped_after_handshake_timeout(node) -> None:
     async with objstore.connect(node.socket) as client:
         ref = await client.put(np.arange(100_000))
         sock = await asyncio.to_thread(raw_connect, node.socket)
         t0 = time.monotonic()
-        waiter = asyncio.create_task(asyncio.to_thread(wait_closed, sock, 8.0))
+        waiter = asyncio.create_task(asyncio.to_thread(wait_closed, sock, 20.0))
         # The others are served as usual meanwhile.
         ops = 0
         while not waiter.done():
@@ -517,7 +521,9 @@ async def test_silent_client_dropped_after_handshake_timeout(node) -> None:
         closed, got = await waiter
         elapsed = time.monotonic() - t0
         assert closed and got == b""
-        assert 4.0 < elapsed < 7.0, elapsed
+        # Dropped at the 5 s handshake timeout: not before, and not left open (generous
+        # upper bound for a loaded machine).
+        assert 4.0 < elapsed < 15.0, elapsed
         assert ops > 10
         assert "handshake failed" in node.stderr()
         await _check_client_works(client, ref)
@@ -556,7 +562,7 @@ async def test_sigterm_with_connected_clients(node_factory) -> None:
         ref = await c2.put(np.arange(1_000_000))
         view = await c1.get(ref)
         pending = asyncio.create_task(c1.get(objstore.ObjectRef(os.urandom(20))))
-        await asyncio.sleep(0.1)
+        await round_trip(c1)
         assert not pending.done()
         assert (await c2.stats())["creating"] == 1
         t0 = time.monotonic()
@@ -603,6 +609,7 @@ async def test_sigint_exits_zero(node_factory) -> None:
                 await client.stats()
 
 
+@pytest.mark.slow
 async def test_node_killed_clients_fail_cleanly_and_socket_is_reusable(node_factory) -> None:
     node = node_factory()
     async with objstore.connect(node.socket) as client:
@@ -635,7 +642,9 @@ def test_ready_line_and_start_time(node_factory) -> None:
     t0 = time.monotonic()
     node = node_factory()
     elapsed = time.monotonic() - t0
-    assert elapsed < 2.0, elapsed
+    # Ready in about a second (imports, the arena, the socket; no prefault here); the bound
+    # is for a loaded machine and catches a start that does memory-sized work before ready.
+    assert elapsed < 5.0, elapsed
     ready = node.ready
     for key in ("event", "node_id", "socket", "address", "directory"):
         assert key in ready, ready

@@ -10,6 +10,8 @@ import sys
 import tempfile
 import time
 
+import pytest
+
 import objstore
 
 
@@ -60,6 +62,7 @@ async def test_default_socket_directory_is_created() -> None:
         assert not os.path.exists(expected)
 
 
+@pytest.mark.slow
 def test_json_logs_and_unreachable_directory() -> None:
     """A node whose directory never answers stops with a clear error and JSON logs."""
     with tempfile.TemporaryDirectory(prefix="osd-", dir="/tmp") as tmp:
@@ -98,6 +101,7 @@ def test_json_logs_and_unreachable_directory() -> None:
         assert not os.path.exists(sock)
 
 
+@pytest.mark.slow
 def test_config_file_and_bad_config_file() -> None:
     with tempfile.TemporaryDirectory(prefix="osd-", dir="/tmp") as tmp:
         sock = os.path.join(tmp, "n.sock")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import objstore
 
 
@@ -42,6 +44,7 @@ async def test_get_of_50000_refs_from_another_client(node_factory) -> None:
         assert stats["objects"] == 50_000
 
 
+@pytest.mark.slow
 async def test_delete_of_100000_refs_in_one_call(node_factory) -> None:
     node = node_factory(memory="64MiB")
     async with objstore.connect(node.socket) as owner, objstore.connect(node.socket) as other:
@@ -53,6 +56,7 @@ async def test_delete_of_100000_refs_in_one_call(node_factory) -> None:
         assert not owner._cache  # the owner dropped every deleted object
 
 
+@pytest.mark.slow
 async def test_client_leaving_100000_objects_is_cleaned_up(node_factory) -> None:
     node = node_factory(memory="64MiB")
     async with objstore.connect(node.socket) as watcher:

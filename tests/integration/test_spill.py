@@ -68,6 +68,7 @@ async def read_back(
         del got
 
 
+@pytest.mark.slow
 async def test_three_times_memory_through_local_files(node_factory, tmp_path) -> None:
     root = tmp_path / "spill"
     node = node_factory("--spill", str(root), memory="32MiB", env=SPILL_ENV)
@@ -95,6 +96,7 @@ async def test_three_times_memory_through_local_files(node_factory, tmp_path) ->
     assert "spilling failed" not in node.stderr()
 
 
+@pytest.mark.slow
 async def test_many_small_objects_share_fused_files(node_factory, tmp_path) -> None:
     root = tmp_path / "spill"
     env = {
@@ -115,6 +117,7 @@ async def test_many_small_objects_share_fused_files(node_factory, tmp_path) -> N
             assert bytes(await c.get(refs[i], timeout=30)) == i.to_bytes(4, "little") * 256
 
 
+@pytest.mark.slow
 async def test_spill_files_of_an_earlier_run_are_removed_at_start(node_factory, tmp_path) -> None:
     root = tmp_path / "spill"
     sock = str(tmp_path / "n.sock")
@@ -195,6 +198,7 @@ def damage(flip: str, truncate: str) -> None:
         f.truncate(MiB)
 
 
+@pytest.mark.slow
 async def test_a_full_disk_fails_the_put_that_needed_room_and_nothing_else(
     node_factory, tmp_path
 ) -> None:
@@ -234,6 +238,7 @@ async def test_a_full_disk_fails_the_put_that_needed_room_and_nothing_else(
         node.stop()
 
 
+@pytest.mark.slow
 async def test_three_times_memory_through_s3(node_factory, s3_server) -> None:  # noqa: F811
     bucket = s3_server.create_bucket()
     env = {**SPILL_ENV, **s3_server.env()}
@@ -258,6 +263,7 @@ async def test_three_times_memory_through_s3(node_factory, s3_server) -> None:  
             await asyncio.sleep(0.1)
 
 
+@pytest.mark.slow
 async def test_s3_refusing_requests_fails_puts_cleanly(node_factory, s3_server) -> None:  # noqa: F811
     bucket = s3_server.create_bucket()
     env = {**SPILL_ENV, **s3_server.env()}
@@ -283,6 +289,7 @@ async def test_s3_refusing_requests_fails_puts_cleanly(node_factory, s3_server) 
     ]
 
 
+@pytest.mark.slow
 async def test_another_node_reads_an_object_spilled_on_its_primary(
     cluster_factory, tmp_path
 ) -> None:
@@ -299,6 +306,7 @@ async def test_another_node_reads_an_object_spilled_on_its_primary(
             del got
 
 
+@pytest.mark.slow
 async def test_an_s3_spill_copy_outlives_its_node(cluster_factory, s3_server) -> None:  # noqa: F811
     """A node spills to S3 and dies; another node reads the objects from S3 itself."""
     bucket = s3_server.create_bucket()
@@ -340,6 +348,7 @@ async def test_an_s3_spill_copy_outlives_its_node(cluster_factory, s3_server) ->
                 await ch.get(objstore.ObjectRef(only_in_memory[0].object_id), timeout=30)
 
 
+@pytest.mark.slow
 async def test_spill_urls_come_back_after_a_directory_restart(
     cluster_factory, node_factory, tmp_path
 ) -> None:
@@ -379,6 +388,7 @@ async def test_spill_urls_come_back_after_a_directory_restart(
                 await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_a_damaged_record_loses_only_its_own_object_in_a_fused_file(
     node_factory, tmp_path
 ) -> None:

@@ -18,14 +18,16 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from loop_lag import LoopLag
 from s3_server import S3Server, s3_server, start_s3_server  # noqa: F401  (fixture)
 from tmpfs import tmpfs
+from waits import until
 
 from objstore.config import Config
 from objstore.errors import ObjectStoreError, OutOfDiskError
@@ -219,6 +221,7 @@ def test_header_expectations_and_short_buffer() -> None:
         encode_header(RecordHeader(b"\x01" * OBJECT_ID_SIZE, 10, 0, 0, 11, 0))
 
 
+@pytest.mark.slow
 @given(
     meta=st.binary(max_size=300),
     data=st.one_of(st.binary(max_size=5000), st.text(max_size=3000).map(str.encode)),
@@ -400,6 +403,10 @@ async def started(backend: Any) -> AsyncIterator[Any]:
         await backend.close()
 
 
+async def _no_spill_files(directory: Path) -> bool:
+    return not _spill_files(directory)
+
+
 def _spill_files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("*.spill")) if directory.exists() else []
 
@@ -555,33 +562,7 @@ async def test_local_full_disk_raises_out_of_disk_and_leaves_nothing(tiny_tmpfs:
         assert out == data[: 2 * MiB]
 
 
-class LoopLag:
-    """Measures the longest gap between ticks of a 2 ms sleeper on the event loop."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        last = time.perf_counter()
-        while True:
-            await asyncio.sleep(0.002)
-            now = time.perf_counter()
-            self.worst = max(self.worst, now - last)
-            last = now
-
-    async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.sleep(0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
+@pytest.mark.slow
 async def test_local_big_write_and_read_do_not_block_the_loop(tmp_path: Path) -> None:
     data = (np.arange(128 * MiB, dtype=np.uint32) % 251).astype(np.uint8)
     async with started(LocalBackend([str(tmp_path)], "ns")) as backend:
@@ -590,9 +571,16 @@ async def test_local_big_write_and_read_do_not_block_the_loop(tmp_path: Path) ->
             out = np.empty_like(data)
             await backend.read_into(base, 0, [memoryview(out)])
         assert np.array_equal(out, data)
-        assert lag.worst < 0.25, f"the event loop stalled for {lag.worst * 1000:.0f} ms"
+        # Copies and file I/O on the loop would keep it for 50-500 ms here.
+        assert lag.worst < 0.25, f"the event loop stalled: {lag}"
 
 
+@pytest.mark.known_loop_error(
+    r"Future exception was never retrieved.*\n(.*\n)*.*_Aborted",
+    reason="spill.backend._run_blocking leaves the exception of a cancelled read's worker "
+    "future unretrieved when there is no on_orphan (fut.exception() is only called "
+    "after the on_orphan check)",
+)
 async def test_local_cancelled_write_leaves_no_file_and_cancelled_read_stops(
     tmp_path: Path,
 ) -> None:
@@ -612,8 +600,8 @@ async def test_local_cancelled_write_leaves_no_file_and_cancelled_read_stops(
             else:
                 await backend.delete(base)
         assert cancelled
-        await asyncio.sleep(0.05)  # the orphan cleanup (a completed write) runs in a thread
-        assert _spill_files(tmp_path / "ns") == []
+        # The orphan cleanup (of a write that completed anyway) runs in a thread.
+        await until(lambda: _no_spill_files(tmp_path / "ns"), 10, "the orphans removed")
 
         data[:] = b"\x01" * len(data)
         base = await backend.write([data], len(data))
@@ -656,6 +644,7 @@ def _uploads(server: S3Server, bucket: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 async def test_s3_small_put_and_ranged_reads_of_records(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     objs = [
@@ -682,6 +671,7 @@ async def test_s3_small_put_and_ranged_reads_of_records(s3_env: S3Server) -> Non
         await backend.read_into(empty, 0, [])
 
 
+@pytest.mark.slow
 async def test_s3_multipart_upload(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     big = np.random.default_rng(3).integers(0, 255, size=9 * MiB, dtype=np.uint8)
@@ -734,6 +724,7 @@ async def test_s3_delete_and_missing_key(s3_env: S3Server) -> None:
             await backend.read_into(f"s3://{bucket}/other/x.spill", 0, [memoryview(out)])
 
 
+@pytest.mark.slow
 async def test_s3_start_removes_an_earlier_runs_keys_only(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     client = s3_env.client()
@@ -759,6 +750,7 @@ async def test_s3_start_removes_an_earlier_runs_keys_only(s3_env: S3Server) -> N
     assert _keys(s3_env, bucket, "spill/node1x/") == ["spill/node1x/keep.spill"]
 
 
+@pytest.mark.slow
 async def test_s3_start_deletes_in_batches(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -789,6 +781,7 @@ def _fast_failing(bucket: str) -> S3Backend:
     return S3Backend(bucket, "", "ns", connect_timeout=0.5, read_timeout=0.5, max_attempts=2)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(15)
 async def test_s3_nothing_listening_is_spill_io_error(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
@@ -803,6 +796,7 @@ async def test_s3_nothing_listening_is_spill_io_error(
     assert time.monotonic() - t0 < 5
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(15)
 async def test_s3_silent_server_times_out_as_spill_io_error(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
@@ -818,6 +812,7 @@ async def test_s3_silent_server_times_out_as_spill_io_error(
         assert time.monotonic() - t0 < 6
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(40)
 async def test_s3_server_stopped_midway(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -844,6 +839,7 @@ async def test_s3_server_stopped_midway(
         await asyncio.to_thread(server.stop)
 
 
+@pytest.mark.slow
 async def test_s3_cancelled_writes_leave_nothing(s3_env: S3Server) -> None:
     bucket = s3_env.create_bucket()
     data = memoryview(os.urandom(16 * MiB))

@@ -1,28 +1,25 @@
 """The directory's durable state (objstore.directory.persist).
 
-Stores are tested for real: SQLite files in ``tmp_path`` and a real
-``redis-server`` (the ``redis_url`` fixture, one server per session, one key
-prefix per test).  :class:`WriteBehind` is tested against :class:`FakeStore`,
-which can be told to fail or to hang.
+The memory and SQLite stores pass the store contract (``state_store_contract.py``)
+here, with SQLite files in ``tmp_path``; the Redis store, which needs a real
+``redis-server``, passes it in tests/integration/test_persist_redis.py.
+:class:`WriteBehind` is tested against :class:`FakeStore`, which can be told to
+fail or to hang.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sqlite3
 import stat
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-import redis.asyncio
-from redis_server import redis_url  # noqa: F401  (the session's redis-server)
+from state_store_contract import StateStoreContract, nid, oid, rec
 from structlog.testing import capture_logs
 
 from objstore.directory.persist import (
@@ -35,176 +32,20 @@ from objstore.directory.persist import (
     WriteBehind,
     open_store,
 )
-from objstore.errors import ConfigError, NodeUnavailableError, ObjectStoreError
-
-KINDS = ["memory", "sqlite", "redis"]
-DURABLE = ["sqlite", "redis"]
-
-
-def nid(i: int) -> bytes:
-    """A 16-byte node id."""
-    return i.to_bytes(16, "big")
-
-
-def oid(i: int) -> bytes:
-    """A 20-byte object id."""
-    return i.to_bytes(20, "big")
-
-
-def rec(i: int, tag: bytes = b"r") -> bytes:
-    return tag + b"-record-" + str(i).encode() * 4
+from objstore.errors import ConfigError, NodeUnavailableError
 
 
 # ---------------------------------------------------------------------- stores
-StoreFactory = Callable[[], StateStore]
+class TestMemoryAndSqliteStores(StateStoreContract):
+    """The contract (tests/state_store_contract.py); Redis: tests/integration/test_persist_redis.py."""
 
+    @pytest.fixture(params=["memory", "sqlite"])
+    def kind(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
 
-@pytest.fixture
-async def stores(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[Callable[[str], StoreFactory]]:
-    """``stores(kind)`` -> a factory of stores that all see the same place.
-
-    Every store made is closed at the end of the test.
-    """
-    made: list[StateStore] = []
-    prefix = f"test-{uuid.uuid4().hex}"
-
-    def factory_for(kind: str) -> StoreFactory:
-        def make() -> StateStore:
-            store: StateStore
-            if kind == "memory":
-                store = MemoryStore()
-            elif kind == "sqlite":
-                store = SqliteStore(str(tmp_path / "state" / "directory.sqlite3"))
-            else:
-                store = RedisStore(request.getfixturevalue("redis_url"), prefix=prefix)
-            made.append(store)
-            return store
-
-        return make
-
-    yield factory_for
-    for store in made:
-        await store.close()
-
-
-@pytest.mark.parametrize("kind", KINDS)
-async def test_round_trip(kind: str, stores: Callable[[str], StoreFactory]) -> None:
-    store = stores(kind)()
-    assert await store.load() == ({}, {})
-    batch = WriteBatch(
-        node_puts=[(nid(1), rec(1, b"n")), (nid(2), rec(2, b"n"))],
-        object_puts=[(oid(i), rec(i)) for i in range(10)],
-    )
-    assert len(batch) == 12 and not batch.empty
-    await store.apply(batch)
-    nodes, objects = await store.load()
-    assert nodes == {nid(1): rec(1, b"n"), nid(2): rec(2, b"n")}
-    assert objects == {oid(i): rec(i) for i in range(10)}
-
-
-@pytest.mark.parametrize("kind", KINDS)
-async def test_puts_deletes_and_overwrite_in_one_batch(
-    kind: str, stores: Callable[[str], StoreFactory]
-) -> None:
-    store = stores(kind)()
-    await store.apply(
-        WriteBatch(
-            node_puts=[(nid(1), b"n1"), (nid(2), b"n2")],
-            object_puts=[(oid(i), b"old") for i in range(5)],
-        )
-    )
-    await store.apply(
-        WriteBatch(
-            node_puts=[(nid(3), b"n3"), (nid(1), b"n1-new")],
-            node_deletes=[nid(2), nid(99)],  # 99 was never there: not an error
-            object_puts=[(oid(0), b"new"), (oid(7), b"seven")],
-            object_deletes=[oid(1), oid(2)],
-        )
-    )
-    nodes, objects = await store.load()
-    assert nodes == {nid(1): b"n1-new", nid(3): b"n3"}
-    assert objects == {oid(0): b"new", oid(3): b"old", oid(4): b"old", oid(7): b"seven"}
-
-
-@pytest.mark.parametrize("kind", KINDS)
-async def test_deletes_apply_before_puts(kind: str, stores: Callable[[str], StoreFactory]) -> None:
-    store = stores(kind)()
-    await store.apply(WriteBatch(object_puts=[(oid(1), b"a")], object_deletes=[oid(1)]))
-    assert (await store.load())[1] == {oid(1): b"a"}
-
-
-@pytest.mark.parametrize("kind", KINDS)
-async def test_empty_batch_and_clear(kind: str, stores: Callable[[str], StoreFactory]) -> None:
-    store = stores(kind)()
-    assert WriteBatch().empty and len(WriteBatch()) == 0
-    await store.apply(WriteBatch())
-    await store.apply(WriteBatch(node_puts=[(nid(1), b"x")], object_puts=[(oid(1), b"y")]))
-    await store.clear()
-    assert await store.load() == ({}, {})
-    await store.apply(WriteBatch(object_puts=[(oid(2), b"z")]))
-    assert await store.load() == ({}, {oid(2): b"z"})
-
-
-@pytest.mark.parametrize("kind", DURABLE)
-async def test_reopen_sees_the_data(kind: str, stores: Callable[[str], StoreFactory]) -> None:
-    make = stores(kind)
-    first = make()
-    await first.apply(
-        WriteBatch(node_puts=[(nid(1), b"node")], object_puts=[(oid(1), b"o1"), (oid(2), b"o2")])
-    )
-    await first.apply(WriteBatch(object_deletes=[oid(2)]))
-    await first.close()
-    second = make()
-    assert await second.load() == ({nid(1): b"node"}, {oid(1): b"o1"})
-
-
-@pytest.mark.parametrize("kind", KINDS)
-async def test_closed_store_refuses(kind: str, stores: Callable[[str], StoreFactory]) -> None:
-    store = stores(kind)()
-    await store.load()
-    await store.close()
-    await store.close()  # idempotent
-    with pytest.raises(ObjectStoreError, match="closed"):
-        await store.load()
-
-
-@pytest.mark.parametrize("kind", DURABLE)
-async def test_bad_batch_changes_nothing(kind: str, stores: Callable[[str], StoreFactory]) -> None:
-    store = stores(kind)()
-    await store.apply(WriteBatch(object_puts=[(oid(1), b"kept")]))
-    bad = WriteBatch(
-        node_puts=[(nid(1), b"n")],
-        object_deletes=[oid(1)],
-        object_puts=[(oid(2), b"fine"), (oid(3), cast(bytes, None))],  # rejected
-    )
-    with pytest.raises(ObjectStoreError):
-        await store.apply(bad)
-    assert await store.load() == ({}, {oid(1): b"kept"})
-
-
-@pytest.mark.parametrize("kind", DURABLE)
-async def test_100k_objects(kind: str, stores: Callable[[str], StoreFactory]) -> None:
-    make = stores(kind)
-    n, per_batch = 100_000, 10_000
-    writer = make()
-    t0 = time.perf_counter()
-    for start in range(0, n, per_batch):
-        await writer.apply(
-            WriteBatch(object_puts=[(oid(i), rec(i)) for i in range(start, start + per_batch)])
-        )
-    write_s = time.perf_counter() - t0
-    await writer.close()
-    reader = make()
-    t0 = time.perf_counter()
-    nodes, objects = await reader.load()
-    load_s = time.perf_counter() - t0
-    print(f"\n{kind}: wrote {n} objects in {write_s:.3f} s, loaded them in {load_s:.3f} s")
-    assert nodes == {}
-    assert len(objects) == n
-    for i in range(0, n, 997):
-        assert objects[oid(i)] == rec(i)
+    @pytest.fixture(params=["sqlite"])
+    def durable_kind(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
 
 
 # ---------------------------------------------------------------------- sqlite
@@ -276,60 +117,6 @@ async def test_sqlite_state_dir_is_a_file(tmp_path: Path) -> None:
     (tmp_path / "state").write_text("a file, not a directory")
     store = open_store("sqlite", str(tmp_path / "state"))
     with pytest.raises(ConfigError, match="state"):
-        await store.load()
-    await store.close()
-
-
-# ----------------------------------------------------------------------- redis
-async def test_redis_layout_and_schema(redis_url: str) -> None:  # noqa: F811
-    prefix = f"test-{uuid.uuid4().hex}"
-    store = RedisStore(redis_url, prefix=prefix)
-    assert store.describe == redis_url
-    await store.apply(WriteBatch(node_puts=[(nid(1), b"n")], object_puts=[(oid(1), b"o")]))
-    await store.close()
-    client = redis.asyncio.Redis.from_url(redis_url)
-    try:
-        assert await client.hgetall(f"{prefix}:nodes") == {nid(1): b"n"}
-        assert await client.hgetall(f"{prefix}:objects") == {oid(1): b"o"}
-        assert await client.hget(f"{prefix}:meta", "schema_version") == str(SCHEMA_VERSION).encode()
-        await client.hset(f"{prefix}:meta", "schema_version", str(SCHEMA_VERSION + 1))
-    finally:
-        await client.aclose()
-    again = RedisStore(redis_url, prefix=prefix)
-    with pytest.raises(ConfigError) as info:
-        await again.load()
-    assert redis_url in str(info.value) and "schema version" in str(info.value)
-    await again.close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.mark.parametrize("op", ["load", "apply", "clear"])
-async def test_redis_unreachable(op: str) -> None:
-    url = f"redis://127.0.0.1:{_closed_port()}/0"
-    store = RedisStore(url, timeout=1.0)
-    calls: dict[str, Callable[[], Awaitable[Any]]] = {
-        "load": store.load,
-        "apply": lambda: store.apply(WriteBatch(object_puts=[(oid(1), b"o")])),
-        "clear": store.clear,
-    }
-    t0 = time.perf_counter()
-    async with asyncio.timeout(20):  # a hang fails here, not at the suite's timeout
-        with pytest.raises(NodeUnavailableError) as info:
-            await calls[op]()
-    print(f"\nredis unreachable ({op}): failed after {time.perf_counter() - t0:.3f} s")
-    assert url in str(info.value)
-    assert info.value.__cause__ is not None
-    await store.close()
-
-
-async def test_redis_bad_database_number(redis_url: str) -> None:  # noqa: F811
-    store = RedisStore(redis_url.rsplit("/", 1)[0] + "/999999")
-    with pytest.raises(ConfigError, match="directory.store"):
         await store.load()
     await store.close()
 

@@ -307,7 +307,7 @@ class NodeConfig:
     advertise: str = _setting("", _str, "data plane HOST:PORT told to other nodes")
     log_format: str = _setting("console", _one_of("console", "json"), "stderr log format")
     log_level: str = _setting("info", _one_of("debug", "info", "warning", "error"), "log level")
-    # The node logs "event loop blocked" when a tick of its loop comes this late (0: off).
+    # The node logs "event loop blocked" when the loop itself kept a tick this late (0: off).
     loop_lag_warn_ms: float = _setting(250.0, _non_negative, "loop stall that is logged")
 
 

@@ -38,6 +38,13 @@ from objstore.node.objects import ObjectService, Parts
 from objstore.node.ports import Directory, PeerServer, Puller, Spill
 from objstore.plasma.server import PlasmaServer
 from objstore.plasma.store import PlasmaStore
+from objstore.spill.backends import open_backend
+from objstore.spill.manager import SpillManager
+from objstore.spill.remote import SpillReader
+from objstore.transfer.manager import ObjectManager
+from objstore.transfer.peer import PeerClient
+from objstore.transfer.server import TransferServer
+from objstore.watchdog import watch_loop
 
 __all__ = ["Node"]
 
@@ -125,7 +132,7 @@ class Node:
         await asyncio.to_thread(first.wait, 5.0)
         if cfg.node.loop_lag_warn_ms > 0:
             watchdog = asyncio.get_running_loop().create_task(
-                _watch_loop(cfg.node.loop_lag_warn_ms / 1000.0), name="loop-watchdog"
+                watch_loop(cfg.node.loop_lag_warn_ms / 1000.0, log), name="loop-watchdog"
             )
             stack.push_async_callback(_cancel, watchdog)
 
@@ -136,8 +143,6 @@ class Node:
         cfg = self.config
         if not cfg.spill.url:
             return None
-        from objstore.spill.backends import open_backend
-        from objstore.spill.manager import SpillManager
 
         assert self.server is not None
         try:
@@ -162,10 +167,6 @@ class Node:
             self.config = cfg = cfg.replace(node={"directory": dserver.address})
         if not cfg.node.directory:
             return None, None, None
-        from objstore.spill.remote import SpillReader
-        from objstore.transfer.manager import ObjectManager
-        from objstore.transfer.peer import PeerClient
-        from objstore.transfer.server import TransferServer
 
         if cfg.node.advertise:
             parse_address(cfg.node.advertise, "node.advertise")  # a clear error if malformed
@@ -218,18 +219,6 @@ async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-async def _watch_loop(limit: float) -> None:
-    """Log when the event loop was kept from running for longer than ``limit``."""
-    loop = asyncio.get_running_loop()
-    tick = 0.05
-    while True:
-        before = loop.time()
-        await asyncio.sleep(tick)
-        lag = loop.time() - before - tick
-        if lag > limit:
-            log.warning("event loop blocked", ms=round(lag * 1000, 1))
 
 
 def _spill_namespace(socket_path: str) -> str:

@@ -575,12 +575,6 @@ async def test_local_big_write_and_read_do_not_block_the_loop(tmp_path: Path) ->
         assert lag.worst < 0.25, f"the event loop stalled: {lag}"
 
 
-@pytest.mark.known_loop_error(
-    r"Future exception was never retrieved.*\n(.*\n)*.*_Aborted",
-    reason="spill.backend._run_blocking leaves the exception of a cancelled read's worker "
-    "future unretrieved when there is no on_orphan (fut.exception() is only called "
-    "after the on_orphan check)",
-)
 async def test_local_cancelled_write_leaves_no_file_and_cancelled_read_stops(
     tmp_path: Path,
 ) -> None:

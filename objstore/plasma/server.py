@@ -41,6 +41,7 @@ from objstore.protocol import (
     exception_to_error,
     pb,
 )
+from objstore.tasks import TaskSet
 
 __all__ = ["PlasmaServer", "prepare_socket_path"]
 
@@ -104,7 +105,7 @@ class PlasmaServer:
         self.path = config.socket_path
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
-        self._handshakes: set[asyncio.Task[None]] = set()
+        self._handshakes = TaskSet("plasma-handshake")
         self.connections: set[_Connection] = set()
         self._next_client = 1
         self._closing = False
@@ -149,8 +150,7 @@ class PlasmaServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accept_task
             self._accept_task = None
-        for task in list(self._handshakes):
-            task.cancel()
+        self._handshakes.cancel()
         for conn in list(self.connections):
             conn.close()
         await asyncio.sleep(0)
@@ -178,9 +178,7 @@ class PlasmaServer:
                     await asyncio.sleep(0.1)
                     continue
                 raise
-            task = loop.create_task(self._handshake(sock))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            self._handshakes.spawn(self._handshake(sock))
 
     async def _handshake(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -275,7 +273,8 @@ class _Connection(asyncio.Protocol):
         client.invalidate = self._invalidate
         self.decoder = FrameDecoder(server.config.plasma.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
-        self.tasks: set[asyncio.Task[Any]] = set()
+        # Requests that wait (a get of an object not sealed yet, a create making room).
+        self.tasks = TaskSet("plasma-request")
         self._out: list[bytes] | None = None
         self._closed = False
 
@@ -297,8 +296,7 @@ class _Connection(asyncio.Protocol):
             )
         self._closed = True
         self.server.connections.discard(self)
-        for task in list(self.tasks):
-            task.cancel()
+        self.tasks.cancel()
         self.objects.disconnected(self.client)
         log.debug("client disconnected", client=self.client.client_id, pid=self.client.pid)
 
@@ -366,9 +364,7 @@ class _Connection(asyncio.Protocol):
 
     def _spawn(self, req_id: int, coro: Coroutine[Any, Any, pb.Reply | None]) -> None:
         """Serve a request that waits: its reply (or error) is sent when it is done."""
-        task = asyncio.get_running_loop().create_task(self._answer(req_id, coro))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks.spawn(self._answer(req_id, coro))
 
     async def _answer(self, req_id: int, coro: Coroutine[Any, Any, pb.Reply | None]) -> None:
         try:

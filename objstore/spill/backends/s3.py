@@ -38,6 +38,7 @@ from objstore.spill.urls import (
     spill_file_name,
     split_base,
 )
+from objstore.tasks import TaskSet
 
 if TYPE_CHECKING:
     from objstore.config import SpillConfig
@@ -294,7 +295,8 @@ class S3Backend:
         self._seq = 0
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        # Best-effort cleanups (abort an upload, delete a key) still running.
+        self._background = TaskSet("s3-cleanup")
 
     @classmethod
     def from_config(
@@ -333,9 +335,7 @@ class S3Backend:
         return key
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(coro)
 
     async def start(self, cleanup: bool = True) -> int:
         """Connect, check the bucket, delete what earlier runs left under the namespace.
@@ -599,8 +599,7 @@ class S3Backend:
 
     async def close(self) -> None:
         """Wait (bounded) for background cleanups, then close the client."""
-        if self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self._background.drain()
         stack, self._stack = self._stack, None
         self._client = None
         if stack is not None:

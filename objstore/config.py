@@ -245,7 +245,7 @@ class DirectoryConfig:
 
 @dataclass(frozen=True)
 class SpillConfig:
-    """Spilling primary copies to external storage (used from the spill issue on)."""
+    """Spilling primary copies to external storage."""
 
     url: str = _setting("", _str, "spill target: a directory or s3://bucket/prefix")
     threshold: float = _setting(0.8, _fraction, "primary bytes fraction that starts spilling")

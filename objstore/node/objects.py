@@ -143,11 +143,16 @@ class ObjectService:
 
         Raises at once what the local checks find (a name taken here, bad sizes).
         """
-        store = self.store
-        if name and self.parts.directory is not None:
-            store.precheck_create(oid, name, client)
+        if self._must_claim(client, oid, name):
             return None
-        return store.create_now(oid, size, meta, client, name)
+        return self.store.create_now(oid, size, meta, client, name)
+
+    def _must_claim(self, client: ClientState, oid: bytes, name: str) -> bool:
+        """A named create in a cluster claims its name first (after the local checks)."""
+        if name and self.parts.directory is not None:
+            self.store.precheck_create(oid, name, client)
+            return True
+        return False
 
     async def create(
         self, client: ClientState, oid: bytes, size: int, meta: bytes, name: str
@@ -162,11 +167,9 @@ class ObjectService:
         self, client: ClientState, oid: bytes, data: bytes, meta: bytes, name: str
     ) -> ObjectEntry | None:
         """Create, copy and seal a small payload at once, or None (see :meth:`create_now`)."""
-        store = self.store
-        if name and self.parts.directory is not None:
-            store.precheck_create(oid, name, client)
+        if self._must_claim(client, oid, name):
             return None
-        return store.put_inline(oid, data, meta, client, name)
+        return self.store.put_inline(oid, data, meta, client, name)
 
     async def put_inline(
         self, client: ClientState, oid: bytes, data: bytes, meta: bytes, name: str

@@ -197,12 +197,10 @@ async def test_spilled_objects_come_back_while_others_are_held(node_factory, tmp
 # ----------------------------------------------------------------------------- metadata
 
 
-def test_large_metadata_is_refused_and_costs_the_node_nothing(node) -> None:
-    """Defect 7: creates with 16 MiB of metadata each grew the node's heap by what
-    they carried, and it stayed grown after they were deleted."""
-    before = _rss(node.pid)
+def _big_metadata(socket_path: str, size: int, count: int) -> list[str]:
+    """Run the helper: ``count`` creates with ``size`` bytes of metadata; its lines."""
     out = subprocess.run(
-        [sys.executable, str(HELPERS / "big_metadata.py"), node.socket, str(16 * MiB), "6"],
+        [sys.executable, str(HELPERS / "big_metadata.py"), socket_path, str(size), str(count)],
         check=False,
         capture_output=True,
         text=True,
@@ -210,20 +208,18 @@ def test_large_metadata_is_refused_and_costs_the_node_nothing(node) -> None:
         env={**os.environ, "PYTHONPATH": str(HELPERS)},
     )
     assert out.returncode == 0, out.stderr
-    replies = [line for line in out.stdout.splitlines() if line]
+    return [line for line in out.stdout.splitlines() if line]
+
+
+def test_large_metadata_is_refused_and_costs_the_node_nothing(node) -> None:
+    """Defect 7: creates with 16 MiB of metadata each grew the node's heap by what
+    they carried, and it stayed grown after they were deleted."""
+    before = _rss(node.pid)
+    replies = _big_metadata(node.socket, 16 * MiB, 6)
     assert len(replies) == 6 and all("max_metadata_bytes" in r for r in replies), replies
     assert _rss(node.pid) - before < 64 * MiB
 
 
 def test_big_metadata_helper_speaks_the_protocol(node) -> None:
     """The helper above, with metadata under the limit: the create succeeds."""
-    out = subprocess.run(
-        [sys.executable, str(HELPERS / "big_metadata.py"), node.socket, str(KiB), "1"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(HELPERS)},
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert _big_metadata(node.socket, KiB, 1) == ["ok"]

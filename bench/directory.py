@@ -55,7 +55,7 @@ from _proc import CLK_TCK, machine_busy_s
 from grpclib.client import Channel
 
 from objstore.directory.codec import join_ids, pb, table_to_rows
-from objstore.directory.state import ObjectRow
+from objstore.locations import ObjectRow
 
 MiB = 1 << 20
 GiB = 1 << 30

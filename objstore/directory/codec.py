@@ -1,12 +1,14 @@
-"""Between :class:`~objstore.directory.state.ObjectRow` lists and ``LocationTable`` columns."""
+"""Between :class:`~objstore.locations.ObjectRow` lists and ``LocationTable`` columns."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
 from objstore._proto.grpc.objstore.directory import v1 as pb
-from objstore.directory.state import InvalidRequestError, ObjectRow, Usage, split_ids
+from objstore.directory.state import split_ids
+from objstore.errors import InvalidRequestError
 from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
+from objstore.locations import ObjectRow, Usage
 
 __all__ = [
     "pb",

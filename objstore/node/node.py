@@ -119,23 +119,18 @@ class Node:
         # The data plane: other nodes fetch chunks of this node's objects here.
         self.transfer = TransferServer(store, cfg)
         await self.transfer.start(cfg.node.host, cfg.node.port)
+        side = _DirectorySide(self)
         client = DirectoryClient(
             cfg,
             self.node_id,
-            snapshot=store.snapshot,
-            usage=self._usage,
-            on_update=self._on_update,
-            on_free=self._on_free,
-            on_dead=self._on_dead,
+            side,
+            side,
             socket=self.server.path,
             address=cfg.node.advertise or self.transfer.address,
             # The head's own node calls its directory in-process.
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )
         self.directory = client
-        spill = self.spill
-        if spill is not None:
-            client.spilled_snapshot = lambda: [(oid, c.url()) for oid, c in spill.copies.items()]
         self.objects = ObjectManager(store, cfg, self.node_id, client.addresses.get)
         # A spill copy in S3 whose node is gone is read from S3 directly.
         reader = self.spill_reader = SpillReader(store)
@@ -262,6 +257,33 @@ class Node:
         """Print the ready line on stdout (one JSON object, flushed)."""
         sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()
+
+
+class _DirectorySide:
+    """The node as its directory client reads it and tells it (NodeView, DirectoryListener)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def snapshot(self) -> list[tuple[bytes, int, bool, str]]:
+        assert self.node.store is not None
+        return self.node.store.snapshot()
+
+    def spilled_snapshot(self) -> list[tuple[bytes, str]]:
+        spill = self.node.spill
+        return [] if spill is None else [(oid, c.url()) for oid, c in spill.copies.items()]
+
+    def usage(self) -> Usage:
+        return self.node._usage()
+
+    def on_update(self, rows: list[ObjectRow]) -> None:
+        self.node._on_update(rows)
+
+    def on_free(self, ids: list[bytes]) -> None:
+        self.node._on_free(ids)
+
+    def on_dead(self, node_ids: list[bytes]) -> None:
+        self.node._on_dead(node_ids)
 
 
 class _Watcher:

@@ -46,7 +46,7 @@ from objstore.directory.state import (
     Subscriber,
     split_ids,
 )
-from objstore.errors import ObjectStoreError
+from objstore.errors import NodeUnavailableError, ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
 from objstore.status import error_to_grpc
 from objstore.tasks import TaskSet, race
@@ -81,7 +81,7 @@ def _decode(stream: grpclib.server.Stream[Any, Any], data: bytes) -> Any:
     try:
         return stream._codec.decode(data, stream._recv_type)
     except Exception as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from exc
+        raise _as_grpc(InvalidRequestError(f"malformed request: {exc}")) from exc
 
 
 async def _recv_raw(stream: grpclib.server.Stream[Any, Any], limit: int) -> bytes | None:
@@ -89,14 +89,16 @@ async def _recv_raw(stream: grpclib.server.Stream[Any, Any], limit: int) -> byte
 
     grpclib reads a whole message of any announced length; this reads the
     5-byte gRPC prefix first (through the stream's HTTP/2 stream and codec,
-    which grpclib keeps as attributes) and checks the length.
+    which grpclib keeps as attributes) and checks the length.  A compressed or
+    oversized message is refused with gRPC's own statuses for those (no
+    objstore error stands for them).
     """
     h2 = stream._stream
     meta = await h2.recv_data(5)
     if not meta:
         return None
     if len(meta) != 5:
-        raise GRPCError(Status.INVALID_ARGUMENT, "truncated message prefix")
+        raise _as_grpc(InvalidRequestError("truncated message prefix"))
     compressed, size = struct.unpack(">?I", meta)
     if compressed:
         raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not served")
@@ -106,7 +108,7 @@ async def _recv_raw(stream: grpclib.server.Stream[Any, Any], limit: int) -> byte
         )
     data = await h2.recv_data(size)
     if len(data) != size:
-        raise GRPCError(Status.INVALID_ARGUMENT, "truncated message")
+        raise _as_grpc(InvalidRequestError("truncated message"))
     return bytes(data)
 
 
@@ -154,7 +156,7 @@ class _Service:
     ) -> None:
         data = await _recv_raw(stream, self.cfg.max_message_bytes)
         if data is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
+            raise _as_grpc(InvalidRequestError("no request message"))
         try:
             if len(data) > _HEAVY_BYTES:
                 # Big requests (reports, batch lookups) take turns, one per loop
@@ -381,9 +383,11 @@ class _Service:
             except ObjectStoreError as err:
                 raise _as_grpc(err) from err
             if sub.closed:
-                raise GRPCError(
-                    Status.UNAVAILABLE,
-                    "subscription stream closed: replaced by a newer one, or the node was declared dead",
+                raise _as_grpc(
+                    NodeUnavailableError(
+                        "subscription stream closed: replaced by a newer one, "
+                        "or the node was declared dead"
+                    )
                 )
         finally:
             self.server.streams.discard(sub)
@@ -575,7 +579,7 @@ class LocalLink:
 
 
 def _unavailable() -> GRPCError:
-    return GRPCError(Status.UNAVAILABLE, "the directory stopped")
+    return _as_grpc(NodeUnavailableError("the directory stopped"))
 
 
 class _LocalStub:

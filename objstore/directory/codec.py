@@ -103,8 +103,8 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
         raise InvalidRequestError("location table: columns of different lengths")
     if sum(t.location_counts) != len(t.location_nodes):
         raise InvalidRequestError("location table: location counts do not add up")
-    # Test-found fix: the sparse columns were zipped (silently truncated), a
-    # row past the end ignored, and a bad spilled node index raised IndexError.
+    # Sparse columns of different lengths, a sparse row past the end and a bad
+    # node index are errors, not silently truncated or ignored.
     if not (len(t.spilled_rows) == len(t.spilled_urls) == len(t.spilled_nodes)) or len(
         t.named_rows
     ) != len(t.names):

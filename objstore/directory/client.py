@@ -160,32 +160,40 @@ class DirectoryClient:
 
     # ------------------------------------------------------------ store hooks (hot path)
     def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
+        """A copy was sealed here (``primary``: this node put it)."""
         self.book.added(oid, size, primary, name)
         self._report_evt.set()
 
     def removed(self, oid: bytes) -> None:
+        """A copy left this node (evicted), the object lives on elsewhere."""
         self.book.removed(oid)
         self._report_evt.set()
 
     def deleted(self, oid: bytes) -> None:
+        """The object was deleted here: the directory frees it everywhere."""
         self.book.deleted(oid)
         self._report_evt.set()
 
     def spilled(self, oid: bytes, url: str) -> None:
+        """The object has a spill copy at ``url``."""
         self.book.spilled(oid, url)
         self._report_evt.set()
 
     def watch(self, oid: bytes) -> None:
+        """One more local interest in a remote object (subscribed on the first)."""
         if self.watches.watch(oid):
             self._watch_evt.set()
 
     def unwatch(self, oid: bytes) -> None:
+        """One interest fewer (unsubscribed after the last)."""
         if self.watches.unwatch(oid):
             self._watch_evt.set()
 
     # ------------------------------------------------------------ life
     async def start(self, timeout: float | None = None) -> None:
         """Connect and register; raises NodeUnavailableError if that fails within ``timeout``."""
+        if self._tasks is not None:
+            raise RuntimeError("the directory client is started already")
         self._tasks = TaskSet("directory-client")
         self._tasks.spawn(self._run(), name="directory-client")
         limit = self.timeout if timeout is None else timeout
@@ -469,24 +477,28 @@ class DirectoryClient:
             await asyncio.sleep(min(_RETRY_S, max(0.0, deadline - loop.time())))
 
     async def reserve_name(self, name: str, oid: bytes, size: int) -> None:
+        """Claim ``name`` for an object about to be created here (ObjectExistsError if taken)."""
         msg = pb.ReserveNameRequest(
             node_id=self.node_id, session=self.session, name=name, object_id=oid, size=size
         )
         await self._call("reserve name", lambda s: s.reserve_name(msg, timeout=self.timeout))
 
     async def resolve_name(self, name: str) -> ObjectRow:
+        """The row of the object named ``name`` (ObjectNotFoundError if none)."""
         msg = pb.ResolveNameRequest(name=name)
         table = await self._call(
             "resolve name", lambda s: s.resolve_name(msg, timeout=self.timeout)
         )
         return table_to_rows(table)[0]
 
-    async def delete(self, oids: list[bytes], names: list[str] = ()) -> int:  # type: ignore[assignment]
+    async def delete(self, oids: list[bytes], names: Sequence[str] = ()) -> int:
+        """Delete objects (by id and by name) everywhere; returns how many the directory knew."""
         msg = pb.DeleteRequest(node_id=self.node_id, object_ids=join_ids(oids), names=list(names))
         reply = await self._call("delete", lambda s: s.delete(msg, timeout=self.timeout))
         return reply.deleted
 
     async def lookup(self, oids: list[bytes]) -> list[ObjectRow]:
+        """The current row of each object, in order."""
         msg = pb.LookupRequest(object_ids=join_ids(oids))
         return table_to_rows(
             await self._call("lookup", lambda s: s.lookup(msg, timeout=self.timeout))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from _directory import directory_config, member, no_new_tasks, oid, serving, until
 from fakes import FakeNode
+from structlog.testing import capture_logs
 
 from objstore.directory.client import DirectoryClient
 from objstore.errors import NodeUnavailableError, ObjectExistsError, ObjectNotFoundError
@@ -288,6 +289,28 @@ async def test_clients_reconnect_to_a_restarted_directory() -> None:
                 await b.node.wait_for(
                     lambda: b.node.rows_of(y)[-1].state == PRESENT, what="y after the restart"
                 )
+
+
+async def test_one_warning_per_lost_connection_and_one_line_when_back() -> None:
+    cfg = directory_config()
+    async with serving(cfg) as first:
+        port = first.port
+        async with member(first) as a:
+            with capture_logs() as logs:
+                await first.stop()
+                # Several failed tries in a row (nothing listens), with backoff.
+                await until(lambda: a.client._streak.failures >= 3, what="three failed tries")
+                async with serving(cfg, port=port):
+                    await until(lambda: a.client.registrations == 2, what="registered again")
+    mine = [e for e in logs if e["event"] in _CLIENT_LINES]
+    warnings = [e for e in mine if e["log_level"] == "warning"]
+    assert [e["event"] for e in warnings] == ["directory connection lost; reconnecting"]
+    back = [e for e in mine if e["event"] == "registered with the directory"]
+    assert len(back) == 1 and back[0]["failures"] >= 3 and back[0]["log_level"] == "info"
+    assert a.client._streak.failures == 0
+
+
+_CLIENT_LINES = {"directory connection lost; reconnecting", "registered with the directory"}
 
 
 async def test_requests_fail_within_the_request_timeout_when_the_directory_is_gone() -> None:

@@ -94,7 +94,7 @@ async def member(
         fake,
         fake,
         address=address or f"127.0.0.1:{40000 + len(server.state.nodes)}",
-        socket="/tmp/fake.sock",
+        socket="fake.sock",
         link=link,
     )
     fake.hooks = client

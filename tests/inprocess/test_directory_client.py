@@ -41,7 +41,7 @@ async def test_registration_sends_a_full_report() -> None:
         assert a.client.registered.is_set() and a.client.registrations == 1
         assert a.client.directory_id == server.directory_id
         rec = server.state.nodes[a.node_id]
-        assert rec.alive and rec.objects == {x, y, z} and rec.socket == "/tmp/fake.sock"
+        assert rec.alive and rec.objects == {x, y, z} and rec.socket == "fake.sock"
         rows = {r.object_id: r for r in server.state.lookup([x, y, z])}
         assert rows[x].state == PRESENT and rows[x].primary == a.node_id and rows[x].name == "ex"
         assert rows[y].primary is None and rows[y].nodes == (a.node_id,)
@@ -138,7 +138,7 @@ async def test_a_silent_node_is_declared_dead_and_the_others_hear() -> None:
 
 async def test_a_subscription_sends_the_current_row_then_changes() -> None:
     x = oid(1)
-    async with serving() as server, member(server) as a, member(server, address="10.0.0.2:7") as b:
+    async with serving() as server, member(server) as a, member(server, address="127.0.0.2:7") as b:
         a.client.watch(x)
         await a.node.wait_for(lambda: a.node.rows_of(x), what="the row at subscribe")
         assert a.node.rows_of(x)[0].state == UNKNOWN
@@ -146,7 +146,7 @@ async def test_a_subscription_sends_the_current_row_then_changes() -> None:
         await a.node.wait_for(lambda: a.node.rows_of(x)[-1].state == PRESENT, what="x present on b")
         row = a.node.rows_of(x)[-1]
         assert row.nodes == (b.node_id,) and row.size == 64
-        assert a.client.addresses[b.node_id] == "10.0.0.2:7"
+        assert a.client.addresses[b.node_id] == "127.0.0.2:7"
         assert a.client.notifications >= 2
 
 

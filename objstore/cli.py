@@ -18,9 +18,9 @@ from typing import Any
 from objstore.client import connect
 from objstore.config import format_size
 from objstore.directory.client import DirectoryAdmin
-from objstore.directory.state import ObjectRow
 from objstore.errors import ObjectStoreError
 from objstore.ids import object_id_from_hex
+from objstore.locations import ObjectRow
 
 __all__ = ["main"]
 

@@ -70,12 +70,10 @@ class TaskSet:
             if cancel:
                 for task in tasks:
                     task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    await task
-            # Awaiting a task that is done already does not yield, so its done
-            # callback (which forgets it) may not have run yet: forget it here,
-            # or this loop would spin without ever letting the callback run.
+            # Waits without taking the tasks' outcomes (their done callback logs a
+            # failure), and raises CancelledError only when the caller is cancelled.
+            await asyncio.wait(tasks)
+            # A done task's callback (which forgets it) may not have run yet.
             self._tasks.difference_update(t for t in tasks if t.done())
 
     def __len__(self) -> int:

@@ -8,6 +8,10 @@
   node's object service talks to (``objstore.node.ports``), recording calls.
 * :class:`FakePeers` (the transfer's peer transport), :class:`FakeSpillReader` and
   :class:`ScriptedPeer` (a raw data plane peer): see the transfer section.
+* :class:`FakeNode` implements the directory client's
+  :class:`~objstore.directory.api.NodeView` and
+  :class:`~objstore.directory.api.DirectoryListener`: a node's objects and
+  what the directory told it.
 
 Each package's tests add their fakes below in a section of their own:
 
@@ -24,13 +28,14 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from objstore.directory.api import DirectoryListener, NodeView
 from objstore.errors import (
     ObjectExistsError,
     ObjectNotFoundError,
     ObjectStoreError,
     ObjectStoreFullError,
 )
-from objstore.locations import LocationState, ObjectRow
+from objstore.locations import LocationState, ObjectRow, Usage
 from objstore.plasma.api import Entry, ObjectState, Space, Store
 from objstore.spill.backends.base import Buffer, SpillBackend
 from objstore.transfer.manager import SpillFetch
@@ -48,6 +53,8 @@ __all__ = [
     "ScriptedPeer",
     "SpillStore",
     "StepBackend",
+    "FakeNode",
+    "DirectoryHooks",
 ]
 
 
@@ -869,3 +876,122 @@ class StepBackend:
 def _conforms_backend(backend: StepBackend) -> SpillBackend:
     """mypy checks here that StepBackend follows the SpillBackend protocol."""
     return backend
+
+
+# ----------------------------------------------------------------------------- directory
+
+
+class DirectoryHooks(Protocol):
+    """The node-side hooks of :class:`~objstore.directory.client.DirectoryClient`."""
+
+    def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None: ...
+
+    def removed(self, oid: bytes) -> None: ...
+
+    def deleted(self, oid: bytes) -> None: ...
+
+    def spilled(self, oid: bytes, url: str) -> None: ...
+
+
+@dataclass(eq=False)
+class FakeNode:
+    """A node as its directory client sees it: a NodeView and a DirectoryListener.
+
+    ``objects`` and ``spilled`` are what the full report after each
+    registration reads; :meth:`add`, :meth:`remove`, :meth:`delete` and
+    :meth:`spill` change them and tell the attached client's hooks, as the
+    store does.  Everything the directory tells the node is kept in
+    ``updates``, ``frees`` and ``dead``; :meth:`wait_for` waits for a
+    condition on them.
+    """
+
+    objects: dict[bytes, tuple[int, bool, str]] = field(default_factory=dict)
+    spilled: dict[bytes, str] = field(default_factory=dict)
+    usage_now: Usage = field(default_factory=Usage)
+    hooks: DirectoryHooks | None = None
+    updates: list[ObjectRow] = field(default_factory=list)
+    frees: list[bytes] = field(default_factory=list)
+    dead: list[bytes] = field(default_factory=list)
+    # How often each was read (full reports, heartbeats).
+    snapshots: int = 0
+    usage_reads: int = 0
+    # Set (and replaced) whenever the directory told the node something.
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -- NodeView
+    def snapshot(self) -> list[tuple[bytes, int, bool, str]]:
+        self.snapshots += 1
+        return [(oid, size, primary, name) for oid, (size, primary, name) in self.objects.items()]
+
+    def spilled_snapshot(self) -> list[tuple[bytes, str]]:
+        return list(self.spilled.items())
+
+    def usage(self) -> Usage:
+        self.usage_reads += 1
+        return self.usage_now
+
+    # -- DirectoryListener
+    def on_update(self, rows: list[ObjectRow]) -> None:
+        self.updates.extend(rows)
+        self._wake()
+
+    def on_free(self, ids: list[bytes]) -> None:
+        self.frees.extend(ids)
+        for oid in ids:
+            self.objects.pop(oid, None)
+            self.spilled.pop(oid, None)
+        self._wake()
+
+    def on_dead(self, node_ids: list[bytes]) -> None:
+        self.dead.extend(node_ids)
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- what the store would do (tests drive these)
+    def add(self, oid: bytes, size: int = 10, primary: bool = True, name: str = "") -> None:
+        self.objects[oid] = (size, primary, name)
+        if self.hooks is not None:
+            self.hooks.added(oid, size, primary, name)
+
+    def remove(self, oid: bytes) -> None:
+        del self.objects[oid]
+        if self.hooks is not None:
+            self.hooks.removed(oid)
+
+    def delete(self, oid: bytes) -> None:
+        self.objects.pop(oid, None)
+        self.spilled.pop(oid, None)
+        if self.hooks is not None:
+            self.hooks.deleted(oid)
+
+    def spill(self, oid: bytes, url: str) -> None:
+        self.spilled[oid] = url
+        if self.hooks is not None:
+            self.hooks.spilled(oid, url)
+
+    # -- waiting
+    def rows_of(self, oid: bytes) -> list[ObjectRow]:
+        """Every update received for ``oid``, oldest first."""
+        return [r for r in self.updates if r.object_id == oid]
+
+    async def wait_for(
+        self, predicate: Callable[[], object], timeout: float = 10.0, what: str = ""
+    ) -> None:
+        """Wait until ``predicate()`` is true, re-checking after each notification."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"not within {timeout}s: {what or predicate!r} "
+                f"(updates={self.updates!r}, frees={self.frees!r}, dead={self.dead!r})"
+            ) from None
+
+
+def _conforms_node(node: FakeNode) -> tuple[NodeView, DirectoryListener]:
+    """mypy checks here that FakeNode follows both protocols."""
+    return node, node

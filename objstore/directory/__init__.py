@@ -7,6 +7,8 @@
 * :mod:`~objstore.directory.client` — a node's link to the directory (register,
   heartbeats, batched reports, one subscription stream, reconnect with backoff),
   and a small admin client for tools.
+* :mod:`~objstore.directory.api` — the client's seams: ``NodeView`` (what it reads
+  of its node), ``DirectoryListener`` (what it tells it), ``Link`` (gRPC or in-process).
 * :mod:`~objstore.directory.book` — the node side's pure books.
 * :mod:`~objstore.directory.codec` — rows to and from the columnar ``LocationTable``.
 """

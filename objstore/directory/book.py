@@ -104,8 +104,8 @@ class ReportBook:
             self.ops.pop(oid, None)
             self.ops[oid] = op
         for oid, url in batch.spilled:
-            # Test-found fix: a delete that came meanwhile dropped the spill
-            # for good (see ``deleted``); do not bring it back.
+            # A delete that came meanwhile dropped the spill for good (see
+            # ``deleted``): it stays dropped.
             newer = old.get(oid)
             if newer is None or newer[0] != DELETED:
                 self.spills.setdefault(oid, url)

@@ -9,8 +9,12 @@ tears the session down, waits with exponential backoff and jitter, and starts
 again: register, full report, resubscribe.  Gets waiting on the node carry on
 through a directory restart.
 
-The hooks the node's store calls (``added``, ``removed``, ``deleted``,
-``watch``, ``unwatch``) only touch the pure books of :mod:`objstore.directory.book`.
+The client reads its node through a :class:`~objstore.directory.api.NodeView`
+(the full report's snapshot, usage for heartbeats) and tells it what the
+directory says through a :class:`~objstore.directory.api.DirectoryListener`
+(updates of subscribed objects, frees, dead nodes).  The hooks the node calls
+(``added``, ``removed``, ``deleted``, ``spilled``, ``watch``, ``unwatch``) only
+touch the pure books of :mod:`objstore.directory.book`.
 """
 
 from __future__ import annotations
@@ -18,10 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import socket as _socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 
 import grpclib.const
 import structlog
@@ -31,26 +34,41 @@ from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
 from objstore.config import Config
+from objstore.directory.api import DirectoryListener, Link, NodeView, SnapshotEntry
 from objstore.directory.book import ReportBatch, ReportBook, WatchBook
 from objstore.directory.codec import join_ids, pb, table_addresses, table_to_rows, usage_to_pb
-from objstore.directory.state import ObjectRow, Usage, split_ids
-from objstore.errors import (
-    ConfigError,
-    NodeUnavailableError,
-    ObjectStoreError,
-)
+from objstore.directory.state import split_ids
+from objstore.errors import ConfigError, NodeUnavailableError, ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
+from objstore.locations import ObjectRow
 from objstore.status import grpc_to_error
-from objstore.tasks import race
+from objstore.streak import FailureStreak
+from objstore.tasks import TaskSet, race
 
-__all__ = ["DirectoryClient", "DirectoryAdmin", "parse_address", "error_from_grpc"]
+__all__ = [
+    "DirectoryClient",
+    "DirectoryAdmin",
+    "GrpcLink",
+    "parse_address",
+    "error_from_grpc",
+    # Re-exported from objstore.directory.api: the seams the client takes.
+    "NodeView",
+    "DirectoryListener",
+    "Link",
+]
 
 log = structlog.get_logger("objstore.directory.client")
 
 _PREFIX = "/objstore.directory.v1.Directory/"
 T = TypeVar("T")
 # Failures that mean "try again later", not "the request is wrong".
-_TRANSIENT = (OSError, ConnectionError, StreamTerminatedError, asyncio.TimeoutError)
+_TRANSIENT = (OSError, ConnectionError, StreamTerminatedError, TimeoutError)
+# Reconnection backoff: 0.05 s doubling to 2 s, times a jitter factor in [0.5, 1.5).
+_RECONNECT_FIRST_S = 0.05
+_RECONNECT_MAX_S = 2.0
+_RECONNECT_JITTER = 0.5
+# Pause between two tries of one request.
+_RETRY_S = 0.05
 
 
 def parse_address(text: str, setting: str = "node.directory") -> tuple[str, int]:
@@ -64,19 +82,6 @@ def parse_address(text: str, setting: str = "node.directory") -> tuple[str, int]
 def error_from_grpc(exc: GRPCError, what: str) -> ObjectStoreError:
     """A directory status as the error a user of objstore catches."""
     return grpc_to_error(exc.status, exc.message or str(exc.status), what)
-
-
-Snapshot = Callable[[], list[tuple[bytes, int, bool, str]]]
-
-
-class Link(Protocol):
-    """A way to the directory: a stub with its unary calls and a subscription stream."""
-
-    stub: Any
-
-    def open_stream(self) -> Any: ...
-
-    def close(self) -> None: ...
 
 
 class GrpcLink:
@@ -105,17 +110,15 @@ class DirectoryClient:
         self,
         config: Config,
         node_id: bytes,
+        node: NodeView,
+        listener: DirectoryListener,
         *,
-        snapshot: Snapshot,
-        usage: Callable[[], Usage],
-        on_update: Callable[[list[ObjectRow]], None],
-        on_free: Callable[[list[bytes]], None],
-        on_dead: Callable[[list[bytes]], None] = lambda ids: None,
         address: str = "",
         socket: str = "",
         link: Callable[[], Link] | None = None,
     ) -> None:
-        assert config.node.directory
+        if not config.node.directory:
+            raise ConfigError("node.directory: a directory client needs the directory's HOST:PORT")
         self.config = config
         self.host, self.port = parse_address(config.node.directory)
         # How to reach the directory: gRPC, or in-process on the head node.
@@ -124,20 +127,27 @@ class DirectoryClient:
         self.session = os.urandom(16)
         self.address = address
         self.socket = socket
-        self._snapshot = snapshot
-        self._usage = usage
-        self._on_update = on_update
-        self._on_free = on_free
-        self._on_dead = on_dead
+        self._node = node
+        self._listener = listener
         self.book = ReportBook()
         self.watches = WatchBook()
         self.registered = asyncio.Event()
         self._report_evt = asyncio.Event()
         self._inflight = False
+        # Callers of flush_reports waiting for the book to drain (each removes its own).
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._watch_evt = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: TaskSet | None = None
         self._stub: Any = None
+        # One warning per run of failed sessions; the reconnection backoff.
+        self._streak = FailureStreak(
+            log,
+            "directory connection lost; reconnecting",
+            "registered with the directory",
+            first=_RECONNECT_FIRST_S,
+            maximum=_RECONNECT_MAX_S,
+            jitter=_RECONNECT_JITTER,
+        )
         self.max_report = config.directory.max_report
         self.heartbeat_s = config.directory.heartbeat_s
         self.timeout = config.directory.request_timeout_s
@@ -147,80 +157,87 @@ class DirectoryClient:
         self.directory_id = b""
         # Node id -> data plane address, from every table the directory sent.
         self.addresses: dict[bytes, str] = {}
-        # (id, URL) of every object with a spill copy, for full reports (the node sets it).
-        self.spilled_snapshot: Callable[[], list[tuple[bytes, str]]] | None = None
 
     # ------------------------------------------------------------ store hooks (hot path)
     def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
+        """A copy was sealed here (``primary``: this node put it)."""
         self.book.added(oid, size, primary, name)
         self._report_evt.set()
 
     def removed(self, oid: bytes) -> None:
+        """A copy left this node (evicted), the object lives on elsewhere."""
         self.book.removed(oid)
         self._report_evt.set()
 
     def deleted(self, oid: bytes) -> None:
+        """The object was deleted here: the directory frees it everywhere."""
         self.book.deleted(oid)
         self._report_evt.set()
 
     def spilled(self, oid: bytes, url: str) -> None:
+        """The object has a spill copy at ``url``."""
         self.book.spilled(oid, url)
         self._report_evt.set()
 
     def watch(self, oid: bytes) -> None:
+        """One more local interest in a remote object (subscribed on the first)."""
         if self.watches.watch(oid):
             self._watch_evt.set()
 
     def unwatch(self, oid: bytes) -> None:
+        """One interest fewer (unsubscribed after the last)."""
         if self.watches.unwatch(oid):
             self._watch_evt.set()
 
     # ------------------------------------------------------------ life
     async def start(self, timeout: float | None = None) -> None:
         """Connect and register; raises NodeUnavailableError if that fails within ``timeout``."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="directory-client")
+        if self._tasks is not None:
+            raise RuntimeError("the directory client is started already")
+        self._tasks = TaskSet("directory-client")
+        self._tasks.spawn(self._run(), name="directory-client")
         limit = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
                 await self.registered.wait()
         except TimeoutError:
+            why = self._streak.last_error
             await self.stop()
             raise NodeUnavailableError(
                 f"cannot register with the directory at {self.host}:{self.port} "
-                f"within {limit:.0f}s (is the head node running?)"
+                f"within {limit:g}s (is the head node running?"
+                + (f" {why})" if why is not None else ")")
             ) from None
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Close the session and end every task of the client (no unregistering: the
+        directory finds the node silent, or hears from it again when it restarts)."""
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            await tasks.close()
+        self.registered.clear()
+        self._stub = None
 
     async def _run(self) -> None:
-        backoff = 0.05
-        failing = False
+        addr = f"{self.host}:{self.port}"
         while True:
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect
-                if self.registered.is_set() or not failing:
-                    log.warning(
-                        "directory connection lost; reconnecting",
-                        directory=f"{self.host}:{self.port}",
-                        error=_describe(exc),
-                    )
-                failing = True
-                if self.registered.is_set():
-                    backoff = 0.05
+                err = NodeUnavailableError(_describe(exc))
+                err.__cause__ = exc
+                delay = self._streak.failed(err, directory=addr)
             self.registered.clear()
             self._stub = None
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(delay)
 
-    async def _session(self) -> None:
+    async def _session(self) -> NoReturn:
+        """Register, report in full, then serve until something fails (it always raises)."""
         link = self._link()
         try:
             stub = link.stub
@@ -232,7 +249,7 @@ class DirectoryClient:
                     socket=self.socket,
                     hostname=_socket.gethostname(),
                     pid=os.getpid(),
-                    usage=usage_to_pb(self._usage()),
+                    usage=usage_to_pb(self._node.usage()),
                 ),
                 timeout=self.timeout,
             )
@@ -242,20 +259,20 @@ class DirectoryClient:
                 log.info("directory restarted; registered again", node_id=self.node_id.hex())
             self.directory_id = reply.directory_id
             # The full report replaces every change not sent yet: both are read
-            # from the store in this same step, with no await between.
+            # from the node in this same step, with no await between.
             self.book.clear()
-            objects = self._snapshot()
-            spilled = self.spilled_snapshot() if self.spilled_snapshot is not None else []
+            objects = self._node.snapshot()
+            spilled = self._node.spilled_snapshot()
             await self._full_report(stub, objects, spilled)
             self._wake_flushers()  # the full report carried every change made before it
             self.registrations += 1
             self._stub = stub
             self.registered.set()
-            log.info(
-                "registered with the directory",
-                directory=f"{self.host}:{self.port}",
-                objects=len(objects),
-            )
+            fields = {"directory": f"{self.host}:{self.port}", "objects": len(objects)}
+            if self._streak.failures:
+                self._streak.ok(**fields)  # "registered with the directory", failures=N
+            else:
+                log.info("registered with the directory", **fields)
             await race(self._heartbeats(stub), self._reports(stub), self._subscription(link))
             raise ConnectionError("directory session ended")
         finally:
@@ -264,7 +281,7 @@ class DirectoryClient:
     async def _full_report(
         self,
         stub: Any,
-        objects: list[tuple[bytes, int, bool, str]],
+        objects: list[SnapshotEntry],
         spilled: Sequence[tuple[bytes, str]] = (),
     ) -> None:
         step = self.max_report
@@ -312,7 +329,9 @@ class DirectoryClient:
             await asyncio.sleep(self.heartbeat_s)
             await stub.heartbeat(
                 pb.HeartbeatRequest(
-                    node_id=self.node_id, session=self.session, usage=usage_to_pb(self._usage())
+                    node_id=self.node_id,
+                    session=self.session,
+                    usage=usage_to_pb(self._node.usage()),
                 ),
                 timeout=self.timeout,
             )
@@ -370,7 +389,13 @@ class DirectoryClient:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flush_waiters.append(fut)
         self._report_evt.set()
-        await fut
+        try:
+            await fut
+        finally:
+            # Woken or cancelled: no longer waiting (a stale waiter would make
+            # the reporter skip its rate limit).
+            with contextlib.suppress(ValueError):
+                self._flush_waiters.remove(fut)
 
     async def _subscription(self, link: Link) -> None:
         chunk = self.config.directory.max_lookup
@@ -406,15 +431,15 @@ class DirectoryClient:
                         raise ConnectionError("the directory closed the subscription stream")
                     self.notifications += 1
                     if note.free_ids:
-                        self._on_free(split_ids(note.free_ids))
+                        self._listener.on_free(split_ids(note.free_ids))
                     if note.dead_nodes:
                         dead = note.dead_nodes
-                        self._on_dead(
+                        self._listener.on_dead(
                             [dead[i : i + NODE_ID_SIZE] for i in range(0, len(dead), NODE_ID_SIZE)]
                         )
                     if note.updates is not None and note.updates.object_ids:
                         self.addresses.update(table_addresses(note.updates))
-                        self._on_update(table_to_rows(note.updates))
+                        self._listener.on_update(table_to_rows(note.updates))
 
             await race(writer(), reader())
 
@@ -427,9 +452,10 @@ class DirectoryClient:
         while True:
             left = deadline - loop.time()
             if left <= 0:
+                why = last or self._streak.last_error
                 raise NodeUnavailableError(
                     f"{what}: the directory at {self.host}:{self.port} did not answer within "
-                    f"{self.timeout:.0f}s ({_describe(last) if last else 'not registered'})"
+                    f"{self.timeout:g}s ({_describe(why) if why else 'not registered'})"
                 )
             stub = self._stub
             if stub is None or not self.registered.is_set():
@@ -442,34 +468,37 @@ class DirectoryClient:
                     await self.flush_reports()
                     return await fn(stub)
             except GRPCError as exc:
-                if exc.status is Status.FAILED_PRECONDITION:
-                    last = exc
-                    await asyncio.sleep(0.05)
-                    continue
-                raise error_from_grpc(exc, what) from exc
+                if exc.status is not Status.FAILED_PRECONDITION:
+                    raise error_from_grpc(exc, what) from exc
+                # Not registered there (any more): the session re-registers.
+                last = exc
             except _TRANSIENT as exc:
                 last = exc
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(min(_RETRY_S, max(0.0, deadline - loop.time())))
 
     async def reserve_name(self, name: str, oid: bytes, size: int) -> None:
+        """Claim ``name`` for an object about to be created here (ObjectExistsError if taken)."""
         msg = pb.ReserveNameRequest(
             node_id=self.node_id, session=self.session, name=name, object_id=oid, size=size
         )
         await self._call("reserve name", lambda s: s.reserve_name(msg, timeout=self.timeout))
 
     async def resolve_name(self, name: str) -> ObjectRow:
+        """The row of the object named ``name`` (ObjectNotFoundError if none)."""
         msg = pb.ResolveNameRequest(name=name)
         table = await self._call(
             "resolve name", lambda s: s.resolve_name(msg, timeout=self.timeout)
         )
         return table_to_rows(table)[0]
 
-    async def delete(self, oids: list[bytes], names: list[str] = ()) -> int:  # type: ignore[assignment]
+    async def delete(self, oids: list[bytes], names: Sequence[str] = ()) -> int:
+        """Delete objects (by id and by name) everywhere; returns how many the directory knew."""
         msg = pb.DeleteRequest(node_id=self.node_id, object_ids=join_ids(oids), names=list(names))
         reply = await self._call("delete", lambda s: s.delete(msg, timeout=self.timeout))
         return reply.deleted
 
     async def lookup(self, oids: list[bytes]) -> list[ObjectRow]:
+        """The current row of each object, in order."""
         msg = pb.LookupRequest(object_ids=join_ids(oids))
         return table_to_rows(
             await self._call("lookup", lambda s: s.lookup(msg, timeout=self.timeout))
@@ -508,7 +537,7 @@ class DirectoryAdmin:
                 return await coro
         except GRPCError as exc:
             raise error_from_grpc(exc, what) from exc
-        except (*_TRANSIENT, TimeoutError) as exc:
+        except _TRANSIENT as exc:
             raise NodeUnavailableError(
                 f"{what}: cannot reach the directory at {self.host}:{self.port}: {_describe(exc)}"
             ) from exc

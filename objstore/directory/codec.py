@@ -1,12 +1,14 @@
-"""Between :class:`~objstore.directory.state.ObjectRow` lists and ``LocationTable`` columns."""
+"""Between :class:`~objstore.locations.ObjectRow` lists and ``LocationTable`` columns."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
 from objstore._proto.grpc.objstore.directory import v1 as pb
-from objstore.directory.state import InvalidRequestError, ObjectRow, Usage, split_ids
+from objstore.directory.state import split_ids
+from objstore.errors import InvalidRequestError
 from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
+from objstore.locations import ObjectRow, Usage
 
 __all__ = [
     "pb",
@@ -101,8 +103,8 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
         raise InvalidRequestError("location table: columns of different lengths")
     if sum(t.location_counts) != len(t.location_nodes):
         raise InvalidRequestError("location table: location counts do not add up")
-    # Test-found fix: the sparse columns were zipped (silently truncated), a
-    # row past the end ignored, and a bad spilled node index raised IndexError.
+    # Sparse columns of different lengths, a sparse row past the end and a bad
+    # node index are errors, not silently truncated or ignored.
     if not (len(t.spilled_rows) == len(t.spilled_urls) == len(t.spilled_nodes)) or len(
         t.named_rows
     ) != len(t.names):

@@ -52,12 +52,14 @@ from urllib.parse import unquote, urlsplit
 
 import structlog
 
+from objstore.backoff import Backoff
 from objstore.errors import (
     ConfigError,
     NodeUnavailableError,
     ObjectStoreError,
     OutOfDiskError,
 )
+from objstore.tasks import TaskSet
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -651,9 +653,13 @@ class WriteBehind:
         self._dirt = asyncio.Event()  # set by mark_*: something is dirty
         self._kick = asyncio.Event()  # set by flush: write now, skip the wait
         self._progress = asyncio.Event()  # set (and replaced) after every write
-        self._task: asyncio.Task[None] | None = None
+        # The writer task (one at most).
+        self._tasks = TaskSet("directory-write-behind")
         self._closed = False
-        self._streak = 0  # failed writes since the last success
+        # Retry delays of a failure streak (no jitter: one writer per directory);
+        # ``_backoff.failures`` counts failed writes since the last success.
+        self._backoff = Backoff(retry_min_s, retry_max_s, jitter=0.0)
+        self._retry_in = 0.0
         #: Entries (puts and deletes) applied so far.
         self.written = 0
         #: Failed writes so far.
@@ -689,20 +695,9 @@ class WriteBehind:
         """Start the writer task (on the running loop); a no-op if started."""
         if self._closed:
             raise ObjectStoreError("the directory state writer is closed")
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name="objstore-directory-write-behind"
-            )
-            self._task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            # `_run` records every write failure; getting here is a bug.
-            log.error(
-                "directory state writer died",
-                store=self.store.describe,
-                exc_info=task.exception(),
-            )
+        if not len(self._tasks):
+            # `_run` records every write failure; the set logs it if it dies anyway (a bug).
+            self._tasks.spawn(self._run(), name="objstore-directory-write-behind")
 
     async def flush(self, timeout: float) -> bool:
         """Write everything dirty now and wait for it.
@@ -739,12 +734,12 @@ class WriteBehind:
             await self.flush(timeout)
         finally:
             self._closed = True
-            task, self._task = self._task, None
-            if task is not None:
-                task.cancel()
+            tasks = list(self._tasks)
+            self._tasks.cancel()
+            if tasks:
                 # A cancelled apply returns at once; bound it anyway (a little
                 # grace so the task can finish instead of being left pending).
-                await asyncio.wait({task}, timeout=max(deadline - loop.time(), 0.1))
+                await asyncio.wait(tasks, timeout=max(deadline - loop.time(), 0.1))
             if self.pending:
                 log.warning(
                     "directory state not fully written at close",
@@ -760,16 +755,13 @@ class WriteBehind:
                 self._kick.clear()
                 self._dirt.clear()
                 await self._dirt.wait()
-            delay = self._retry_delay() if self._streak else self.interval
+            delay = self._retry_in if self._backoff.failures else self.interval
             if delay > 0 and not self._kick.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._kick.wait()
             self._kick.clear()
             await self._write()
-
-    def _retry_delay(self) -> float:
-        return min(self.retry_max_s, self.retry_min_s * 2 ** min(self._streak - 1, 30))
 
     async def _write(self) -> None:
         """One write of every dirty key; failures are recorded, not raised."""
@@ -824,26 +816,27 @@ class WriteBehind:
             await asyncio.sleep(0)
 
     def _failed(self, exc: Exception, keys: int) -> None:
+        # One warning per streak, none for its repeats (WriteBehind's tests count them).
         self.failures += 1
-        self._streak += 1
+        self._retry_in = self._backoff.failed()
         self.last_error = f"{type(exc).__name__}: {exc}"
-        if self._streak == 1:
+        if self._backoff.failures == 1:
             log.warning(
                 "directory state write failed; retrying with backoff",
                 store=self.store.describe,
                 error=self.last_error,
                 keys=keys,
-                retry_in_s=self._retry_delay(),
+                retry_in_s=self._retry_in,
             )
 
     def _succeeded(self, number: int, entries: int, elapsed: float) -> None:
-        if self._streak:
+        if self._backoff.failures:
             log.info(
                 "directory state writes resumed",
                 store=self.store.describe,
-                failed_attempts=self._streak,
+                failed_attempts=self._backoff.failures,
             )
-        self._streak = 0
+        self._backoff.reset()
         self.last_error = None
         self._last_ok = number
         self.written += entries

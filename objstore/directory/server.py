@@ -8,7 +8,10 @@ batches, by :class:`~objstore.directory.persist.WriteBehind`.
 
 Each node's ``Subscribe`` stream is served by two tasks: one reads
 subscription changes, one sends the current state of changed objects and the
-ids the node must free.  A subscriber that does not read blocks only its own
+ids the node must free.  Errors become gRPC statuses through the one table in
+:mod:`objstore.status`.  :meth:`DirectoryServer.stop` ends every request, stream
+and connection, so a directory started again on the same port is the only one
+its clients reach.  A subscriber that does not read blocks only its own
 sender (HTTP/2 flow control); its pending changes coalesce per object, so its
 cost is bounded by its subscriptions.
 """
@@ -23,6 +26,7 @@ import os
 import socket
 import struct
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Self, TypeVar
 
@@ -42,10 +46,10 @@ from objstore.directory.state import (
     Subscriber,
     split_ids,
 )
-from objstore.errors import ObjectStoreError
+from objstore.errors import NodeUnavailableError, ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
 from objstore.status import error_to_grpc
-from objstore.tasks import race
+from objstore.tasks import TaskSet, race
 
 __all__ = ["DirectoryServer", "LocalLink"]
 
@@ -61,8 +65,10 @@ _NOTIFY_FREES = 10000
 M = TypeVar("M")
 
 
-def _status_of(exc: BaseException) -> tuple[Status, str]:
-    return error_to_grpc(exc)
+def _as_grpc(exc: BaseException) -> GRPCError:
+    """The gRPC error a client sees for ``exc`` (see :func:`objstore.status.error_to_grpc`)."""
+    status, message = error_to_grpc(exc)
+    return GRPCError(status, message)
 
 
 async def _recv_limited(stream: grpclib.server.Stream[Any, Any], limit: int) -> Any:
@@ -75,7 +81,7 @@ def _decode(stream: grpclib.server.Stream[Any, Any], data: bytes) -> Any:
     try:
         return stream._codec.decode(data, stream._recv_type)
     except Exception as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed request: {exc}") from exc
+        raise _as_grpc(InvalidRequestError(f"malformed request: {exc}")) from exc
 
 
 async def _recv_raw(stream: grpclib.server.Stream[Any, Any], limit: int) -> bytes | None:
@@ -83,14 +89,16 @@ async def _recv_raw(stream: grpclib.server.Stream[Any, Any], limit: int) -> byte
 
     grpclib reads a whole message of any announced length; this reads the
     5-byte gRPC prefix first (through the stream's HTTP/2 stream and codec,
-    which grpclib keeps as attributes) and checks the length.
+    which grpclib keeps as attributes) and checks the length.  A compressed or
+    oversized message is refused with gRPC's own statuses for those (no
+    objstore error stands for them).
     """
     h2 = stream._stream
     meta = await h2.recv_data(5)
     if not meta:
         return None
     if len(meta) != 5:
-        raise GRPCError(Status.INVALID_ARGUMENT, "truncated message prefix")
+        raise _as_grpc(InvalidRequestError("truncated message prefix"))
     compressed, size = struct.unpack(">?I", meta)
     if compressed:
         raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not served")
@@ -100,7 +108,7 @@ async def _recv_raw(stream: grpclib.server.Stream[Any, Any], limit: int) -> byte
         )
     data = await h2.recv_data(size)
     if len(data) != size:
-        raise GRPCError(Status.INVALID_ARGUMENT, "truncated message")
+        raise _as_grpc(InvalidRequestError("truncated message"))
     return bytes(data)
 
 
@@ -148,7 +156,7 @@ class _Service:
     ) -> None:
         data = await _recv_raw(stream, self.cfg.max_message_bytes)
         if data is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
+            raise _as_grpc(InvalidRequestError("no request message"))
         try:
             if len(data) > _HEAVY_BYTES:
                 # Big requests (reports, batch lookups) take turns, one per loop
@@ -159,16 +167,13 @@ class _Service:
                     reply = await fn(_decode(stream, data))
             else:
                 reply = await fn(_decode(stream, data))
-        except ObjectStoreError as exc:
-            status, message = _status_of(exc)
-            if status is Status.INTERNAL:
-                log.exception("directory request failed", rpc=name)
-            raise GRPCError(status, message) from exc
         except GRPCError:
             raise
         except Exception as exc:
-            log.exception("directory request failed", rpc=name)
-            raise GRPCError(Status.INTERNAL, f"internal error: {exc!r}") from exc
+            err = _as_grpc(exc)
+            if err.status is Status.INTERNAL:  # not one of ours: a bug
+                log.exception("directory request failed", rpc=name)
+            raise err from exc
         await stream.send_message(reply)
 
     # -- helpers
@@ -333,7 +338,7 @@ class _Service:
         try:
             state.live_node(first.node_id, first.session)
         except NotRegisteredError as exc:
-            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from exc
+            raise _as_grpc(exc) from exc
         wake = asyncio.Event()
         sub = Subscriber(first.node_id, wake.set)
         old = state.attach(sub)
@@ -376,12 +381,13 @@ class _Service:
             try:
                 await race(reader(), sender())
             except ObjectStoreError as err:
-                status, message = _status_of(err)
-                raise GRPCError(status, message) from err
+                raise _as_grpc(err) from err
             if sub.closed:
-                raise GRPCError(
-                    Status.UNAVAILABLE,
-                    "subscription stream closed: replaced by a newer one, or the node was declared dead",
+                raise _as_grpc(
+                    NodeUnavailableError(
+                        "subscription stream closed: replaced by a newer one, "
+                        "or the node was declared dead"
+                    )
                 )
         finally:
             self.server.streams.discard(sub)
@@ -416,11 +422,13 @@ class DirectoryServer:
         self.directory_id = os.urandom(NODE_ID_SIZE)
         self.streams: set[Subscriber] = set()
         self.service: _Service | None = None
-        self._server: grpclib.server.Server | None = None
-        self._reaper: asyncio.Task[None] | None = None
+        self._server: _GrpcServer | None = None
+        # The death timer and the head's in-process subscription streams.
+        self.tasks = TaskSet("directory")
         self.host = ""
         self.port = 0
         self.started = 0.0
+        self.stopped = False
 
     @property
     def address(self) -> str:
@@ -448,10 +456,11 @@ class DirectoryServer:
             self.state.on_dirty_object = self.persist.mark_object
             self.persist.start()
         self.service = _Service(self)
-        self._server = grpclib.server.Server([self.service])  # type: ignore[list-item]
+        self._server = _GrpcServer([self.service])
         try:
             await self._server.start(host, port, reuse_address=True)
         except OSError as exc:
+            self._server = None
             await self.persist.close(5.0)
             await self.store.close()
             raise ObjectStoreError(
@@ -461,7 +470,7 @@ class DirectoryServer:
         sock: socket.socket = listener.sockets[0]
         self.host, self.port = sock.getsockname()[:2]
         self.started = loop.time()
-        self._reaper = loop.create_task(self._watch_deaths(), name="directory-deaths")
+        self.tasks.spawn(self._watch_deaths(), name="directory-deaths")
         log.info("directory serving", address=self.address, store=self.store.describe)
 
     async def _watch_deaths(self) -> None:
@@ -504,19 +513,47 @@ class DirectoryServer:
         )
 
     async def stop(self) -> None:
-        """Stop serving; write what is left of the state."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        """Stop serving: end every request, stream and connection; write what is
+        left of the state.  A second call does nothing."""
+        if self.stopped:
+            return
+        self.stopped = True
+        # The death timer and the in-process streams (their clients see the end).
+        await self.tasks.close()
         if self._server is not None:
             self._server.close()
             for sub in list(self.streams):
                 self.state.drop_subscriber(sub)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
+            self._server.close_connections()
         await self.persist.close(10.0)
         await self.store.close()
+
+
+class _GrpcServer(grpclib.server.Server):
+    """grpclib's server, closing its open connections too when told.
+
+    grpclib's ``close`` stops the listener and cancels running requests but
+    leaves open connections to their peers, which would go on sending
+    heartbeats and reports to a stopped directory.
+    """
+
+    def __init__(self, handlers: list[Any]) -> None:
+        super().__init__(handlers)
+        self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def close_connections(self) -> None:
+        """Close every connection still open (their peers see them drop)."""
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is not None:
+                connection.close()
 
 
 class LocalLink:
@@ -525,55 +562,77 @@ class LocalLink:
     Requests and notifications are passed as message objects (no encoding, no
     HTTP/2): a location report from the head's store costs the directory's
     bookkeeping only.  Errors arrive as the same gRPC statuses a remote node
-    sees, so :class:`~objstore.directory.client.DirectoryClient` treats both alike.
+    sees, so :class:`~objstore.directory.client.DirectoryClient` treats both
+    alike; after :meth:`DirectoryServer.stop`, every call is UNAVAILABLE.
     """
 
     def __init__(self, server: DirectoryServer) -> None:
         assert server.service is not None, "the directory server is not started"
-        self.service = server.service
-        self.stub = _LocalStub(server.service)
+        self.server = server
+        self.stub = _LocalStub(server)
 
     def open_stream(self) -> _LocalStream:
-        return _LocalStream(self.service)
+        return _LocalStream(self.server)
 
     def close(self) -> None:
         return None
 
 
+def _unavailable() -> GRPCError:
+    return _as_grpc(NodeUnavailableError("the directory stopped"))
+
+
 class _LocalStub:
     """Calls the service's handlers directly, with gRPC's error statuses."""
 
-    def __init__(self, service: _Service) -> None:
-        self._service = service
+    def __init__(self, server: DirectoryServer) -> None:
+        self._server = server
+        assert server.service is not None
+        self._service = server.service
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         fn = getattr(self._service, name)
+        server = self._server
 
         async def call(message: Any, *, timeout: float | None = None) -> Any:
+            if server.stopped:
+                raise _unavailable()
             try:
                 async with asyncio.timeout(timeout):
                     return await fn(message)
             except ObjectStoreError as exc:
-                status, text = _status_of(exc)
-                raise GRPCError(status, text) from exc
+                raise _as_grpc(exc) from exc
 
         return call
 
 
 class _LocalStream:
-    """A subscription stream between two tasks of one process (bounded like HTTP/2's window)."""
+    """A subscription stream between two tasks of one process (bounded like HTTP/2's window).
 
-    def __init__(self, service: _Service) -> None:
-        self._service = service
+    The serving side runs in the server's task set, so stopping the server ends it.
+    """
+
+    def __init__(self, server: DirectoryServer) -> None:
+        assert server.service is not None
+        self._server = server
+        self._service = server.service
         self._to_server: asyncio.Queue[Any] = asyncio.Queue()
         self._to_client: asyncio.Queue[pb.Notification] = asyncio.Queue(maxsize=64)
-        self._task: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[BaseException | None] | None = None
 
     async def __aenter__(self) -> Self:
-        self._task = asyncio.ensure_future(
-            self._service.serve_subscription(self._to_server.get, self._to_client.put)
-        )
+        if self._server.stopped:
+            raise _unavailable()
+        self._task = self._server.tasks.spawn(self._serve(), name="directory-local-stream")
         return self
+
+    async def _serve(self) -> BaseException | None:
+        """Serve the stream; its error is the client's to read, not a failed task's."""
+        try:
+            await self._service.serve_subscription(self._to_server.get, self._to_client.put)
+        except Exception as exc:  # noqa: BLE001 - handed to recv_message
+            return exc
+        return None
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
@@ -589,15 +648,18 @@ class _LocalStream:
     async def recv_message(self) -> pb.Notification | None:
         assert self._task is not None
         get = asyncio.ensure_future(self._to_client.get())
-        waiting: set[asyncio.Future[Any]] = {get, self._task}
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({get, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not get.done():
+                get.cancel()
         if get in done:
             return get.result()
-        get.cancel()
-        err = self._task.exception()
+        if self._task.cancelled():
+            raise _unavailable()  # the server stopped
+        err = self._task.result()
         if isinstance(err, ObjectStoreError):
-            status, text = _status_of(err)
-            raise GRPCError(status, text) from err
+            raise _as_grpc(err) from err
         if err is not None:
             raise err
         return None

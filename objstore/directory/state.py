@@ -293,9 +293,9 @@ class DirectoryState:
                     lost += self._remove_location(oid, rec, node_id, dying=True)
                 if i % step == step - 1:
                     yield lost
-            # Test-found fix: objects spilled to a local file there whose memory
-            # copy had left (so not in ``node.objects``): the file died with the
-            # node.  A scan of every object, but deaths are rare.
+            # Objects spilled to a local file there whose memory copy had left
+            # (so not in ``node.objects``): the file died with the node.  A scan
+            # of every object, but deaths are rare.
             everything = list(self.objects)
             for i, oid in enumerate(everything):
                 rec = self.objects.get(oid)
@@ -370,7 +370,7 @@ class DirectoryState:
                 self.n_lost -= 1
             rec.state = PRESENT
             if rec.spilled_url:
-                # Test-found fix: keep ``spilled_bytes`` equal to the sum of sizes.
+                # ``spilled_bytes`` stays the sum of the spilled objects' sizes.
                 self.spilled_bytes += size - rec.size
             rec.size = size
         if primary:
@@ -405,9 +405,8 @@ class DirectoryState:
             elif not rec.spilled_url:
                 # The last copy went away without a delete (a well-behaved node
                 # spills or deletes primaries; a secondary copy can be the last
-                # one when the primary's node died).  Test-found fix: this was
-                # ``rec.primary == nid and ...``, which left such objects PRESENT
-                # with no copy anywhere (and ``load`` makes them LOST anyway).
+                # one when the primary's node died), whoever held it: nothing
+                # is PRESENT with no copy anywhere (``load`` agrees).
                 rec.state = LOST
                 self.n_lost += 1
                 lost = 1
@@ -618,9 +617,9 @@ class DirectoryState:
     def subscribe(self, sub: Subscriber, oids: Iterable[bytes]) -> None:
         """Subscribe; each object's current state is queued at once."""
         if sub.closed:
-            # Test-found fix: a message read after the stream was dropped
-            # (replaced, or its node declared dead) would leave it in
-            # ``subscriptions`` for good: nothing drops a closed stream again.
+            # A message read after the stream was dropped (replaced, or its
+            # node declared dead) is ignored: nothing would drop a closed
+            # stream's subscriptions again.
             return
         for oid in oids:
             if oid in sub.subscribed:
@@ -760,8 +759,8 @@ class DirectoryState:
             if state == LOST:
                 self.n_lost += 1
             elif state == PENDING:
-                # Test-found fix: ``node.pending`` is not persisted; without this
-                # the creator's death never turned the object LOST (name held forever).
+                # ``node.pending`` is not persisted: rebuilt here, so that the
+                # creator's death still turns the object LOST and frees its name.
                 creator = self.nodes.get(rec.primary or b"")
                 if creator is not None and creator.alive:
                     creator.pending.add(oid)

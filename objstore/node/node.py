@@ -180,18 +180,14 @@ class Node:
         directory = DirectoryClient(
             cfg,
             self.node_id,
-            snapshot=service.snapshot,
-            usage=service.usage,
-            on_update=service.on_update,
-            on_free=service.on_free,
-            on_dead=service.on_dead,
+            node=service,
+            listener=service,
             socket=self.server.path,
             address=cfg.node.advertise or peer_server.address,
             # The head's own node calls its directory in-process.
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
         )
         stack.push_async_callback(directory.stop)
-        directory.spilled_snapshot = service.spilled_snapshot
         # A spill copy in S3 whose node is gone is read from S3 directly.
         reader = SpillReader(store, cfg)
         stack.push_async_callback(reader.close)

@@ -130,6 +130,27 @@ async def test_drain_of_tasks_that_already_ended_does_not_spin() -> None:
     assert len(ts) == 0
 
 
+async def test_a_cancelled_close_is_still_a_cancellation() -> None:
+    ts = TaskSet("t")
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3600)  # takes its time to stop
+
+    ts.spawn(stubborn())
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(ts.close())
+    await asyncio.sleep(0)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    for t in ts:
+        t.cancel()
+    await asyncio.sleep(0)
+
+
 async def test_race_returns_with_the_first_and_cancels_the_rest() -> None:
     cancelled = asyncio.Event()
 

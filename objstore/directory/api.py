@@ -7,7 +7,7 @@ event loop, and never awaits them: each must return at once.
 
 :class:`Link` is the way to the directory: gRPC for every node, or
 in-process for the head node's own client
-(:class:`~objstore.directory.server.LocalLink`).
+(:class:`~objstore.directory.local.LocalLink`).
 """
 
 from __future__ import annotations

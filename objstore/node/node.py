@@ -31,7 +31,8 @@ import structlog
 
 from objstore.config import Config, format_size
 from objstore.directory.client import DirectoryClient, parse_address
-from objstore.directory.server import DirectoryServer, LocalLink
+from objstore.directory.local import LocalLink
+from objstore.directory.server import DirectoryServer
 from objstore.errors import ConfigError
 from objstore.ids import new_node_id
 from objstore.node.objects import ObjectService, Parts

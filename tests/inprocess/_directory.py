@@ -18,8 +18,9 @@ from fakes import FakeNode
 
 from objstore.config import Config
 from objstore.directory.client import DirectoryClient
+from objstore.directory.local import LocalLink
 from objstore.directory.persist import StateStore
-from objstore.directory.server import DirectoryServer, LocalLink
+from objstore.directory.server import DirectoryServer
 
 __all__ = [
     "directory_config",

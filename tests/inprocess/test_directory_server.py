@@ -20,7 +20,8 @@ from grpclib.const import Status
 
 from objstore.directory.client import DirectoryAdmin
 from objstore.directory.codec import join_ids, pb
-from objstore.directory.server import DirectoryServer, LocalLink
+from objstore.directory.local import LocalLink
+from objstore.directory.server import DirectoryServer
 from objstore.errors import (
     InvalidRequestError,
     NodeUnavailableError,

@@ -12,6 +12,11 @@ are zero-copy:
 * A zero-copy result (a numpy array, a ``memoryview``) keeps its object pinned
   on the node until the last Python reference to it is gone: a
   ``weakref.finalize`` on the view's base tells the node, in batches.
+
+One module of about 800 lines, for a reason: it is the one public class users
+hold, and its put and get paths (request ids, the pipelined connection, the
+cache of owned mappings, the release batching) share state on the hot path
+that splitting would turn into attribute hops across modules.
 """
 
 from __future__ import annotations

@@ -25,6 +25,11 @@ process per object):
   entry per subscription, however many changes happen.
 * *Frees*: when an object is deleted, every other node holding a copy is told
   to free it; the ids wait on the node's record until its stream takes them.
+
+One module of about 800 lines, for a reason: nodes, objects, names, spill
+copies and subscriptions are one state whose invariants tie them together
+(``check()`` tests them all after every step of a hypothesis state machine);
+each operation touches several of them in one step.
 """
 
 from __future__ import annotations

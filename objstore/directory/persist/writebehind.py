@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import structlog
 
-from objstore.backoff import Backoff
 from objstore.errors import (
     ObjectStoreError,
 )
+from objstore.streak import FailureStreak
 from objstore.tasks import TaskSet
 
 log = structlog.get_logger("objstore.directory.persist")
@@ -85,9 +85,16 @@ class WriteBehind:
         # The writer task (one at most).
         self._tasks = TaskSet("directory-write-behind")
         self._closed = False
-        # Retry delays of a failure streak (no jitter: one writer per directory);
-        # ``_backoff.failures`` counts failed writes since the last success.
-        self._backoff = Backoff(retry_min_s, retry_max_s, jitter=0.0)
+        # The failure streak: one warning, its retry delays (no jitter: one writer
+        # per directory) and the count of failed writes since the last success.
+        self._streak = FailureStreak(
+            log,
+            "directory state write failed; retrying with backoff",
+            "directory state writes resumed",
+            first=retry_min_s,
+            maximum=retry_max_s,
+            jitter=0.0,
+        )
         self._retry_in = 0.0
         #: Entries (puts and deletes) applied so far.
         self.written = 0
@@ -184,7 +191,7 @@ class WriteBehind:
                 self._kick.clear()
                 self._dirt.clear()
                 await self._dirt.wait()
-            delay = self._retry_in if self._backoff.failures else self.interval
+            delay = self._retry_in if self._streak.failures else self.interval
             if delay > 0 and not self._kick.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -245,27 +252,12 @@ class WriteBehind:
             await asyncio.sleep(0)
 
     def _failed(self, exc: Exception, keys: int) -> None:
-        # One warning per streak, none for its repeats (WriteBehind's tests count them).
         self.failures += 1
-        self._retry_in = self._backoff.failed()
         self.last_error = f"{type(exc).__name__}: {exc}"
-        if self._backoff.failures == 1:
-            log.warning(
-                "directory state write failed; retrying with backoff",
-                store=self.store.describe,
-                error=self.last_error,
-                keys=keys,
-                retry_in_s=self._retry_in,
-            )
+        self._retry_in = self._streak.failed(exc, store=self.store.describe, keys=keys)
 
     def _succeeded(self, number: int, entries: int, elapsed: float) -> None:
-        if self._backoff.failures:
-            log.info(
-                "directory state writes resumed",
-                store=self.store.describe,
-                failed_attempts=self._backoff.failures,
-            )
-        self._backoff.reset()
+        self._streak.ok(store=self.store.describe)
         self.last_error = None
         self._last_ok = number
         self.written += entries

@@ -74,7 +74,6 @@ def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
     return proc.stdout.readline()
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     not Path(f"/proc/self/task/{os.getpid()}/schedstat").exists(),
     reason="the kernel does not report run-queue wait (no schedstat): the wall lag decides",

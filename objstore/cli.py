@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any
 
@@ -290,12 +291,17 @@ def main(argv: list[str] | None = None) -> None:
     except ObjectStoreError as exc:
         print(f"python -m objstore: {exc}", file=sys.stderr)
         sys.exit(1)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif args.command == "status":
-        if args.directory:
-            _print_cluster(result)
+    try:
+        if args.json:
+            print(json.dumps(result, indent=2))
+        elif args.command == "status":
+            if args.directory:
+                _print_cluster(result)
+            else:
+                _print_status(result)
         else:
-            _print_status(result)
-    else:
-        _print_memory(result)
+            _print_memory(result)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (``| head``): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

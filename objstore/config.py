@@ -27,6 +27,7 @@ __all__ = [
     "DirectoryConfig",
     "SpillConfig",
     "NodeConfig",
+    "SecurityConfig",
     "parse_size",
     "format_size",
     "default_socket_path",
@@ -155,6 +156,13 @@ def _str(name: str, v: Any) -> None:
 def _opt_str(name: str, v: Any) -> None:
     if v is not None and not isinstance(v, str):
         raise ConfigError(f"{name}: must be a string, got {v!r}")
+
+
+def _ids(name: str, v: Any) -> None:
+    if not isinstance(v, tuple) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in v
+    ):
+        raise ConfigError(f"{name}: must be a list of numeric ids, got {v!r}")
 
 
 def _setting(default: Any, check: Callable[[str, Any], None], doc: str, size: bool = False) -> Any:
@@ -309,6 +317,29 @@ class NodeConfig:
     log_level: str = _setting("info", _one_of("debug", "info", "warning", "error"), "log level")
     # The node logs "event loop blocked" when the loop itself kept a tick this late (0: off).
     loop_lag_warn_ms: float = _setting(250.0, _non_negative, "loop stall that is logged")
+    # Clients of the local socket must run as the node's uid, or as one of these
+    # uids, or with one of these gids as their primary group (SO_PEERCRED).
+    allowed_uids: tuple[int, ...] = _setting((), _ids, "other uids allowed on the local socket")
+    allowed_gids: tuple[int, ...] = _setting((), _ids, "gids allowed on the local socket")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Who may talk to a node: the cluster token and TLS (see objstore/auth.py)."""
+
+    # A file holding the cluster token ("": $OBJSTORE_TOKEN_FILE, then the head's
+    # --state-dir token or a new one; on other nodes the one the head published).
+    token_file: str = _setting("", _str, "file holding the cluster token")
+    # No authentication at all: anyone who reaches a port may read, delete and pose as a node.
+    insecure: bool = _setting(False, lambda n, v: None, "turn authentication off")
+    # Mutual TLS for the directory and the data plane: all three, or none.
+    tls_cert: str = _setting("", _str, "this node's TLS certificate (PEM)")
+    tls_key: str = _setting("", _str, "this node's TLS private key (PEM)")
+    tls_ca: str = _setting("", _str, "the CA that signs every node's certificate (PEM)")
+    # A data plane handshake that fails closes its connection after this delay.
+    refuse_delay_s: float = _setting(0.2, _non_negative, "delay before closing a refused peer")
+    # How long a new data plane connection may take to prove itself.
+    handshake_timeout_s: float = _setting(5.0, _positive, "data plane handshake deadline")
 
 
 _SECTIONS: dict[str, type] = {
@@ -317,6 +348,7 @@ _SECTIONS: dict[str, type] = {
     "directory": DirectoryConfig,
     "spill": SpillConfig,
     "node": NodeConfig,
+    "security": SecurityConfig,
 }
 
 
@@ -329,6 +361,7 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     spill: SpillConfig = field(default_factory=SpillConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def __post_init__(self) -> None:
         for name in _SECTIONS:
@@ -424,6 +457,16 @@ def _convert(name: str, f: dataclasses.Field[Any], value: Any) -> Any:
     if f.metadata.get("size"):
         return parse_size(value, name)
     default = f.default
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            try:
+                return tuple(int(p) for p in value.replace(",", " ").split())
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{name}: expected numbers separated by commas, got {value!r}"
+                ) from exc
+        if isinstance(value, list):
+            return tuple(value)
     if isinstance(value, str):
         if isinstance(default, bool):
             low = value.strip().lower()
@@ -472,6 +515,9 @@ def _build(cfg: Config, data: Mapping[str, Any]) -> Config:
 def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for key, value in env.items():
+        if key == "OBJSTORE_TOKEN_FILE":  # the short name the README gives
+            out.setdefault("security", {}).setdefault("token_file", value)
+            continue
         if not key.startswith("OBJSTORE_") or key == "OBJSTORE_SOCKET":
             continue
         rest = key[len("OBJSTORE_") :].lower()

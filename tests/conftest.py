@@ -37,6 +37,12 @@ settings.load_profile("objstore")
 
 READY_TIMEOUT = 15.0
 
+# Heads publish their cluster token under the user's runtime directory
+# (objstore/auth.py); the tests' heads publish theirs in a directory of their own.
+_RUNTIME = tempfile.mkdtemp(prefix="os-run-", dir="/tmp")
+os.chmod(_RUNTIME, 0o700)
+os.environ["XDG_RUNTIME_DIR"] = _RUNTIME
+
 
 @dataclass
 class NodeProcess:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self
 
+from objstore.auth import Credentials
 from objstore.directory.api import DirectoryListener, NodeView
 from objstore.errors import (
     ObjectExistsError,
@@ -56,6 +57,9 @@ __all__ = [
     "FakeNode",
     "DirectoryHooks",
 ]
+
+# What in-process servers and clients prove themselves with (one token for all).
+CREDS = Credentials.for_test()
 
 
 # ----------------------------------------------------------------------------- the store

@@ -33,7 +33,8 @@ from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
-from objstore.config import Config
+from objstore.auth import Credentials, member_credentials
+from objstore.config import Config, SecurityConfig
 from objstore.directory.api import DirectoryListener, Link, NodeView, SnapshotEntry
 from objstore.directory.book import ReportBatch, ReportBook, WatchBook
 from objstore.directory.codec import join_ids, pb, table_addresses, table_to_rows, usage_to_pb
@@ -116,10 +117,12 @@ class DirectoryClient:
         address: str = "",
         socket: str = "",
         link: Callable[[], Link] | None = None,
+        credentials: Credentials,
     ) -> None:
         if not config.node.directory:
             raise ConfigError("node.directory: a directory client needs the directory's HOST:PORT")
         self.config = config
+        self.credentials = credentials
         self.host, self.port = parse_address(config.node.directory)
         # How to reach the directory: gRPC, or in-process on the head node.
         self._link = link or (lambda: GrpcLink(self.host, self.port))
@@ -516,9 +519,13 @@ def _describe(exc: BaseException | None) -> str:
 class DirectoryAdmin:
     """A plain client of the directory for tools, tests and benchmarks."""
 
-    def __init__(self, address: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, timeout: float = 10.0, credentials: Credentials | None = None
+    ) -> None:
         self.host, self.port = parse_address(address, "--directory")
         self.timeout = timeout
+        # Tools on the head's machine find the token the head published.
+        self.credentials = credentials or member_credentials(SecurityConfig(), address)
         self.channel = Channel(self.host, self.port)
         self.stub = pb.DirectoryStub(self.channel)
 

@@ -36,6 +36,7 @@ import structlog
 from grpclib import GRPCError
 from grpclib.const import Status
 
+from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.directory.codec import pb, rows_to_table, usage_from_pb, usage_to_pb
 from objstore.directory.persist import MemoryStore, StateStore, WriteBehind, open_store
@@ -403,8 +404,11 @@ class DirectoryServer:
         config: Config,
         head_node_id: bytes | None = None,
         store: StateStore | None = None,
+        *,
+        credentials: Credentials,
     ) -> None:
         self.config = config
+        self.credentials = credentials
         dc = config.directory
         self.state = DirectoryState(
             node_timeout=dc.node_timeout_s,

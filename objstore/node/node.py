@@ -29,6 +29,13 @@ import time
 
 import structlog
 
+from objstore.auth import (
+    Credentials,
+    head_credentials,
+    member_credentials,
+    publish_token,
+    unpublish_token,
+)
 from objstore.config import Config, format_size
 from objstore.directory.client import DirectoryClient, parse_address
 from objstore.directory.local import LocalLink
@@ -63,6 +70,7 @@ class Node:
         self.server: PlasmaServer | None = None
         self.directory_server: DirectoryServer | None = None
         self.transfer_address: str | None = None
+        self.credentials: Credentials | None = None
         self._stack: contextlib.AsyncExitStack | None = None
 
     async def start(self) -> dict[str, object]:
@@ -77,7 +85,7 @@ class Node:
             raise
         self._stack = stack
         cfg = self.config
-        store, server = self.store, self.server
+        store, server, creds = self.store, self.server, self.credentials
         assert store is not None and server is not None
         log.info(
             "node ready",
@@ -96,6 +104,8 @@ class Node:
             "directory": cfg.node.directory,
             "memory": store.capacity,
             "pid": os.getpid(),
+            "auth": "off" if creds is None or not creds.secure else "token",
+            "tls": bool(creds is not None and creds.tls is not None),
         }
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
@@ -162,18 +172,37 @@ class Node:
         """The directory server (on the head), the data plane and the directory client."""
         cfg = self.config
         if cfg.node.head:
-            dserver = self.directory_server = DirectoryServer(cfg, head_node_id=self.node_id)
+            creds = head_credentials(cfg.security, cfg.directory.state_dir)
+        elif cfg.node.directory:
+            creds = member_credentials(cfg.security, cfg.node.directory)
+        else:
+            return None, None, None
+        self.credentials = creds
+        if not creds.secure:
+            log.warning(
+                "authentication is off (--insecure): anyone who reaches this node's ports "
+                "can read and delete its objects and pose as a node",
+                host=cfg.node.host,
+            )
+        if cfg.node.head:
+            dserver = self.directory_server = DirectoryServer(
+                cfg, head_node_id=self.node_id, credentials=creds
+            )
             await dserver.start(cfg.node.host, cfg.node.directory_port)
             stack.push_async_callback(dserver.stop)
             self.config = cfg = cfg.replace(node={"directory": dserver.address})
-        if not cfg.node.directory:
-            return None, None, None
+            if creds.token is not None:
+                published = publish_token(dserver.address, creds.token)
+                stack.callback(unpublish_token, dserver.address, creds.token)
+                log.info("cluster token published", path=published, source=creds.source)
 
         if cfg.node.advertise:
             parse_address(cfg.node.advertise, "node.advertise")  # a clear error if malformed
         service = self.service
         # The data plane: other nodes fetch chunks of this node's objects here.
-        peer_server = TransferServer(store, cfg, restore=service.restore_for_peer)
+        peer_server = TransferServer(
+            store, cfg, restore=service.restore_for_peer, credentials=creds
+        )
         await peer_server.start(cfg.node.host, cfg.node.port)
         stack.push_async_callback(peer_server.close)
         self.transfer_address = peer_server.address
@@ -187,12 +216,13 @@ class Node:
             address=cfg.node.advertise or peer_server.address,
             # The head's own node calls its directory in-process.
             link=(lambda: LocalLink(head)) if (head := self.directory_server) else None,
+            credentials=creds,
         )
         stack.push_async_callback(directory.stop)
         # A spill copy in S3 whose node is gone is read from S3 directly.
         reader = SpillReader(store, cfg)
         stack.push_async_callback(reader.close)
-        peers = PeerClient.from_config(self.node_id, cfg)
+        peers = PeerClient.from_config(self.node_id, cfg, creds)
         stack.callback(peers.close)
         puller = ObjectManager(store, cfg, self.node_id, peers, directory.addresses.get, reader)
         stack.push_async_callback(puller.close)

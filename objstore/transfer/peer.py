@@ -40,6 +40,7 @@ from typing import Protocol
 
 import structlog
 
+from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.errors import ObjectStoreError
 from objstore.transfer import wire
@@ -153,10 +154,12 @@ class PeerPool:
         self,
         node_id: bytes = b"",
         *,
+        credentials: Credentials,
         idle_s: float = 60.0,
         max_idle_per_peer: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.credentials = credentials
         # Said first on every connection (wire.HELLO), so the source bounds and
         # cancels its sends to this node by node rather than by address.
         self._hello = (
@@ -373,16 +376,28 @@ class PeerClient:
     """The data plane client of the pulling side (:class:`PeerTransport`)."""
 
     def __init__(
-        self, node_id: bytes = b"", *, idle_s: float = 60.0, max_idle_per_peer: int = 8
+        self,
+        node_id: bytes = b"",
+        *,
+        credentials: Credentials,
+        idle_s: float = 60.0,
+        max_idle_per_peer: int = 8,
     ) -> None:
-        self.pool = PeerPool(node_id, idle_s=idle_s, max_idle_per_peer=max_idle_per_peer)
+        self.pool = PeerPool(
+            node_id, credentials=credentials, idle_s=idle_s, max_idle_per_peer=max_idle_per_peer
+        )
         # Requests sent again on a new connection: the pooled one had just closed.
         self.retried = 0
 
     @classmethod
-    def from_config(cls, node_id: bytes, config: Config) -> PeerClient:
+    def from_config(cls, node_id: bytes, config: Config, credentials: Credentials) -> PeerClient:
         tc = config.transfer
-        return cls(node_id, idle_s=tc.peer_idle_s, max_idle_per_peer=tc.connections_per_peer)
+        return cls(
+            node_id,
+            credentials=credentials,
+            idle_s=tc.peer_idle_s,
+            max_idle_per_peer=tc.connections_per_peer,
+        )
 
     def close(self) -> None:
         self.pool.close()

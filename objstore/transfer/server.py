@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Hashable
 
 import structlog
 
+from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.errors import ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
@@ -53,9 +54,12 @@ Restore = Callable[[bytes, float], Awaitable[bool]]
 class TransferServer:
     """Serves chunks of this node's sealed objects to other nodes."""
 
-    def __init__(self, store: Store, config: Config, restore: Restore) -> None:
+    def __init__(
+        self, store: Store, config: Config, restore: Restore, *, credentials: Credentials
+    ) -> None:
         self.store = store
         self.config = config
+        self.credentials = credentials
         self.restore = restore
         tc = config.transfer
         self.max_chunk = tc.chunk_size

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fakes import FakeNode
+from fakes import CREDS, FakeNode
 
 from objstore.config import Config
 from objstore.directory.client import DirectoryClient
@@ -55,7 +55,7 @@ async def serving(
     config: Config | None = None, port: int = 0, store: StateStore | None = None
 ) -> AsyncIterator[DirectoryServer]:
     """A started :class:`DirectoryServer` on 127.0.0.1, stopped on exit."""
-    server = DirectoryServer(config or directory_config(), store=store)
+    server = DirectoryServer(config or directory_config(), store=store, credentials=CREDS)
     await server.start("127.0.0.1", port)
     try:
         yield server
@@ -97,6 +97,7 @@ async def member(
         address=address or f"127.0.0.1:{40000 + len(server.state.nodes)}",
         socket="fake.sock",
         link=link,
+        credentials=server.credentials,
     )
     fake.hooks = client
     try:

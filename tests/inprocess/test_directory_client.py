@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from _directory import directory_config, member, no_new_tasks, oid, serving, until
-from fakes import FakeNode
+from fakes import CREDS, FakeNode
 from structlog.testing import capture_logs
 
 from objstore.directory.client import DirectoryClient
@@ -336,7 +336,7 @@ async def test_start_fails_clearly_when_no_directory_listens() -> None:
         cfg = server.config.replace(node={"directory": server.address})
     # The server is gone: nothing listens on its port now.
     node = FakeNode()
-    client = DirectoryClient(cfg, b"n" * 16, node, node)
+    client = DirectoryClient(cfg, b"n" * 16, node, node, credentials=CREDS)
     t0 = time.monotonic()
     with pytest.raises(NodeUnavailableError, match="is the head node running"):
         await client.start(timeout=0.5)

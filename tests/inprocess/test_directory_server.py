@@ -14,6 +14,7 @@ from typing import Any
 import grpclib.const
 import pytest
 from _directory import directory_config, member, no_new_tasks, oid, serving, until
+from fakes import CREDS
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
@@ -36,7 +37,7 @@ from objstore.status import error_to_grpc
 
 async def test_serves_on_a_free_port_and_reports_the_cluster() -> None:
     head_id = os.urandom(16)
-    server = DirectoryServer(directory_config(), head_node_id=head_id)
+    server = DirectoryServer(directory_config(), head_node_id=head_id, credentials=CREDS)
     await server.start("127.0.0.1", 0)
     try:
         assert server.host == "127.0.0.1" and server.port > 0
@@ -44,7 +45,7 @@ async def test_serves_on_a_free_port_and_reports_the_cluster() -> None:
             a.node.add(oid(1), 100)
             a.node.spill(oid(1), "s3://b/p#1")
             await a.client.flush_reports()
-            async with DirectoryAdmin(server.address) as admin:
+            async with DirectoryAdmin(server.address, credentials=CREDS) as admin:
                 status = await admin.cluster_status()
                 rows, total = await admin.list_objects()
             assert {n.node_id for n in status.nodes} == {a.node_id, b.node_id}
@@ -58,16 +59,16 @@ async def test_serves_on_a_free_port_and_reports_the_cluster() -> None:
 
 async def test_a_second_server_on_a_taken_port_fails_clearly() -> None:
     async with serving() as first:
-        second = DirectoryServer(directory_config())
+        second = DirectoryServer(directory_config(), credentials=CREDS)
         with pytest.raises(ObjectStoreError, match=f"cannot listen on 127.0.0.1:{first.port}"):
             await second.start("127.0.0.1", first.port)
         await second.stop()  # nothing started: nothing to do
 
 
 async def test_stop_closes_open_connections() -> None:
-    server = DirectoryServer(directory_config())
+    server = DirectoryServer(directory_config(), credentials=CREDS)
     await server.start("127.0.0.1", 0)
-    async with DirectoryAdmin(server.address, timeout=2.0) as admin:
+    async with DirectoryAdmin(server.address, timeout=2.0, credentials=CREDS) as admin:
         await admin.cluster_status()  # the connection is open
         await server.stop()
         await server.stop()  # a second stop does nothing
@@ -75,12 +76,15 @@ async def test_stop_closes_open_connections() -> None:
         with pytest.raises(NodeUnavailableError):
             await admin.cluster_status()
     # And the port is free for the next one.
-    async with serving(port=server.port) as again, DirectoryAdmin(again.address) as admin:
+    async with (
+        serving(port=server.port) as again,
+        DirectoryAdmin(again.address, credentials=CREDS) as admin,
+    ):
         assert (await admin.cluster_status()).nodes == []
 
 
 async def test_stop_ends_the_in_process_streams_of_the_head() -> None:
-    server = DirectoryServer(directory_config(request_timeout_s=0.5))
+    server = DirectoryServer(directory_config(request_timeout_s=0.5), credentials=CREDS)
     await server.start("127.0.0.1", 0)
     before = set(asyncio.all_tasks())
     async with member(server, local=True) as head:
@@ -108,7 +112,7 @@ async def test_restart_with_a_state_dir_recovers_names_and_objects(tmp_path: Pat
     async with serving(cfg, port=port) as second:
         # Known before any node registers again.
         assert second.state.resolve_name("model") == x
-        async with DirectoryAdmin(second.address) as admin:
+        async with DirectoryAdmin(second.address, credentials=CREDS) as admin:
             [row] = await admin.lookup([x])
         assert row.state == LocationState.PRESENT and row.size == 123 and row.name == "model"
 
@@ -167,7 +171,7 @@ async def test_errors_are_the_status_table_s(local: bool) -> None:
 
 async def test_a_request_over_the_size_limit_is_refused_before_it_is_read() -> None:
     cfg = directory_config(max_message_bytes=4096)
-    async with serving(cfg) as server, DirectoryAdmin(server.address) as admin:
+    async with serving(cfg) as server, DirectoryAdmin(server.address, credentials=CREDS) as admin:
         with pytest.raises(ObjectStoreError, match="over the limit of 4096"):
             await admin.lookup([oid(i) for i in range(1000)])
         assert (await admin.lookup([oid(1)]))[0].state == LocationState.UNKNOWN

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from fakes import FakePeers, FakeSpillReader, FakeStore, Step
+from fakes import CREDS, FakePeers, FakeSpillReader, FakeStore, Step
 
 from objstore.config import Config
 from objstore.locations import LocationState, ObjectRow
@@ -510,7 +510,7 @@ async def test_cancel_at_every_step_over_real_sockets(size: int) -> None:
     src = FakeStore()
     data = pattern(size, 7)
     src.put(oid(1), data)
-    server = TransferServer(src, Config.for_test(), no_restore)
+    server = TransferServer(src, Config.for_test(), no_restore, credentials=CREDS)
     await server.start("127.0.0.1", 0)
     try:
         k = 1
@@ -524,7 +524,7 @@ async def test_cancel_at_every_step_over_real_sockets(size: int) -> None:
 
 async def _cancel_over_sockets(server: TransferServer, src: FakeStore, data: bytes, k: int) -> bool:
     """Pull ``oid(1)``, giving it up at the k-th step; True if it finished first."""
-    client = PeerClient(ME, idle_s=30)
+    client = PeerClient(ME, credentials=CREDS, idle_s=30)
     dst = FakeStore()
     count = 0
     om: ObjectManager | None = None

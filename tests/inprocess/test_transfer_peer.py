@@ -12,7 +12,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from fakes import FakeStore, ScriptedPeer
+from fakes import CREDS, FakeStore, ScriptedPeer
 
 from objstore.config import Config
 from objstore.errors import ConfigError
@@ -43,7 +43,7 @@ async def serving(
     config: Config | None = None,
     restore: Callable[[bytes, float], Awaitable[bool]] = no_restore,
 ) -> AsyncIterator[TransferServer]:
-    server = TransferServer(store, config or Config.for_test(), restore)
+    server = TransferServer(store, config or Config.for_test(), restore, credentials=CREDS)
     await server.start("127.0.0.1", 0)
     try:
         yield server
@@ -83,7 +83,7 @@ async def test_first_chunk_then_chunks_then_many() -> None:
     src.put(oid(1), big, meta=b"big-meta")
     src.put(oid(2), b"small", meta=b"s")
     src.put(oid(3), b"")
-    client = PeerClient(ME, idle_s=30)
+    client = PeerClient(ME, credentials=CREDS, idle_s=30)
     async with serving(src) as server:
         first = await client.fetch_first(server.address, oid(1), CHUNK, deadline())
         assert (first.size, first.meta, first.length) == (len(big), b"big-meta", CHUNK)
@@ -113,7 +113,7 @@ async def test_first_chunk_then_chunks_then_many() -> None:
 
 async def test_not_found_keeps_the_connection() -> None:
     src = FakeStore()
-    client = PeerClient(ME, idle_s=30)
+    client = PeerClient(ME, credentials=CREDS, idle_s=30)
     async with serving(src) as server:
         with pytest.raises(TransferError, match="not found"):
             await client.fetch_first(server.address, oid(1), CHUNK, deadline())
@@ -131,7 +131,7 @@ async def test_connection_refused_is_a_transfer_error() -> None:
     s.bind(("127.0.0.1", 0))
     address = f"127.0.0.1:{s.getsockname()[1]}"
     s.close()
-    client = PeerClient(ME)
+    client = PeerClient(ME, credentials=CREDS)
     with pytest.raises(TransferError, match="ConnectionRefused"):
         await client.fetch_many(address, [oid(1)], deadline())
     assert not client.pool.open
@@ -140,7 +140,7 @@ async def test_connection_refused_is_a_transfer_error() -> None:
 async def test_first_chunk_closed_unread_closes_its_connection() -> None:
     src = FakeStore()
     src.put(oid(1), pattern(2 * CHUNK))
-    client = PeerClient(ME)
+    client = PeerClient(ME, credentials=CREDS)
     async with serving(src) as server:
         first = await client.fetch_first(server.address, oid(1), CHUNK, deadline())
         first.close()
@@ -161,7 +161,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
     cfg = Config.for_test(transfer={"idle_timeout_s": 0.2, "peer_idle_s": 0.1})
     # The pool's own idle limit is longer than the server's here (a clock that
     # drifts, a server configured apart): only the liveness check stands in the way.
-    client = PeerClient(ME, idle_s=30)
+    client = PeerClient(ME, credentials=CREDS, idle_s=30)
     async with serving(src, cfg) as server:
         assert (await client.fetch_many(server.address, [oid(1)], deadline()))[0].size == 100
         assert client.pool.idle_count(server.address) == 1
@@ -177,7 +177,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
 async def test_idle_connections_are_closed_before_the_servers_timeout() -> None:
     src = FakeStore()
     src.put(oid(1), b"x")
-    client = PeerClient(ME, idle_s=0.1)
+    client = PeerClient(ME, credentials=CREDS, idle_s=0.1)
     async with serving(src) as server:
         await asyncio.gather(
             *(client.fetch_many(server.address, [oid(1)], deadline()) for _ in range(3))
@@ -198,7 +198,7 @@ async def test_idle_connections_are_closed_before_the_servers_timeout() -> None:
 async def test_the_pool_keeps_at_most_max_idle_per_peer() -> None:
     src = FakeStore()
     src.put(oid(1), b"x")
-    client = PeerClient(ME, idle_s=30, max_idle_per_peer=2)
+    client = PeerClient(ME, credentials=CREDS, idle_s=30, max_idle_per_peer=2)
     async with serving(src) as server:
         await asyncio.gather(
             *(client.fetch_many(server.address, [oid(1)], deadline()) for _ in range(5))
@@ -223,7 +223,7 @@ async def test_a_request_the_source_drops_on_a_reused_connection_is_sent_again()
             served += 1
 
     async with ScriptedPeer(handler) as peer:
-        client = PeerClient(ME, idle_s=30)
+        client = PeerClient(ME, credentials=CREDS, idle_s=30)
         for _ in range(2):
             view = memoryview(bytearray(3))
             await client.fetch_chunk(peer.address, oid(1), 0, view, deadline())
@@ -247,7 +247,7 @@ def test_peer_idle_must_be_below_the_servers_idle_timeout() -> None:
 async def test_pool_liveness_check_on_a_plain_socket_pair() -> None:
     a, b = socket.socketpair()
     a.setblocking(False)
-    pool = PeerPool(idle_s=30)
+    pool = PeerPool(credentials=CREDS, idle_s=30)
     pool.open.add(a)
     pool.give("x:1", a)
     b.close()
@@ -265,7 +265,7 @@ async def test_a_stalled_source_ends_at_the_deadline() -> None:
         await asyncio.sleep(3600)
 
     async with ScriptedPeer(handler) as peer:
-        client = PeerClient(ME)
+        client = PeerClient(ME, credentials=CREDS)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         with pytest.raises(TransferError, match="no reply in time"):
@@ -289,7 +289,7 @@ async def test_a_bad_crc_fails_the_chunk_and_drops_the_connection() -> None:
             await writer.drain()
 
     async with ScriptedPeer(handler) as peer:
-        client = PeerClient(ME)
+        client = PeerClient(ME, credentials=CREDS)
         with pytest.raises(TransferError, match="checksum"):
             await client.fetch_chunk(peer.address, oid(1), 4, memoryview(bytearray(4)), deadline())
         assert not client.pool.open
@@ -310,7 +310,7 @@ async def test_a_source_that_closes_mid_reply() -> None:
         await writer.drain()
 
     async with ScriptedPeer(handler) as peer:
-        client = PeerClient(ME)
+        client = PeerClient(ME, credentials=CREDS)
         with pytest.raises(TransferError, match="closed after 40 of 100"):
             await client.fetch_chunk(
                 peer.address, oid(1), 0, memoryview(bytearray(100)), deadline()
@@ -327,7 +327,7 @@ async def test_garbage_replies_are_transfer_errors() -> None:
         await asyncio.sleep(1)
 
     async with ScriptedPeer(handler) as peer:
-        client = PeerClient(ME)
+        client = PeerClient(ME, credentials=CREDS)
         with pytest.raises(TransferError, match="WireError"):
             await client.fetch_first(peer.address, oid(1), CHUNK, deadline())
         assert not client.pool.open
@@ -345,7 +345,7 @@ async def test_a_cancelled_fetch_closes_its_connection() -> None:
         await asyncio.sleep(3600)
 
     async with ScriptedPeer(handler) as peer:
-        client = PeerClient(ME)
+        client = PeerClient(ME, credentials=CREDS)
         task = asyncio.ensure_future(
             client.fetch_chunk(peer.address, oid(1), 0, memoryview(bytearray(100)), deadline())
         )
@@ -379,7 +379,7 @@ async def test_a_spilled_object_is_restored_for_a_peer() -> None:
         src.restored(o, space)
         return True
 
-    client = PeerClient(ME)
+    client = PeerClient(ME, credentials=CREDS)
     async with serving(src, restore=restore) as server:
         first = await client.fetch_first(server.address, oid(1), CHUNK, deadline())
         buf = memoryview(bytearray(CHUNK))
@@ -398,8 +398,8 @@ async def test_a_spilled_object_is_restored_for_a_peer() -> None:
 async def test_server_close_ends_connections_and_leases() -> None:
     src = FakeStore()
     src.put(oid(1), pattern(CHUNK))
-    client = PeerClient(ME)
-    server = TransferServer(src, Config.for_test(), no_restore)
+    client = PeerClient(ME, credentials=CREDS)
+    server = TransferServer(src, Config.for_test(), no_restore, credentials=CREDS)
     await server.start("127.0.0.1", 0)
     await client.fetch_many(server.address, [oid(1)], deadline())
     assert server.connections() == 1

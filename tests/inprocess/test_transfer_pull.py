@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
-from fakes import FakeStore, ScriptedPeer
+from fakes import CREDS, FakeStore, ScriptedPeer
 
 from objstore.config import Config
 from objstore.locations import LocationState, ObjectRow
@@ -94,9 +94,9 @@ async def pulling(
 ) -> AsyncIterator[Pull]:
     cfg = config or Config.for_test()
     src, dst = FakeStore(), FakeStore(capacity=dst_capacity)
-    server = TransferServer(src, server_config or cfg, restore)
+    server = TransferServer(src, server_config or cfg, restore, credentials=CREDS)
     await server.start("127.0.0.1", 0)
-    client = client or PeerClient.from_config(ME, cfg)
+    client = client or PeerClient.from_config(ME, cfg, CREDS)
     addresses = {SRC: server.address}
     om = ObjectManager(dst, cfg, ME, client, addresses.get)
     p = Pull(src, dst, server, client, om, addresses)
@@ -276,7 +276,7 @@ async def test_idle_sockets_closed_by_the_source_do_not_fail_the_next_pull() -> 
     retry on a fresh connection) stand between the pull and a dead socket.
     """
     server_cfg = Config.for_test(transfer={"idle_timeout_s": 0.3, "peer_idle_s": 0.1})
-    client = PeerClient(ME, idle_s=30)
+    client = PeerClient(ME, credentials=CREDS, idle_s=30)
     async with pulling(server_config=server_cfg, client=client) as p:
         big = pattern(10 * CHUNK, 1)
         p.src.put(oid(1), big)

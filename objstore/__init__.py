@@ -12,6 +12,7 @@ async with objstore.connect() as client:
 from objstore import errors
 from objstore.client import Client, ObjectRef, connect
 from objstore.errors import (
+    AuthenticationError,
     ConfigError,
     GetTimeoutError,
     NodeUnavailableError,
@@ -43,4 +44,5 @@ __all__ = [
     "ProtocolError",
     "ConfigError",
     "SerializationError",
+    "AuthenticationError",
 ]

@@ -46,7 +46,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from objstore.errors import ConfigError, ObjectStoreError
+from objstore.errors import AuthenticationError, ConfigError, ObjectStoreError
 
 __all__ = [
     "AuthenticationError",
@@ -83,10 +83,6 @@ TOKEN_BYTES = 32
 # A token file the operator brings holds at least this many characters (128 bits as hex).
 MIN_TOKEN_CHARS = 32
 TOKEN_FILE_NAME = "token"
-
-
-class AuthenticationError(ObjectStoreError, PermissionError):
-    """A peer, a node or a tool could not prove it holds the cluster token."""
 
 
 @dataclass(frozen=True)

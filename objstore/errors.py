@@ -23,6 +23,7 @@ __all__ = [
     "InvalidRequestError",
     "NotRegisteredError",
     "TooManySubscriptionsError",
+    "AuthenticationError",
 ]
 
 
@@ -86,3 +87,9 @@ class NotRegisteredError(ObjectStoreError):
 
 class TooManySubscriptionsError(ObjectStoreError):
     """A stream asked for more subscriptions than the directory allows one stream."""
+
+
+class AuthenticationError(ObjectStoreError, PermissionError):
+    """A peer, a node, a tool or a local client could not prove it may connect:
+    a missing or wrong cluster token, an untrusted certificate, or a uid the
+    node's socket does not admit."""

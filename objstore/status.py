@@ -72,6 +72,7 @@ _TABLE: tuple[_Row, ...] = (
         grpc_in=False,
     ),
     _Row(errors.NodeUnavailableError, pb.ERROR_CODE_UNAVAILABLE, Status.UNAVAILABLE),
+    _Row(errors.AuthenticationError, pb.ERROR_CODE_UNAUTHENTICATED, Status.UNAUTHENTICATED),
 )
 
 _LOCAL_IN: dict[int, type[errors.ObjectStoreError]] = {

@@ -177,6 +177,7 @@ MAPPED = {
     errors.GetTimeoutError: pb.ERROR_CODE_TIMEOUT,
     errors.ProtocolError: pb.ERROR_CODE_PROTOCOL,
     errors.NodeUnavailableError: pb.ERROR_CODE_UNAVAILABLE,
+    errors.AuthenticationError: pb.ERROR_CODE_UNAUTHENTICATED,
     # No code of their own: they travel as INVALID and come back as the base class.
     errors.ObjectStoreError: pb.ERROR_CODE_INVALID,
     errors.ConfigError: pb.ERROR_CODE_INVALID,

@@ -19,6 +19,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_PROTOCOL: _ClassVar[ErrorCode]
     ERROR_CODE_INVALID: _ClassVar[ErrorCode]
     ERROR_CODE_UNAVAILABLE: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_STORE_FULL: ErrorCode
 ERROR_CODE_OUT_OF_DISK: ErrorCode
@@ -29,6 +30,7 @@ ERROR_CODE_TIMEOUT: ErrorCode
 ERROR_CODE_PROTOCOL: ErrorCode
 ERROR_CODE_INVALID: ErrorCode
 ERROR_CODE_UNAVAILABLE: ErrorCode
+ERROR_CODE_UNAUTHENTICATED: ErrorCode
 
 class Hello(_message.Message):
     __slots__ = ("version", "segment", "pid")

@@ -288,3 +288,19 @@ def test_socket_path(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.socket_path == "/tmp/explicit.sock"
     monkeypatch.delenv("OBJSTORE_SOCKET")
     assert Config().socket_path.endswith("node.sock")
+
+
+def test_security_settings_from_env_toml_and_the_short_token_variable(tmp_path: Path) -> None:
+    cfg = Config.load(env={"OBJSTORE_TOKEN_FILE": "/t", "OBJSTORE_NODE_ALLOWED_UIDS": "1000, 1001"})
+    assert cfg.security.token_file == "/t"
+    assert cfg.node.allowed_uids == (1000, 1001)
+    toml = tmp_path / "c.toml"
+    toml.write_text('[node]\nallowed_gids = [100]\n[security]\ninsecure = true\n')
+    cfg = Config.load(str(toml), env={})
+    assert cfg.node.allowed_gids == (100,) and cfg.security.insecure
+
+
+@pytest.mark.parametrize("value", ["x", "1,-2", "99999999999"])
+def test_bad_allowed_uids_name_the_setting(value: str) -> None:
+    with pytest.raises(ConfigError, match="node.allowed_uids"):
+        Config.load(env={"OBJSTORE_NODE_ALLOWED_UIDS": value})

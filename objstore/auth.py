@@ -64,6 +64,7 @@ __all__ = [
     "head_credentials",
     "member_credentials",
     "check_private_dir",
+    "http_key",
     "METADATA_KEY",
     "PROOF_WINDOW_S",
     "ChannelProver",
@@ -374,6 +375,14 @@ def _mac(token: bytes, label: bytes, *parts: bytes) -> bytes:
         m.update(struct.pack("<I", len(p)))
         m.update(p)
     return m.digest()
+
+
+def http_key(token: bytes) -> bytes:
+    """The bearer key of a node's HTTP endpoints: derived from the token, not the token.
+
+    It opens the HTTP endpoints only; the token cannot be computed from it.
+    """
+    return _mac(token, b"objstore http v1").hex().encode()
 
 
 # -- directory proofs -----------------------------------------------------

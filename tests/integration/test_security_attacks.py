@@ -198,4 +198,3 @@ def test_another_user_cannot_read_the_published_token(cluster_factory: Any) -> N
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-

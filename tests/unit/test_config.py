@@ -295,7 +295,7 @@ def test_security_settings_from_env_toml_and_the_short_token_variable(tmp_path: 
     assert cfg.security.token_file == "/t"
     assert cfg.node.allowed_uids == (1000, 1001)
     toml = tmp_path / "c.toml"
-    toml.write_text('[node]\nallowed_gids = [100]\n[security]\ninsecure = true\n')
+    toml.write_text("[node]\nallowed_gids = [100]\n[security]\ninsecure = true\n")
     cfg = Config.load(str(toml), env={})
     assert cfg.node.allowed_gids == (100,) and cfg.security.insecure
 

@@ -251,6 +251,7 @@ class DirectoryClient:
                 f"cannot register with the directory at {self.host}:{self.port} "
                 f"within {limit:g}s (is the head node running?"
                 + (f" {why})" if why is not None else ")")
+                + _tls_hint(self.credentials, "this node", _root(why))
             ) from None
         except BaseException:
             await self.stop()
@@ -567,6 +568,19 @@ class DirectoryClient:
         )
 
 
+def _root(exc: BaseException | None) -> BaseException | None:
+    """The error a session failed with, under the NodeUnavailableError it was wrapped in."""
+    return exc.__cause__ if exc is not None and exc.__cause__ is not None else exc
+
+
+def _tls_hint(credentials: Credentials, who: str, exc: BaseException | None) -> str:
+    """Why a TLS connection may have dropped: a directory closes one whose
+    certificate its CA did not sign, and the client only sees the drop."""
+    if credentials.tls is None or not isinstance(exc, StreamTerminatedError | ConnectionError):
+        return ""
+    return f" (with TLS: does the directory trust {who}'s certificate? Check --tls-cert/--tls-ca)"
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return ""
@@ -623,7 +637,8 @@ class DirectoryAdmin:
             ) from exc
         except _TRANSIENT as exc:
             raise NodeUnavailableError(
-                f"{what}: cannot reach the directory at {self.host}:{self.port}: {_describe(exc)}"
+                f"{what}: cannot reach the directory at {self.host}:{self.port}: "
+                f"{_describe(exc)}{_tls_hint(self.credentials, 'this tool', exc)}"
             ) from exc
 
     async def cluster_status(self) -> pb.ClusterStatusReply:

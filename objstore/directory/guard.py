@@ -86,7 +86,8 @@ class Gate:
     def __init__(self, token: bytes, clock: Callable[[], float] = time.monotonic) -> None:
         self.verifier = ProofVerifier(token)
         self.refusals = RefusalLog()
-        self._clock = clock
+        # Time for the refusal log (tests move it on).
+        self.clock = clock
         # Calls refused since the start (status and tests).
         self.refused = 0
 
@@ -106,7 +107,7 @@ class Gate:
         self.refused += 1
         addr = event.peer.addr()
         ip = str(addr[0]) if addr else "unknown"
-        unlogged = self.refusals.refused(ip, self._clock())
+        unlogged = self.refusals.refused(ip, self.clock())
         if unlogged is not None:
             log.warning(
                 "directory refused a call without valid credentials",

@@ -25,7 +25,7 @@ from typing import Any
 from objstore.auth import Credentials, member_credentials
 from objstore.client import connect
 from objstore.config import SecurityConfig, format_size
-from objstore.directory.client import DirectoryAdmin
+from objstore.directory.client import DirectoryAdmin, parse_address
 from objstore.errors import ObjectStoreError
 from objstore.ids import object_id_from_hex
 from objstore.locations import ObjectRow
@@ -73,7 +73,12 @@ def _credentials_for(args: argparse.Namespace) -> CredentialsFor:
         tls_key=args.tls_key or "",
         tls_ca=args.tls_ca or "",
     )
-    return lambda address: member_credentials(security, address)
+
+    def credentials(address: str) -> Credentials:
+        parse_address(address, "--directory")  # a malformed address: say that, not "no token"
+        return member_credentials(security, address)
+
+    return credentials
 
 
 async def _cluster_status(address: str, creds: CredentialsFor) -> dict[str, Any]:

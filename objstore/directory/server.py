@@ -1,6 +1,10 @@
 """The directory's gRPC server (grpclib), run by the head node.
 
-Each RPC decodes its request, calls :class:`~objstore.directory.state.DirectoryState`
+Every call must first prove the cluster token: :class:`~objstore.directory.guard.Gate`
+refuses one without a valid proof (UNAUTHENTICATED) before its handler runs;
+with TLS credentials the server also requires a client certificate from the
+cluster's CA.  Each RPC decodes its request, calls
+:class:`~objstore.directory.state.DirectoryState`
 and encodes the answer; errors become gRPC statuses (see directory.proto).
 Requests are read with a size limit before they are buffered.  Node death is
 found by a timer that checks heartbeats; durable state is written behind, in

@@ -54,12 +54,24 @@ import grpclib.const
 from _proc import CLK_TCK, machine_busy_s
 from grpclib.client import Channel
 
+from objstore.auth import Credentials, generate_token, write_token_file
 from objstore.directory.codec import join_ids, pb, table_to_rows
+from objstore.directory.guard import open_channel
 from objstore.locations import ObjectRow
 
 MiB = 1 << 20
 GiB = 1 << 30
 HOST = "127.0.0.1"
+# Every head of a run gets this token (--token-file); every channel proves it,
+# as a node's does, so the figures include the cost of authentication.
+CREDS = Credentials(generate_token(), None, "bench")
+
+
+def _channel(port: int) -> Channel:
+    """A channel to the directory on ``port`` that proves the token on each request."""
+    return open_channel(HOST, port, CREDS)
+
+
 _PREFIX = "/objstore.directory.v1.Directory/"
 RPC_TIMEOUT = 30.0
 
@@ -154,6 +166,11 @@ class Head:
             "--log-level",
             "info",
         ]
+        token = os.path.join(self.dir, "token")
+        if not os.path.exists(token):
+            assert CREDS.token is not None
+            write_token_file(token, CREDS.token)
+        args += ["--token-file", token]
         if self.state_dir:
             args += ["--state-dir", self.state_dir]
         if self.store:
@@ -342,7 +359,7 @@ class SimNode:
         self.node_id = node_id or os.urandom(16)
         self.session = session or os.urandom(16)
         self.port = port
-        self.channel = Channel(HOST, port)
+        self.channel = _channel(port)
         self.stub = pb.DirectoryStub(self.channel)
         self.objects: list[bytes] = []
         self.heartbeats = 0
@@ -487,7 +504,7 @@ async def fill_nodes(nodes: Sequence[SimNode], per_node: int, primary: bool = Tr
 
 
 async def cluster_status(port: int) -> pb.ClusterStatusReply:
-    ch = Channel(HOST, port)
+    ch = _channel(port)
     try:
         return await pb.DirectoryStub(ch).cluster_status(
             pb.ClusterStatusRequest(), timeout=RPC_TIMEOUT
@@ -556,7 +573,7 @@ async def _lookup_figures(
     head: Head, pool: Sequence[bytes], seconds: float, rounds: int, owner: bytes, quiet: float
 ) -> dict[str, Any]:
     rng = random.Random(1)
-    ch = Channel(HOST, head.port)
+    ch = _channel(head.port)
     stub = pb.DirectoryStub(ch)
     try:
         batch_blobs = [join_ids(rng.sample(pool, 1000)) for _ in range(64)]
@@ -987,6 +1004,8 @@ def _start_node(head: Head, sock: str, workdir: str) -> subprocess.Popen[bytes]:
             "objstore.node",
             "--directory",
             head.address,
+            "--token-file",
+            os.path.join(head.dir, "token"),
             "--memory",
             "64MiB",
             "--prefault",
@@ -1028,7 +1047,7 @@ async def _end_to_end(head: Head, iterations: int) -> dict[str, Any]:
     try:
         lat: list[float] = []
         failures: dict[str, int] = {}
-        ch = Channel(HOST, head.port)
+        ch = _channel(head.port)
         stub = pb.DirectoryStub(ch)
         try:
             async with (
@@ -1315,7 +1334,7 @@ async def _restart_case(args: argparse.Namespace, kind: str, workdir: str) -> di
         t_ready = time.perf_counter()
         status = await cluster_status(head.port)
         # Every object must be there, PRESENT on the node (its record came back alive).
-        ch = Channel(HOST, head.port)
+        ch = _channel(head.port)
         present = 0
         try:
             stub = pb.DirectoryStub(ch)
@@ -1466,7 +1485,7 @@ async def _scale_case(args: argparse.Namespace, n_nodes: int, per_node: int) -> 
 
 async def with_lookup_probe(head: Head, work: Any) -> tuple[Any, dict[str, Any]]:
     """Run ``work``; meanwhile one single-id Lookup every 10 ms: how long the directory takes to answer."""
-    ch = Channel(HOST, head.port)
+    ch = _channel(head.port)
     stub = pb.DirectoryStub(ch)
     rtts: list[float] = []
     done = False
@@ -1494,7 +1513,7 @@ async def with_lookup_probe(head: Head, work: Any) -> tuple[Any, dict[str, Any]]
 
 async def _lookup_scale(head: Head, pool: Sequence[bytes], seconds: float) -> dict[str, Any]:
     rng = random.Random(2)
-    ch = Channel(HOST, head.port)
+    ch = _channel(head.port)
     stub = pb.DirectoryStub(ch)
     try:
         batch = [join_ids(rng.sample(pool, 1000)) for _ in range(32)]

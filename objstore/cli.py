@@ -5,6 +5,11 @@ its socket (``--socket``, else ``$OBJSTORE_SOCKET``, else the default path) and
 print a table, or JSON with ``--json``.  A node in a cluster also answers for
 the cluster: ``status --socket`` adds every node of it, ``memory --socket``
 adds where else each of the node's objects is.
+
+The directory wants a proof of the cluster token on every call: on the
+head's machine the tool finds the token the head published there; elsewhere
+it takes ``--token-file`` (and ``--tls-*`` when the cluster speaks TLS).  A
+refusal is one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from objstore.auth import Credentials, member_credentials
 from objstore.client import connect
-from objstore.config import format_size
-from objstore.directory.client import DirectoryAdmin
+from objstore.config import SecurityConfig, format_size
+from objstore.directory.client import DirectoryAdmin, parse_address
 from objstore.errors import ObjectStoreError
 from objstore.ids import object_id_from_hex
 from objstore.locations import ObjectRow
@@ -53,8 +60,29 @@ def _row_json(r: ObjectRow) -> dict[str, Any]:
     }
 
 
-async def _cluster_status(address: str) -> dict[str, Any]:
-    async with DirectoryAdmin(address) as d:
+# The credentials to show the directory at an address (built once it is known:
+# with --socket, the node says where its directory is).
+CredentialsFor = Callable[[str], Credentials]
+
+
+def _credentials_for(args: argparse.Namespace) -> CredentialsFor:
+    security = SecurityConfig(
+        token_file=args.token_file or "",
+        insecure=args.insecure,
+        tls_cert=args.tls_cert or "",
+        tls_key=args.tls_key or "",
+        tls_ca=args.tls_ca or "",
+    )
+
+    def credentials(address: str) -> Credentials:
+        parse_address(address, "--directory")  # a malformed address: say that, not "no token"
+        return member_credentials(security, address)
+
+    return credentials
+
+
+async def _cluster_status(address: str, creds: CredentialsFor) -> dict[str, Any]:
+    async with DirectoryAdmin(address, credentials=creds(address)) as d:
         st = await d.cluster_status()
     nodes = []
     for n in st.nodes:
@@ -100,29 +128,30 @@ async def _cluster_status(address: str) -> dict[str, Any]:
     }
 
 
-async def _cluster_memory(address: str, limit: int) -> dict[str, Any]:
-    async with DirectoryAdmin(address) as d:
+async def _cluster_memory(address: str, limit: int, creds: CredentialsFor) -> dict[str, Any]:
+    async with DirectoryAdmin(address, credentials=creds(address)) as d:
         rows, total = await d.list_objects(limit if limit > 0 else 2**32 - 1)
     return {"directory": address, "total": total, "objects": [_row_json(r) for r in rows]}
 
 
-async def _status(socket: str | None) -> dict[str, Any]:
+async def _status(socket: str | None, creds: CredentialsFor) -> dict[str, Any]:
     async with connect(socket, warm=False) as client:
         stats = await client.stats()
         stats["socket"] = client.socket_path
     if stats.get("directory"):
-        stats["cluster"] = await _cluster_status(stats["directory"])
+        stats["cluster"] = await _cluster_status(stats["directory"], creds)
     return stats
 
 
-async def _memory(socket: str | None, limit: int) -> dict[str, Any]:
+async def _memory(socket: str | None, limit: int, creds: CredentialsFor) -> dict[str, Any]:
     async with connect(socket, warm=False) as client:
         objects, total = await client.list_objects(limit)
         stats = await client.stats()
     out = {"node_id": client.node_id.hex(), "total": total, "objects": objects}
     if stats.get("directory") and objects:
         out["directory"] = stats["directory"]
-        async with DirectoryAdmin(stats["directory"]) as d:
+        address = stats["directory"]
+        async with DirectoryAdmin(address, credentials=creds(address)) as d:
             rows = await d.lookup([object_id_from_hex(o["object_id"]) for o in objects])
         for o, r in zip(objects, rows):
             o["locations"] = sorted(n.hex() for n in r.nodes)
@@ -277,17 +306,33 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "memory":
             sp.add_argument("--limit", type=int, default=1000, help="most objects to list (0: all)")
+        sec = sp.add_argument_group("credentials for the directory")
+        sec.add_argument(
+            "--token-file",
+            metavar="FILE",
+            help="the cluster token (default: $OBJSTORE_TOKEN_FILE, else the token the "
+            "head published on this machine)",
+        )
+        sec.add_argument(
+            "--insecure", action="store_true", help="send no token (a cluster run --insecure)"
+        )
+        sec.add_argument("--tls-cert", metavar="PEM", help="this tool's certificate (mutual TLS)")
+        sec.add_argument("--tls-key", metavar="PEM", help="this tool's private key")
+        sec.add_argument(
+            "--tls-ca", metavar="PEM", help="the CA that signs the cluster's certificates"
+        )
     args = p.parse_args(argv)
+    creds = _credentials_for(args)
     try:
         if args.directory:
             if args.command == "status":
-                result = asyncio.run(_cluster_status(args.directory))
+                result = asyncio.run(_cluster_status(args.directory, creds))
             else:
-                result = asyncio.run(_cluster_memory(args.directory, args.limit))
+                result = asyncio.run(_cluster_memory(args.directory, args.limit, creds))
         elif args.command == "status":
-            result = asyncio.run(_status(args.socket))
+            result = asyncio.run(_status(args.socket, creds))
         else:
-            result = asyncio.run(_memory(args.socket, args.limit))
+            result = asyncio.run(_memory(args.socket, args.limit, creds))
     except ObjectStoreError as exc:
         print(f"python -m objstore: {exc}", file=sys.stderr)
         sys.exit(1)

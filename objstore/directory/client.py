@@ -23,13 +23,13 @@ import asyncio
 import contextlib
 import os
 import socket as _socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, Self, TypeVar
 
 import grpclib.const
 import structlog
 from grpclib import GRPCError
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import StreamTerminatedError
 
@@ -38,8 +38,14 @@ from objstore.config import Config, SecurityConfig
 from objstore.directory.api import DirectoryListener, Link, NodeView, SnapshotEntry
 from objstore.directory.book import ReportBatch, ReportBook, WatchBook
 from objstore.directory.codec import join_ids, pb, table_addresses, table_to_rows, usage_to_pb
+from objstore.directory.guard import open_channel
 from objstore.directory.state import split_ids
-from objstore.errors import ConfigError, NodeUnavailableError, ObjectStoreError
+from objstore.errors import (
+    AuthenticationError,
+    ConfigError,
+    NodeUnavailableError,
+    ObjectStoreError,
+)
 from objstore.ids import NODE_ID_SIZE
 from objstore.locations import ObjectRow
 from objstore.status import grpc_to_error
@@ -52,6 +58,7 @@ __all__ = [
     "GrpcLink",
     "parse_address",
     "error_from_grpc",
+    "refusal",
     # Re-exported from objstore.directory.api: the seams the client takes.
     "NodeView",
     "DirectoryListener",
@@ -85,11 +92,36 @@ def error_from_grpc(exc: GRPCError, what: str) -> ObjectStoreError:
     return grpc_to_error(exc.status, exc.message or str(exc.status), what)
 
 
-class GrpcLink:
-    """The directory over gRPC (grpclib, one HTTP/2 connection)."""
+def refusal(exc: BaseException, address: str, who: str, hint: str) -> AuthenticationError | None:
+    """``exc`` as the AuthenticationError it stands for, or None if it is no refusal.
 
-    def __init__(self, host: str, port: int) -> None:
-        self.channel = Channel(host, port)
+    UNAUTHENTICATED (the directory refused the proof) and a failed TLS
+    handshake both mean this side's credentials are not the cluster's; no
+    retry mends that.  ``who`` is "this node" or "this tool"; ``hint`` says
+    which flags give it the right ones.
+    """
+    if isinstance(exc, GRPCError) and exc.status is Status.UNAUTHENTICATED:
+        return AuthenticationError(
+            f"the directory at {address} refused {who}'s cluster token "
+            f"({exc.message or 'no reason given'}); {hint}"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return AuthenticationError(
+            f"the TLS handshake with the directory at {address} failed ({exc.reason or exc}); "
+            f"give {who} a certificate and key signed by the cluster's CA (--tls-cert, "
+            "--tls-key) and that CA (--tls-ca), or no TLS flags if the cluster runs without TLS"
+        )
+    return None
+
+
+_NODE_HINT = "give this node the head's token with --token-file"
+
+
+class GrpcLink:
+    """The directory over gRPC (grpclib, one HTTP/2 connection) with the node's credentials."""
+
+    def __init__(self, host: str, port: int, credentials: Credentials) -> None:
+        self.channel = open_channel(host, port, credentials)
         self.stub = pb.DirectoryStub(self.channel)
 
     def open_stream(self) -> Any:
@@ -125,7 +157,7 @@ class DirectoryClient:
         self.credentials = credentials
         self.host, self.port = parse_address(config.node.directory)
         # How to reach the directory: gRPC, or in-process on the head node.
-        self._link = link or (lambda: GrpcLink(self.host, self.port))
+        self._link = link or (lambda: GrpcLink(self.host, self.port, credentials))
         self.node_id = node_id
         self.session = os.urandom(16)
         self.address = address
@@ -140,6 +172,12 @@ class DirectoryClient:
         # Callers of flush_reports waiting for the book to drain (each removes its own).
         self._flush_waiters: list[asyncio.Future[None]] = []
         self._watch_evt = asyncio.Event()
+        # The directory refused this node's credentials before it ever registered:
+        # start() raises ``self.refused`` instead of retrying until its timeout.
+        self._refused_evt = asyncio.Event()
+        self.refused: AuthenticationError | None = None
+        # Whether the current run of refusals was logged as an error already.
+        self._refusal_logged = False
         self._tasks: TaskSet | None = None
         self._stub: Any = None
         # One warning per run of failed sessions; the reconnection backoff.
@@ -194,7 +232,8 @@ class DirectoryClient:
 
     # ------------------------------------------------------------ life
     async def start(self, timeout: float | None = None) -> None:
-        """Connect and register; raises NodeUnavailableError if that fails within ``timeout``."""
+        """Connect and register; raises NodeUnavailableError if that fails within ``timeout``,
+        AuthenticationError at once if the directory refuses this node's credentials."""
         if self._tasks is not None:
             raise RuntimeError("the directory client is started already")
         self._tasks = TaskSet("directory-client")
@@ -202,7 +241,9 @@ class DirectoryClient:
         limit = self.timeout if timeout is None else timeout
         try:
             async with asyncio.timeout(limit):
-                await self.registered.wait()
+                await race(self.registered.wait(), self._refused_evt.wait())
+            if self.refused is not None and not self.registered.is_set():
+                raise self.refused
         except TimeoutError:
             why = self._streak.last_error
             await self.stop()
@@ -210,6 +251,7 @@ class DirectoryClient:
                 f"cannot register with the directory at {self.host}:{self.port} "
                 f"within {limit:g}s (is the head node running?"
                 + (f" {why})" if why is not None else ")")
+                + _tls_hint(self.credentials, "this node", _root(why))
             ) from None
         except BaseException:
             await self.stop()
@@ -232,7 +274,22 @@ class DirectoryClient:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect
-                err = NodeUnavailableError(_describe(exc))
+                refused = refusal(exc, addr, "this node", _NODE_HINT)
+                if refused is not None and not self.registrations:
+                    # Never admitted: retrying cannot help; start() raises it.
+                    self.refused = refused
+                    self._refused_evt.set()
+                    return
+                if refused is not None and not self._refusal_logged:
+                    # Admitted before (the head restarted with another token?):
+                    # say so once, and keep trying in case it is put right.
+                    self._refusal_logged = True
+                    log.error(
+                        "the directory refuses this node; retrying",
+                        error=str(refused),
+                        directory=addr,
+                    )
+                err = refused or NodeUnavailableError(_describe(exc))
                 err.__cause__ = exc
                 delay = self._streak.failed(err, directory=addr)
             self.registered.clear()
@@ -269,6 +326,7 @@ class DirectoryClient:
             await self._full_report(stub, objects, spilled)
             self._wake_flushers()  # the full report carried every change made before it
             self.registrations += 1
+            self._refusal_logged = False
             self._stub = stub
             self.registered.set()
             fields = {"directory": f"{self.host}:{self.port}", "objects": len(objects)}
@@ -472,7 +530,9 @@ class DirectoryClient:
                     return await fn(stub)
             except GRPCError as exc:
                 if exc.status is not Status.FAILED_PRECONDITION:
-                    raise error_from_grpc(exc, what) from exc
+                    addr = f"{self.host}:{self.port}"
+                    refused = refusal(exc, addr, "this node", _NODE_HINT)
+                    raise (refused or error_from_grpc(exc, what)) from exc
                 # Not registered there (any more): the session re-registers.
                 last = exc
             except _TRANSIENT as exc:
@@ -508,6 +568,19 @@ class DirectoryClient:
         )
 
 
+def _root(exc: BaseException | None) -> BaseException | None:
+    """The error a session failed with, under the NodeUnavailableError it was wrapped in."""
+    return exc.__cause__ if exc is not None and exc.__cause__ is not None else exc
+
+
+def _tls_hint(credentials: Credentials, who: str, exc: BaseException | None) -> str:
+    """Why a TLS connection may have dropped: a directory closes one whose
+    certificate its CA did not sign, and the client only sees the drop."""
+    if credentials.tls is None or not isinstance(exc, StreamTerminatedError | ConnectionError):
+        return ""
+    return f" (with TLS: does the directory trust {who}'s certificate? Check --tls-cert/--tls-ca)"
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return ""
@@ -516,8 +589,18 @@ def _describe(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
+_TOOL_HINT = (
+    "pass a copy of the head's token with --token-file FILE (the head publishes it, "
+    "for its own user on its own machine, where this tool finds it by itself)"
+)
+
+
 class DirectoryAdmin:
-    """A plain client of the directory for tools, tests and benchmarks."""
+    """A plain client of the directory for tools, tests and benchmarks.
+
+    Without ``credentials`` it takes the token the head published on this
+    machine (ConfigError if there is none).
+    """
 
     def __init__(
         self, address: str, timeout: float = 10.0, credentials: Credentials | None = None
@@ -526,7 +609,7 @@ class DirectoryAdmin:
         self.timeout = timeout
         # Tools on the head's machine find the token the head published.
         self.credentials = credentials or member_credentials(SecurityConfig(), address)
-        self.channel = Channel(self.host, self.port)
+        self.channel = open_channel(self.host, self.port, self.credentials)
         self.stub = pb.DirectoryStub(self.channel)
 
     async def __aenter__(self) -> Self:
@@ -542,11 +625,20 @@ class DirectoryAdmin:
         try:
             async with asyncio.timeout(self.timeout):
                 return await coro
-        except GRPCError as exc:
-            raise error_from_grpc(exc, what) from exc
+        except (GRPCError, ssl.SSLError) as exc:
+            address = f"{self.host}:{self.port}"
+            refused = refusal(exc, address, "this tool", _TOOL_HINT)
+            if refused is not None:
+                raise AuthenticationError(f"{what}: {refused}") from exc
+            if isinstance(exc, GRPCError):
+                raise error_from_grpc(exc, what) from exc
+            raise NodeUnavailableError(
+                f"{what}: cannot reach the directory at {address}: {_describe(exc)}"
+            ) from exc
         except _TRANSIENT as exc:
             raise NodeUnavailableError(
-                f"{what}: cannot reach the directory at {self.host}:{self.port}: {_describe(exc)}"
+                f"{what}: cannot reach the directory at {self.host}:{self.port}: "
+                f"{_describe(exc)}{_tls_hint(self.credentials, 'this tool', exc)}"
             ) from exc
 
     async def cluster_status(self) -> pb.ClusterStatusReply:

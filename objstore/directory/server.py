@@ -1,6 +1,10 @@
 """The directory's gRPC server (grpclib), run by the head node.
 
-Each RPC decodes its request, calls :class:`~objstore.directory.state.DirectoryState`
+Every call must first prove the cluster token: :class:`~objstore.directory.guard.Gate`
+refuses one without a valid proof (UNAUTHENTICATED) before its handler runs;
+with TLS credentials the server also requires a client certificate from the
+cluster's CA.  Each RPC decodes its request, calls
+:class:`~objstore.directory.state.DirectoryState`
 and encodes the answer; errors become gRPC statuses (see directory.proto).
 Requests are read with a size limit before they are buffered.  Node death is
 found by a timer that checks heartbeats; durable state is written behind, in
@@ -39,6 +43,7 @@ from grpclib.const import Status
 from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.directory.codec import pb, rows_to_table, usage_from_pb, usage_to_pb
+from objstore.directory.guard import Gate, server_ssl
 from objstore.directory.persist import MemoryStore, StateStore, WriteBehind, open_store
 from objstore.directory.state import (
     DirectoryState,
@@ -427,6 +432,8 @@ class DirectoryServer:
         self.streams: set[Subscriber] = set()
         self.service: _Service | None = None
         self._server: _GrpcServer | None = None
+        # Every call proves the cluster token before its handler runs (None: --insecure).
+        self.gate = Gate(credentials.token) if credentials.token is not None else None
         # The death timer and the head's in-process subscription streams.
         self.tasks = TaskSet("directory")
         self.host = ""
@@ -461,8 +468,12 @@ class DirectoryServer:
             self.persist.start()
         self.service = _Service(self)
         self._server = _GrpcServer([self.service])
+        if self.gate is not None:
+            self.gate.attach(self._server)
         try:
-            await self._server.start(host, port, reuse_address=True)
+            await self._server.start(
+                host, port, reuse_address=True, ssl=server_ssl(self.credentials)
+            )
         except OSError as exc:
             self._server = None
             await self.persist.close(5.0)
@@ -475,7 +486,13 @@ class DirectoryServer:
         self.host, self.port = sock.getsockname()[:2]
         self.started = loop.time()
         self.tasks.spawn(self._watch_deaths(), name="directory-deaths")
-        log.info("directory serving", address=self.address, store=self.store.describe)
+        log.info(
+            "directory serving",
+            address=self.address,
+            store=self.store.describe,
+            authentication="token" if self.gate is not None else "off (--insecure)",
+            tls=self.credentials.tls is not None,
+        )
 
     async def _watch_deaths(self) -> None:
         loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from typing import Any
 
 from fakes import CREDS, FakeNode
 
+from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.directory.client import DirectoryClient
 from objstore.directory.local import LocalLink
@@ -84,8 +85,10 @@ async def member(
     local: bool = False,
     start: bool = True,
     address: str = "",
+    credentials: Credentials | None = None,
 ) -> AsyncIterator[Member]:
-    """A client registered with ``server`` (over gRPC, or in-process with ``local``)."""
+    """A client registered with ``server`` (over gRPC, or in-process with ``local``),
+    with the server's credentials unless given others."""
     cfg = (config or server.config).replace(node={"directory": server.address})
     fake = node or FakeNode()
     link = (lambda: LocalLink(server)) if local else None
@@ -97,7 +100,7 @@ async def member(
         address=address or f"127.0.0.1:{40000 + len(server.state.nodes)}",
         socket="fake.sock",
         link=link,
-        credentials=server.credentials,
+        credentials=credentials or server.credentials,
     )
     fake.hooks = client
     try:

@@ -21,6 +21,7 @@ from grpclib.const import Status
 
 from objstore.directory.client import DirectoryAdmin
 from objstore.directory.codec import join_ids, pb
+from objstore.directory.guard import open_channel
 from objstore.directory.local import LocalLink
 from objstore.directory.server import DirectoryServer
 from objstore.errors import (
@@ -126,7 +127,7 @@ async def test_errors_are_the_status_table_s(local: bool) -> None:
         if local:
             stub = LocalLink(server).stub
         else:
-            channel = Channel(server.host, server.port)
+            channel = open_channel(server.host, server.port, CREDS)
             stub = pb.DirectoryStub(channel)
         try:
             node, session = os.urandom(16), os.urandom(16)
@@ -179,7 +180,7 @@ async def test_a_request_over_the_size_limit_is_refused_before_it_is_read() -> N
 
 async def test_a_node_that_stops_heartbeating_is_dead_and_its_stream_ends() -> None:
     async with serving(directory_config(node_timeout_s=0.5)) as server, member(server) as a:
-        channel = Channel(server.host, server.port)
+        channel = open_channel(server.host, server.port, CREDS)
         try:
             stub = pb.DirectoryStub(channel)
             silent, session = os.urandom(16), os.urandom(16)

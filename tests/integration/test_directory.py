@@ -23,14 +23,16 @@ import grpclib.const
 import pytest
 from conftest import CLUSTER_ENV, run_cli
 from grpclib import GRPCError
-from grpclib.client import Channel
 from grpclib.const import Status
 from redis_server import redis_url  # noqa: F401  (fixture)
 from waits import round_trip
 
 import objstore
+from objstore.auth import generate_token, member_credentials, write_token_file
+from objstore.config import SecurityConfig
 from objstore.directory.client import DirectoryAdmin
 from objstore.directory.codec import join_ids, pb, table_to_rows
+from objstore.directory.guard import open_channel
 from objstore.directory.state import DELETED, LOST, PRESENT, UNKNOWN
 from objstore.errors import (
     NodeUnavailableError,
@@ -70,7 +72,9 @@ class FakeNode:
     """A node as the directory sees it, driven by the test through raw RPCs."""
 
     def __init__(self, address: str) -> None:
-        self.channel = Channel(*_host_port(address))
+        # The token the head published on this machine, as a node's would be.
+        creds = member_credentials(SecurityConfig(), address)
+        self.channel = open_channel(*_host_port(address), creds)
         self.stub = pb.DirectoryStub(self.channel)
         self.node_id = os.urandom(16)
         self.session = os.urandom(16)
@@ -495,9 +499,20 @@ async def test_directory_restart_with_sqlite(cluster_factory, node_factory, tmp_
 
 
 @pytest.mark.slow
-async def test_directory_restart_with_redis(cluster_factory, node_factory, redis_url) -> None:  # noqa: F811
+async def test_directory_restart_with_redis(
+    cluster_factory,
+    node_factory,
+    redis_url,  # noqa: F811
+    tmp_path,
+) -> None:
     url = redis_url.rsplit("/", 1)[0] + "/5"
-    await _restart_directory(cluster_factory, node_factory, ["--directory-store", url])
+    # No --state-dir to keep the cluster token in: the restarted head is given
+    # the same one (a fresh token would lock the members out, as it should).
+    token = tmp_path / "token"
+    write_token_file(str(token), generate_token())
+    await _restart_directory(
+        cluster_factory, node_factory, ["--directory-store", url, "--token-file", str(token)]
+    )
 
 
 # ---------------------------------------------------------------------- slow subscriber

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import objstore
+from objstore.auth import generate_token, write_token_file
 
 
 def _start(
@@ -67,6 +68,9 @@ def test_json_logs_and_unreachable_directory() -> None:
     """A node whose directory never answers stops with a clear error and JSON logs."""
     with tempfile.TemporaryDirectory(prefix="osd-", dir="/tmp") as tmp:
         sock = os.path.join(tmp, "n.sock")
+        # A token of its own: without one it would not even try to connect.
+        token = os.path.join(tmp, "token")
+        write_token_file(token, generate_token())
         env = dict(os.environ, OBJSTORE_DIRECTORY_REQUEST_TIMEOUT_S="1.5")
         t0 = time.monotonic()
         res = subprocess.run(
@@ -76,6 +80,8 @@ def test_json_logs_and_unreachable_directory() -> None:
                 "objstore.node",
                 "--directory",
                 "127.0.0.1:1",
+                "--token-file",
+                token,
                 "--memory",
                 "64MiB",
                 "--prefault",

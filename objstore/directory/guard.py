@@ -1,7 +1,7 @@
 """Who may call the directory: a proof of the cluster token on every request.
 
 The server side is :class:`Gate`: a grpclib ``RecvRequest`` listener that
-checks the ``x-objstore-auth`` metadata (:class:`objstore.auth.ProofVerifier`)
+checks the ``authorization`` metadata (:class:`objstore.auth.ProofVerifier`)
 before any handler runs, for unary calls and streams alike, and refuses with
 UNAUTHENTICATED otherwise.  A refused call reads no request body and leaves
 no state behind but a line in :class:`RefusalLog` (one warning per peer IP per

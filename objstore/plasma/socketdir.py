@@ -14,9 +14,10 @@ map memory they control.  So before binding, the node checks the directory:
   writable by other users unless it has the sticky bit (``/tmp`` is fine, a
   0755 directory of our own is fine, a 0777 one is not).
 
-Refusals raise :class:`~objstore.errors.ConfigError` naming the path, what is
-wrong with it and what to do; the node exits 1 (``objstore.node: cannot
-start: ...``).
+Refusals raise :class:`~objstore.errors.ObjectStoreError` naming the path,
+what is wrong with it and what to do; the node exits 1 (``objstore.node:
+cannot start: ...``).  (A bad setting, such as a directory that does not
+exist, stays a :class:`~objstore.errors.ConfigError`: exit 2.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import stat
 
 import structlog
 
-from objstore.errors import ConfigError
+from objstore.errors import ConfigError, ObjectStoreError
 
 __all__ = ["prepare_socket_dir", "prepare_socket_path", "check_user_dir", "reachable_by_others"]
 
@@ -62,7 +63,7 @@ def prepare_socket_dir(directory: str, shared: bool) -> None:
         # O_NOFOLLOW: a symlink planted in its place is refused, not followed.
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(
+        raise ObjectStoreError(
             f"plasma.socket: the socket directory {directory} is not a directory of its own "
             f"({exc.strerror}); remove it, or pass --socket PATH"
         ) from exc
@@ -71,13 +72,13 @@ def prepare_socket_dir(directory: str, shared: bool) -> None:
         uid = os.getuid()
         mode = stat.S_IMODE(st.st_mode)
         if st.st_uid != uid:
-            raise ConfigError(
+            raise ObjectStoreError(
                 f"plasma.socket: the socket directory {directory} belongs to another user "
                 f"({_describe(st)}; this node runs as uid {uid}): whoever owns it can replace "
                 "the node's socket. Remove it (as its owner or root) or pass --socket PATH"
             )
         if mode not in (PRIVATE_DIR_MODE, SHARED_DIR_MODE):
-            raise ConfigError(
+            raise ObjectStoreError(
                 f"plasma.socket: the socket directory {directory} has mode {mode:04o}: other "
                 "users may have changed what is in it. It must be 0700; remove it (the node "
                 "makes a new one) or pass --socket PATH"
@@ -107,13 +108,13 @@ def check_user_dir(directory: str) -> None:
         mode = st.st_mode
         where = "the socket directory" if path == top else "a directory above the socket"
         if st.st_uid not in (uid, 0):
-            raise ConfigError(
+            raise ObjectStoreError(
                 f"plasma.socket: {where}, {path}, belongs to another user ({_describe(st)}; "
                 f"this node runs as uid {uid}): that user could replace the node's socket. "
                 "Choose a --socket PATH in a directory of your own"
             )
         if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
-            raise ConfigError(
+            raise ObjectStoreError(
                 f"plasma.socket: {where}, {path}, may be written by other users "
                 f"({_describe(st)}, no sticky bit): they could replace the node's socket. "
                 f"chmod go-w {path}, or choose a --socket PATH in a directory of your own"
@@ -152,7 +153,7 @@ def prepare_socket_path(path: str) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise ConfigError(f"plasma.socket: {path} exists and is not a socket")
     if st.st_uid not in (os.getuid(), 0):
-        raise ConfigError(
+        raise ObjectStoreError(
             f"plasma.socket: {path} exists and belongs to another user ({_describe(st)}): "
             "it may be posing as a node. Choose another --socket PATH"
         )

@@ -8,7 +8,8 @@ map memory they control.  So before binding, the node checks the directory:
   node creates): it must be a real directory owned by this uid with mode 0700
   (0711 while ``node.allowed_uids``/``allowed_gids`` let other users reach
   the socket: they may enter it, not list or change it).  A directory someone
-  else created first, or that others may write to, is refused.
+  else created first, or that others may write to, is refused; the ones
+  above it are held to the next rule.
 * **A directory the user chose** (``--socket PATH``): the directory and every
   directory above it must belong to this uid or to root, and must not be
   writable by other users unless it has the sticky bit (``/tmp`` is fine, a
@@ -49,8 +50,11 @@ def prepare_socket_dir(directory: str, shared: bool) -> None:
     """Create (or check) the node's own socket directory and set its mode.
 
     ``shared``: other uids are admitted (``node.allowed_uids``/``gids``), so
-    the directory is left 0711 instead of 0700.
+    the directory is left 0711 instead of 0700.  The directories above it
+    are held to :func:`check_user_dir`'s rules (whoever may write to
+    ``$TMPDIR`` without the sticky bit could rename ours away).
     """
+    check_user_dir(os.path.dirname(os.path.abspath(directory)), above=True)
     try:
         os.mkdir(directory, PRIVATE_DIR_MODE)
     except FileExistsError:
@@ -90,11 +94,12 @@ def prepare_socket_dir(directory: str, shared: bool) -> None:
         os.close(fd)
 
 
-def check_user_dir(directory: str) -> None:
+def check_user_dir(directory: str, above: bool = False) -> None:
     """Refuse a chosen socket directory that another user could change.
 
     The directory and each one above it must belong to this uid or to root,
     and may be writable by others only with the sticky bit (``/tmp``).
+    ``above``: ``directory`` is itself above the socket's (messages say so).
     """
     if not os.path.isdir(directory):
         raise ConfigError(f"plasma.socket: the directory {directory} does not exist")
@@ -106,7 +111,9 @@ def check_user_dir(directory: str) -> None:
         except OSError as exc:
             raise ConfigError(f"plasma.socket: cannot check {path}: {exc.strerror}") from exc
         mode = st.st_mode
-        where = "the socket directory" if path == top else "a directory above the socket"
+        where = (
+            "the socket directory" if path == top and not above else "a directory above the socket"
+        )
         if st.st_uid not in (uid, 0):
             raise ObjectStoreError(
                 f"plasma.socket: {where}, {path}, belongs to another user ({_describe(st)}; "

@@ -217,6 +217,12 @@ def test_own_directory_checks(short_tmp: str) -> None:
     os.symlink(d, link)
     with pytest.raises(ObjectStoreError, match="not a directory of its own"):
         prepare_socket_dir(link, shared=False)
+    # $TMPDIR itself writable by others with no sticky bit: ours could be renamed away.
+    os.chmod(d, 0o700)
+    os.chmod(short_tmp, 0o777)
+    with pytest.raises(ObjectStoreError, match=f"a directory above the socket, {short_tmp}, may"):
+        prepare_socket_dir(d, shared=False)
+    os.chmod(short_tmp, 0o700)
 
 
 def test_chosen_directory_checks(short_tmp: str) -> None:

@@ -20,7 +20,12 @@ import struct
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from objstore.errors import AuthenticationError, NodeUnavailableError, ProtocolError
+from objstore.errors import (
+    AuthenticationError,
+    ConfigError,
+    NodeUnavailableError,
+    ProtocolError,
+)
 from objstore.protocol import HEADER, PROTOCOL_VERSION, encode_frame, error_to_exception, pb
 
 __all__ = [
@@ -58,7 +63,7 @@ def trusted_node_uids(env: Mapping[str, str] | None = None) -> frozenset[int]:
     try:
         extra = {int(p) for p in raw.replace(",", " ").split()}
     except ValueError:
-        raise AuthenticationError(
+        raise ConfigError(
             f"${TRUSTED_NODE_UIDS_ENV}: must be a list of numeric uids, got {raw!r}"
         ) from None
     return frozenset({os.getuid(), 0, *extra})

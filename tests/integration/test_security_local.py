@@ -33,7 +33,7 @@ import pytest
 
 import objstore
 from objstore._proto.local import local_pb2 as pb
-from objstore.errors import AuthenticationError, ObjectStoreError
+from objstore.errors import AuthenticationError, ConfigError, ObjectStoreError
 from objstore.plasma.server import Admission, RefusalLog
 from objstore.plasma.socketdir import check_user_dir, prepare_socket_dir
 from objstore.protocol import PROTOCOL_VERSION, encode_frame
@@ -197,7 +197,7 @@ def test_client_trusts_its_uid_root_and_the_listed_uids() -> None:
     with pytest.raises(AuthenticationError, match="served by uid 4242 .*TRUSTED_NODE_UIDS=4242"):
         check_node("/tmp/x.sock", PeerCredentials(1, 4242, 4242), {})
     check_node("p", PeerCredentials(1, 4242, 0), {"OBJSTORE_TRUSTED_NODE_UIDS": "4242"})
-    with pytest.raises(AuthenticationError, match="numeric uids"):
+    with pytest.raises(ConfigError, match="numeric uids"):
         trusted_node_uids({"OBJSTORE_TRUSTED_NODE_UIDS": "bob"})
 
 
@@ -363,7 +363,7 @@ def test_another_uid_is_refused_and_gets_no_fd(node_factory) -> None:
     got = connect_and_put(n.socket)
     assert got == {"ok": True, "got": {"uid": 0}}
     err = n.stderr()
-    # Three refusals of one uid within a minute: one line.
+    # Two refusals of one uid within a minute: one line.
     assert err.count("local client refused: its uid is not allowed on this socket") == 1, err
     assert f"uid={NOBODY}" in err
 

@@ -318,7 +318,10 @@ class NodeConfig:
     # The node logs "event loop blocked" when the loop itself kept a tick this late (0: off).
     loop_lag_warn_ms: float = _setting(250.0, _non_negative, "loop stall that is logged")
     # Clients of the local socket must run as the node's uid, or as one of these
-    # uids, or with one of these gids as their primary group (SO_PEERCRED).
+    # uids, or with one of these gids as their primary group (SO_PEERCRED). When
+    # either is set the socket is made 0666 and the node's own socket directory
+    # 0711 so those users can reach it (SO_PEERCRED refuses everyone else); a
+    # --socket directory of the user's choosing must let them pass (o+x) too.
     allowed_uids: tuple[int, ...] = _setting((), _ids, "other uids allowed on the local socket")
     allowed_gids: tuple[int, ...] = _setting((), _ids, "gids allowed on the local socket")
 

@@ -94,19 +94,20 @@ def start_node(
     socket_path: str | None = None,
     expect_ready: bool = True,
     directory: str | None = None,
+    argv0: list[str] | None = None,
 ) -> NodeProcess:
     """Start a node process and wait for its ready line.
 
     A head node (which runs the directory) unless ``directory`` names one to join.
+    ``argv0`` replaces ``python -m objstore.node`` (e.g. ``python -c CODE`` that
+    installs an audit hook and then calls ``objstore.node.main.main``).
     """
     d = _short_tmp()
     sock = socket_path or os.path.join(d, "node.sock")
     stderr_path = Path(d) / "node.stderr"
     role = ["--directory", directory] if directory else ["--head"]
     args = [
-        sys.executable,
-        "-m",
-        "objstore.node",
+        *(argv0 or [sys.executable, "-m", "objstore.node"]),
         *role,
         "--memory",
         memory,

@@ -13,6 +13,13 @@ the object service's business (:class:`~objstore.plasma.api.LocalObjects`);
 this module only decodes, calls and encodes.  A malformed, truncated or
 oversized frame closes that connection only, and is logged; the node keeps
 serving everyone else.
+
+Who may connect is the kernel's word (``SO_PEERCRED``), read as each
+connection is accepted: the node's own uid, ``node.allowed_uids``, or a
+primary gid in ``node.allowed_gids``.  Anyone else gets a ``HelloReply``
+with ``ERROR_CODE_UNAUTHENTICATED`` (the client raises
+:class:`~objstore.errors.AuthenticationError`) and never a file descriptor.
+Where the socket may live is :mod:`objstore.plasma.socketdir`'s business.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ import contextlib
 import errno
 import os
 import socket
-import stat
-from collections.abc import Awaitable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import structlog
@@ -32,6 +39,12 @@ import structlog
 from objstore.config import Config, default_socket_path
 from objstore.errors import ConfigError, ObjectStoreError, ProtocolError
 from objstore.plasma.api import Entry, LocalObjects
+from objstore.plasma.socketdir import (
+    check_user_dir,
+    prepare_socket_dir,
+    prepare_socket_path,
+    reachable_by_others,
+)
 from objstore.plasma.table import ClientState
 from objstore.protocol import (
     HEADER,
@@ -41,15 +54,18 @@ from objstore.protocol import (
     exception_to_error,
     pb,
 )
+from objstore.protocol.handshake import PeerCredentials, peer_credentials
 from objstore.tasks import TaskSet
 
-__all__ = ["PlasmaServer", "prepare_socket_path"]
+__all__ = ["PlasmaServer", "prepare_socket_path", "Admission", "RefusalLog"]
 
 log = structlog.get_logger("objstore.plasma.server")
 
 _HELLO_MAX = 4096
 _HANDSHAKE_TIMEOUT = 5.0
 _OWNED_COMPACT_EVERY = 1 << 16
+# A refused uid is logged at most once in this many seconds.
+_REFUSAL_LOG_EVERY_S = 60.0
 # Get replies of more objects than this are built in slices of this many.
 _BATCH = 8192
 # The counters of a StatsReply, as the object service names them.
@@ -62,37 +78,76 @@ _STATS_INT = (
 )  # fmt: skip
 
 
-def prepare_socket_path(path: str) -> None:
-    """Check a socket path before binding: its directory exists, no live node owns it.
+class Admission:
+    """Who may use the local socket: the node's uid, allowed uids, allowed primary gids."""
 
-    A stale socket file (nothing accepts on it) is removed.  Raises
-    :class:`ConfigError` with a clear message otherwise.
+    def __init__(self, uid: int, uids: tuple[int, ...], gids: tuple[int, ...]) -> None:
+        self.uid = uid
+        self.uids = frozenset(uids)
+        self.gids = frozenset(gids)
+
+    @property
+    def shared(self) -> bool:
+        """Whether users other than the node's own are admitted at all."""
+        return bool(self.uids or self.gids)
+
+    def allows(self, peer: PeerCredentials) -> bool:
+        return peer.uid == self.uid or peer.uid in self.uids or peer.gid in self.gids
+
+    def refusal(self, path: str, peer: PeerCredentials) -> str:
+        """What a refused client is told: who is served, who it is, what to set."""
+        served = f"uid {self.uid}"
+        if self.uids:
+            served += ", uids " + ", ".join(map(str, sorted(self.uids)))
+        if self.gids:
+            served += " and gids " + ", ".join(map(str, sorted(self.gids)))
+        else:
+            served += " only"
+        return (
+            f"the node at {path} serves {served}; this process runs as uid {peer.uid} "
+            f"(gid {peer.gid}) (allow it with node.allowed_uids, e.g. "
+            f"OBJSTORE_NODE_ALLOWED_UIDS={peer.uid}, or node.allowed_gids)"
+        )
+
+
+class RefusalLog:
+    """Decides when a refused uid is logged: once per ``every_s`` per uid.
+
+    A process retrying in a loop would otherwise fill the log.  ``note``
+    returns None while quiet, else how many refusals of that uid went
+    unlogged since its last line.  At most ``limit`` uids are remembered.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise ConfigError(f"plasma.socket: the directory {directory} does not exist")
-    if len(os.fsencode(path)) > 107:
-        raise ConfigError(f"plasma.socket: path is longer than 107 bytes: {path}")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError(f"plasma.socket: {path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.info("removing stale socket file", path=path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    except OSError as exc:
-        raise ConfigError(f"plasma.socket: cannot check {path}: {exc.strerror}") from exc
-    finally:
-        probe.close()
-    raise ConfigError(f"plasma.socket: a live node already serves {path}")
+
+    def __init__(
+        self,
+        every_s: float = _REFUSAL_LOG_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int = 4096,
+    ) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.limit = limit
+        # uid -> (when its last line was logged, refusals since then)
+        self._seen: dict[int, tuple[float, int]] = {}
+
+    def note(self, uid: int) -> int | None:
+        now = self.clock()
+        seen = self._seen.get(uid)
+        if seen is not None and now - seen[0] < self.every_s:
+            self._seen[uid] = (seen[0], seen[1] + 1)
+            return None
+        if seen is None and len(self._seen) >= self.limit:
+            self._prune(now)
+        self._seen[uid] = (now, 0)
+        return 0 if seen is None else seen[1]
+
+    def _prune(self, now: float) -> None:
+        stale = [u for u, (t, _) in self._seen.items() if now - t >= self.every_s]
+        for uid in stale or list(self._seen)[: self.limit // 2]:
+            del self._seen[uid]
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class PlasmaServer:
@@ -103,6 +158,8 @@ class PlasmaServer:
         self.config = config
         self.node_id = node_id
         self.path = config.socket_path
+        self.admission = Admission(os.getuid(), config.node.allowed_uids, config.node.allowed_gids)
+        self.refusals = RefusalLog()
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handshakes = TaskSet("plasma-handshake")
@@ -111,10 +168,24 @@ class PlasmaServer:
         self._closing = False
 
     async def bind(self) -> None:
-        """Bind the socket (mode 0600); clients queue until :meth:`serve`."""
+        """Bind the socket; clients queue until :meth:`serve`.
+
+        The socket is 0600, or 0666 when other users are admitted (then
+        ``SO_PEERCRED`` is what keeps everyone else out); its directory is
+        checked first (:mod:`objstore.plasma.socketdir`).
+        """
+        shared = self.admission.shared
+        directory = os.path.dirname(os.path.abspath(self.path))
         if self.path == default_socket_path():
-            # Our own default directory: create it, private to this user.
-            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            prepare_socket_dir(directory, shared)
+        else:
+            check_user_dir(directory)
+            if shared and not reachable_by_others(directory):
+                log.warning(
+                    "node.allowed_uids/allowed_gids are set but other users cannot reach "
+                    "the socket: its directory is not searchable by them (chmod o+x it)",
+                    directory=directory,
+                )
         prepare_socket_path(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -125,7 +196,7 @@ class PlasmaServer:
             raise ConfigError(f"plasma.socket: cannot bind {self.path}: {exc.strerror}") from exc
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        os.chmod(self.path, 0o666 if shared else 0o600)
         sock.listen(512)
         sock.setblocking(False)
         self._listener = sock
@@ -180,12 +251,40 @@ class PlasmaServer:
                 raise
             self._handshakes.spawn(self._handshake(sock))
 
+    def _refuse(self, peer: PeerCredentials) -> pb.HelloReply:
+        """The reply for a client whose uid is not admitted (and its log line, now and then)."""
+        message = self.admission.refusal(self.path, peer)
+        unlogged = self.refusals.note(peer.uid)
+        if unlogged is not None:
+            log.warning(
+                "local client refused: its uid is not allowed on this socket",
+                uid=peer.uid,
+                gid=peer.gid,
+                pid=peer.pid,
+                socket=self.path,
+                refused_since_last_line=unlogged,
+            )
+        reply = pb.HelloReply(version=PROTOCOL_VERSION)
+        reply.error.code = pb.ERROR_CODE_UNAUTHENTICATED
+        reply.error.message = message
+        return reply
+
     async def _handshake(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
         try:
+            peer = peer_credentials(sock)
             async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                # Read the hello even from a client about to be refused: closing
+                # a Unix socket with unread bytes resets it, and the client would
+                # see ECONNRESET instead of the reason.
                 hello = await _read_frame(loop, sock, _HELLO_MAX)
+            if not self.admission.allows(peer):
+                data = encode_frame(self._refuse(peer).SerializeToString())
+                async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+                    await loop.sock_sendall(sock, data)
+                sock.close()
+                return
             try:
                 msg = pb.Hello.FromString(hello)
             except Exception as exc:
@@ -236,7 +335,7 @@ class PlasmaServer:
         except BaseException:
             sock.close()
             raise
-        client = ClientState(self._next_client, lambda ids: None, pid=msg.pid)
+        client = ClientState(self._next_client, lambda ids: None, pid=peer.pid or msg.pid)
         self._next_client += 1
         try:
             await loop.connect_accepted_socket(lambda: _Connection(self, client), sock)

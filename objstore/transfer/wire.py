@@ -16,8 +16,6 @@ The CRC-32 is zlib's polynomial (computed with ISA-L where it is installed).
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import struct
 
 from objstore.checksum import crc32
@@ -42,8 +40,6 @@ __all__ = [
     "encode_reply",
     "decode_reply",
     "WireError",
-    "recv_exact",
-    "recv_into_exact",
 ]
 
 MAGIC = b"OSXF"
@@ -103,23 +99,3 @@ def decode_reply(data: bytes) -> tuple[int, int, int, int, int]:
     if magic != MAGIC or version != VERSION:
         raise WireError(f"not a data plane reply (magic {magic!r}, version {version})")
     return status, size, length, meta_len, crc
-
-
-async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    """``n`` bytes, or ConnectionError if the peer closed first."""
-    buf = bytearray(n)
-    await recv_into_exact(loop, sock, memoryview(buf))
-    return bytes(buf)
-
-
-async def recv_into_exact(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, view: memoryview
-) -> None:
-    """Fill ``view`` from the socket, or ConnectionError if the peer closed first."""
-    n = len(view)
-    got = 0
-    while got < n:
-        k = await loop.sock_recv_into(sock, view[got:])
-        if not k:
-            raise ConnectionError(f"peer closed after {got} of {n} bytes")
-        got += k

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from auth_peer import authenticated
 from fakes import CREDS, FakeStore, ScriptedPeer
 
 from objstore.config import Config
@@ -80,7 +81,7 @@ def assert_pool_clean(client: PeerClient) -> None:
     assert set(idle) == pool.open, (len(idle), len(pool.open))
     for s in idle:
         with pytest.raises(BlockingIOError):
-            s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            s.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 @contextlib.asynccontextmanager
@@ -217,7 +218,7 @@ async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 @pytest.mark.parametrize("size", [4, 4 * CHUNK], ids=["small", "large"])
 async def test_a_bad_source_fails_over_to_a_good_one(handler, size: int) -> None:  # type: ignore[no-untyped-def]
     cfg = Config.for_test(transfer={"pull_timeout_s": 0.2})
-    async with ScriptedPeer(handler) as bad, pulling(cfg) as p:
+    async with ScriptedPeer(authenticated(handler)) as bad, pulling(cfg) as p:
         p.addresses[BAD] = bad.address
         data = pattern(size, 9)
         p.src.put(oid(1), data)
@@ -240,7 +241,7 @@ async def test_a_bad_source_fails_over_to_a_good_one(handler, size: int) -> None
 
 async def test_a_stalled_source_is_given_up_after_pull_timeout() -> None:
     cfg = Config.for_test(transfer={"pull_timeout_s": 0.2})
-    async with ScriptedPeer(stalls) as bad, pulling(cfg) as p:
+    async with ScriptedPeer(authenticated(stalls)) as bad, pulling(cfg) as p:
         p.addresses[BAD] = bad.address
         p.om.want(oid(1), 0)
         loop = asyncio.get_running_loop()

@@ -39,6 +39,8 @@ T = TypeVar("T")
 _INLINE = 256 << 10
 # What one thread call encrypts or decrypts.
 _PIECE = 1 << 20
+# A TLS record's largest ciphertext (16 KiB of data and its overhead), rounded up.
+_RECORD = 17 << 10
 # Ciphertext read from the socket per receive.
 _RECV_BUF = 1 << 20
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -229,8 +231,11 @@ class TlsConn:
         while got < n:
             if not await self._fill():
                 raise ConnectionError(f"peer closed after {got} of {n} bytes")
+            # OpenSSL may hold up to one record's ciphertext itself, out of the BIO:
+            # until the BIO has at least `need`, the view cannot fill.
             pending = self._in.pending
-            if pending >= min(_PIECE, n - got):
+            need = n - got - _RECORD
+            if pending >= min(_PIECE, need):
                 rest = view[got:]
                 if pending > _INLINE:
                     got += await self._thread(self._decrypt, rest)

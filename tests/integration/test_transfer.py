@@ -19,6 +19,13 @@ import pytest
 from waits import round_trip
 
 import objstore
+from objstore.auth import (
+    SERVER_CHALLENGE,
+    VERDICT_OK,
+    ClientHandshake,
+    cache_path,
+    read_token_file,
+)
 from objstore.transfer import wire
 
 KiB = 1 << 10
@@ -149,8 +156,15 @@ async def test_data_plane_garbage_closes_that_connection_only(tcluster) -> None:
         ref = await ca.put(pattern(300 * KiB, 4))
         loop = asyncio.get_running_loop()
 
+        token = read_token_file(cache_path(tcluster.directory))
+
         async def exchange(payload: bytes) -> bytes:
+            """``payload`` on a new connection that proved the token; the reply."""
             r, w = await asyncio.open_connection(host, port)
+            hs = ClientHandshake(token)
+            w.write(hs.hello())
+            w.write(hs.answer(await r.readexactly(SERVER_CHALLENGE.size)))
+            assert await r.readexactly(len(VERDICT_OK)) == VERDICT_OK
             w.write(payload)
             await w.drain()
             try:

@@ -218,6 +218,7 @@ class TlsConn:
         return got
 
     async def recv_into(self, view: memoryview) -> int:
+        view = view[:_INLINE]  # decrypted on the loop: keep each call short
         while True:
             got = self._decrypt(view)
             if got:
@@ -227,7 +228,10 @@ class TlsConn:
 
     async def recv_exactly(self, view: memoryview) -> None:
         n = len(view)
-        got = self._decrypt(view)
+        if self._in.pending > _INLINE and n > _INLINE:
+            got = await self._thread(self._decrypt, view)
+        else:
+            got = self._decrypt(view)
         while got < n:
             if not await self._fill():
                 raise ConnectionError(f"peer closed after {got} of {n} bytes")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -129,19 +130,15 @@ async def _finish(fut: asyncio.Future[T]) -> T:
     The thread may be reading or writing a view of shared memory that the
     caller frees as soon as it returns.
     """
-    cancelled: asyncio.CancelledError | None = None
-    while True:
-        try:
-            result = await asyncio.shield(fut)
-        except asyncio.CancelledError as exc:
-            if fut.done():
-                # The work itself was cancelled (it cannot be once started).
-                raise
-            cancelled = exc
-            continue
-        if cancelled is not None:
-            raise cancelled
-        return result
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        # asyncio.wait neither cancels the work nor raises its error: the
+        # cancellation is what the caller hears, once the thread let go.
+        while not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([fut])
+        raise
 
 
 class TlsConn:
@@ -187,7 +184,9 @@ class TlsConn:
             except ssl.SSLWantReadError:
                 await self._flush()
                 if not await self._fill():
-                    raise ConnectionError("the peer closed during the TLS handshake") from None
+                    raise ConnectionError(
+                        "the peer closed during the TLS handshake (does it run TLS?)"
+                    ) from None
             except ssl.SSLError:
                 # Let the peer hear why (an alert), then fail.
                 try:

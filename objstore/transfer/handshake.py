@@ -127,8 +127,8 @@ async def offer_handshake(conn: Conn, token: bytes, then: bytes = b"") -> None:
 class OncePerKey:
     """Whether to log now: once per key per ``period_s``, for at most ``max_keys`` keys.
 
-    ``suppressed`` counts what it held back since the key was last logged,
-    so the next line can say how many were not.
+    :meth:`allow` also says how many it held back since the key was last
+    logged, so the next line can say so (``suppressed=``).
     """
 
     def __init__(

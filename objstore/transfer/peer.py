@@ -247,7 +247,7 @@ class PeerPool:
                 "data plane: could not authenticate with a source",
                 peer=address,
                 reason=why,
-                failed_before=held,
+                suppressed=held,
             )
         return PeerAuthenticationError(f"{address}: {why}")
 

@@ -188,7 +188,7 @@ class TransferServer:
                 "data plane: connection refused",
                 peer=peer,
                 reason=reason,
-                refused_before_from_ip=held,
+                suppressed=held,
             )
 
     async def _open(self, sock: socket.socket, ip: str, peer: str) -> Conn | None:

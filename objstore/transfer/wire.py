@@ -12,6 +12,11 @@ Reply (28 bytes): magic, version, status, 2 spare bytes, the object's size
 (8), the chunk's length (8), the metadata's length (4) and the chunk's CRC-32
 (4); then the metadata (only for a chunk at offset 0), then the chunk.
 The CRC-32 is zlib's polynomial (computed with ISA-L where it is installed).
+
+Unless the node runs ``--insecure``, a connection proves the cluster token
+before its first request (:mod:`objstore.transfer.handshake`; the handshake's
+first message is 44 bytes too, magic ``OSXA``), and with TLS configured all of
+it runs inside TLS (:mod:`objstore.transfer.conn`).
 """
 
 from __future__ import annotations

@@ -552,3 +552,25 @@ async def test_a_tls_connection_carries_every_size_whole(certs: CertFiles) -> No
 
 def _no_ssl() -> ssl.SSLContext:
     raise AssertionError("credentials without TLS")
+
+
+async def test_tls_fetches_cut_by_their_deadline_leave_nothing_behind(certs: CertFiles) -> None:
+    """Deadlines that fall while a thread decrypts into the view: the fetch ends
+    once the thread let go, its connection closes, the server serves on."""
+    big = os.urandom(4 * MiB)
+    src = store()
+    src.put(oid(3), big)
+    cfg = Config.for_test(transfer={"chunk_size": 4 * MiB, "max_bytes_in_flight": 8 * MiB})
+    client = PeerClient(ME, credentials=certs.creds(i=1), idle_s=30)
+    async with serving(certs.creds(i=0), cfg, src) as server:
+        view = memoryview(bytearray(4 * MiB))
+        for cut in (0.005, 0.01, 0.02, 0.04):
+            with contextlib.suppress(TransferError):
+                first = await client.fetch_first(server.address, oid(3), 4 * MiB, deadline())
+                await first.read_into(view, deadline(cut))
+        assert all(c.alive() for c in client.pool.idle_sockets())
+        first = await client.fetch_first(server.address, oid(3), 4 * MiB, deadline())
+        await first.read_into(view, deadline())
+        assert bytes(view) == big
+    client.close()
+    assert not client.pool.open

@@ -521,6 +521,31 @@ async def part_tls(args: argparse.Namespace) -> dict[str, Any]:
                 "max_loop_stall_ms": round(max(st for _, st in rs) * 1e3, 1),
             }
         out["tls_over_token"] = round(out["tls_token"]["gbps"] / out["token"]["gbps"], 3)
+        # What authenticating costs a new connection: connect, (handshakes,) one tiny
+        # FETCH_MANY, close; the median of many, each mode in turn.
+        small = b"\x43" * 20
+        store.put(small, b"x" * 100)
+        conn_modes = {"insecure": (Credentials.insecure(), Credentials.insecure()), **modes}
+        times: dict[str, list[float]] = {m: [] for m in conn_modes}
+        servers = {}
+        for mode, (screds, _) in conn_modes.items():
+            servers[mode] = TransferServer(store, cfg, no_restore, credentials=screds)
+            await servers[mode].start(HOST, 0)
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(100):
+                for mode, (_, ccreds) in conn_modes.items():
+                    client = PeerClient(b"\x01" * 20, credentials=ccreds)
+                    t0 = time.perf_counter()
+                    await client.fetch_many(servers[mode].address, [small], loop.time() + 10)
+                    times[mode].append(time.perf_counter() - t0)
+                    client.close()
+        finally:
+            for srv in servers.values():
+                await srv.close()
+        out["new_connection_ms"] = {
+            m: round(statistics.median(ts) * 1e3, 3) for m, ts in times.items()
+        }
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1183,7 +1208,8 @@ def summary(out: dict[str, Any]) -> str:
         lines.append(
             f"  tls (in-process): token {tls['token']['gbps']} GB/s, tls+token "
             f"{tls['tls_token']['gbps']} GB/s (x{tls['tls_over_token']}), loop stall max "
-            f"{tls['tls_token']['max_loop_stall_ms']} ms"
+            f"{tls['tls_token']['max_loop_stall_ms']} ms; new connection + tiny fetch (ms) "
+            f"{tls['new_connection_ms']}"
         )
     bc = out.get("broadcast")
     if bc:

@@ -313,10 +313,15 @@ async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> N
     b = c.add_node(env=big, memory="256MiB")
     try:
         async with objstore.connect(a.socket) as ca:
+            warm = await ca.put(pattern(64 * MiB, 2))
             ref = await ca.put(pattern(64 * MiB, 3))
-            proxy.replies_flowing.clear()
-            proxy.hold = True
             async with objstore.connect(b.socket) as cb:
+                # B's connections to A prove the token while replies flow; the
+                # stalled pull below reuses them (a new one would stall in its
+                # handshake, before any send).
+                assert bytes(await cb.get(warm, timeout=30)) == pattern(64 * MiB, 2)
+                proxy.replies_flowing.clear()
+                proxy.hold = True
                 pending = asyncio.ensure_future(cb.get(ref, timeout=30))
                 # The source fills the stalled link, then waits in its sends.
                 await asyncio.sleep(1.5)

@@ -6,7 +6,7 @@ object on stdout and a summary, with the targets, on stderr.
 
     python bench/transfer.py                  # everything, about 70 seconds
     python bench/transfer.py --quick          # smaller sizes, a smoke run
-    python bench/transfer.py --only raw,pull  # raw | pull | small | broadcast | memory
+    python bench/transfer.py --only raw,pull  # raw | pull | small | broadcast | memory | tls
     python bench/transfer.py --wait-quiet 30  # on a shared machine: start each part
                                               # when other processes are idle
     python bench/transfer.py --only pull --py-spy /tmp/prof   # + profiles of both nodes
@@ -30,6 +30,13 @@ small      ``--small`` objects of ``--small-size`` put on A (pipelined), then on
 broadcast  one ``--broadcast`` object on the head; nodes B, C, D get it at the
            same moment; total time (start to the last get's return) against one
            transfer of the same size to one node, interleaved in the same run.
+tls        the data plane with and without TLS, alternating, in this process: a
+           TransferServer over an in-memory store and a PeerClient over loopback
+           (one event loop, both ends), ``--size`` fetched in chunks with
+           ``max_bytes_in_flight / chunk_size`` fetches at once, both with the
+           cluster token; certificates from trustme in a temp dir.  Also the
+           longest the loop went without running a 1 ms ticker during each.
+           Not in the default run (``--only tls``).
 memory     two fresh nodes; /proc/PID/status of both sampled every 10 ms during a
            ``--size`` pull, /proc/PID/smaps_rollup before and after: the
            arena's pages (shared memory, ``RssShmem``) apart from the rest
@@ -82,7 +89,9 @@ GiB = 1 << 30
 HOST = "127.0.0.1"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 GET_TIMEOUT = 120.0
-PARTS = ("raw", "pull", "small", "broadcast", "memory")
+PARTS = ("raw", "pull", "small", "broadcast", "memory", "tls")
+# Run only when asked for by --only.
+OPT_IN = ("tls",)
 
 # For context in the summary: Ray 2.60 on this machine (same sizes).
 RAY = {
@@ -414,6 +423,132 @@ def _readline(proc: subprocess.Popen[bytes], timeout: float) -> str:
 
 def part_raw(args: argparse.Namespace) -> dict[str, Any]:
     return {mode: raw_case(mode, args.size, args.raw_repeat) for mode in ("blocking", "uvloop")}
+
+
+# --------------------------------------------------------------------------- TLS
+async def _tls_round(
+    server: Any, client: Any, oid: bytes, size: int, chunk: int, width: int, dst: memoryview
+) -> tuple[float, float]:
+    """One fetch of the whole object: (seconds, longest loop stall in seconds)."""
+    loop = asyncio.get_running_loop()
+    stall = 0.0
+    ticking = True
+
+    async def ticker() -> None:
+        nonlocal stall
+        last = loop.time()
+        while ticking:
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            stall = max(stall, now - last - 0.001)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    offsets = list(range(0, size, chunk))
+    t0 = time.perf_counter()
+
+    async def worker() -> None:
+        while offsets:
+            off = offsets.pop(0)
+            n = min(chunk, size - off)
+            deadline = loop.time() + GET_TIMEOUT
+            if off == 0:
+                first = await client.fetch_first(server.address, oid, chunk, deadline)
+                await first.read_into(dst[:n], deadline)
+            else:
+                await client.fetch_chunk(server.address, oid, off, dst[off : off + n], deadline)
+
+    await asyncio.gather(*(worker() for _ in range(width)))
+    took = time.perf_counter() - t0
+    ticking = False
+    await tick
+    return took, stall
+
+
+async def part_tls(args: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from certs import make_certs
+    from fakes import FakeStore
+
+    from objstore.auth import Credentials
+    from objstore.transfer.peer import PeerClient
+    from objstore.transfer.server import TransferServer
+
+    cfg = Config.load()
+    tc = cfg.transfer
+    width = max(1, tc.max_bytes_in_flight // tc.chunk_size)
+    size = args.size
+    tmp = tempfile.mkdtemp(prefix="objstore-tls-bench-")
+    try:
+        certs = make_certs(tmp, nodes=2)
+        token = b"b" * 32
+        modes = {
+            "token": (Credentials(token, None, "bench"), Credentials(token, None, "bench")),
+            "tls_token": (certs.creds(token, 0), certs.creds(token, 1)),
+        }
+        blob = payload(size).tobytes()
+        store = FakeStore(capacity=2 * size + 64 * MiB)
+        oid = b"\x42" * 20
+        store.put(oid, blob)
+        dst = memoryview(bytearray(size))
+        dst[:] = b"\1" * size  # touched
+
+        async def no_restore(o: bytes, t: float) -> bool:
+            return False
+
+        rounds: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+        for rep in range(args.repeat + 1):
+            for mode, (screds, ccreds) in modes.items():
+                server = TransferServer(store, cfg, no_restore, credentials=screds)
+                await server.start(HOST, 0)
+                client = PeerClient(b"\x01" * 20, credentials=ccreds)
+                try:
+                    took, stall = await _tls_round(
+                        server, client, oid, size, tc.chunk_size, width, dst
+                    )
+                finally:
+                    client.close()
+                    await server.close()
+                assert dst[:4096] == blob[:4096] and dst[-4096:] == blob[-4096:]
+                log(f"tls {mode} round {rep}: {gbps(size, took)} GB/s, stall {stall * 1e3:.1f} ms")
+                if rep:  # round 0 warms up
+                    rounds[mode].append((took, stall))
+        out: dict[str, Any] = {"size": size, "fetches_at_once": width, "chunk": tc.chunk_size}
+        for mode, rs in rounds.items():
+            out[mode] = {
+                "gbps": gbps(size, statistics.median(t for t, _ in rs)),
+                "gbps_rounds": [gbps(size, t) for t, _ in rs],
+                "max_loop_stall_ms": round(max(st for _, st in rs) * 1e3, 1),
+            }
+        out["tls_over_token"] = round(out["tls_token"]["gbps"] / out["token"]["gbps"], 3)
+        # What authenticating costs a new connection: connect, (handshakes,) one tiny
+        # FETCH_MANY, close; the median of many, each mode in turn.
+        small = b"\x43" * 20
+        store.put(small, b"x" * 100)
+        conn_modes = {"insecure": (Credentials.insecure(), Credentials.insecure()), **modes}
+        times: dict[str, list[float]] = {m: [] for m in conn_modes}
+        servers = {}
+        for mode, (screds, _) in conn_modes.items():
+            servers[mode] = TransferServer(store, cfg, no_restore, credentials=screds)
+            await servers[mode].start(HOST, 0)
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(100):
+                for mode, (_, ccreds) in conn_modes.items():
+                    client = PeerClient(b"\x01" * 20, credentials=ccreds)
+                    t0 = time.perf_counter()
+                    await client.fetch_many(servers[mode].address, [small], loop.time() + 10)
+                    times[mode].append(time.perf_counter() - t0)
+                    client.close()
+        finally:
+            for srv in servers.values():
+                await srv.close()
+        out["new_connection_ms"] = {
+            m: round(statistics.median(ts) * 1e3, 3) for m, ts in times.items()
+        }
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- nodes
@@ -1068,6 +1203,14 @@ def summary(out: dict[str, Any]) -> str:
     small = out.get("small")
     if small:
         lines.append(f"  small: {small['objects_per_s']} objects/s")
+    tls = out.get("tls")
+    if tls:
+        lines.append(
+            f"  tls (in-process): token {tls['token']['gbps']} GB/s, tls+token "
+            f"{tls['tls_token']['gbps']} GB/s (x{tls['tls_over_token']}), loop stall max "
+            f"{tls['tls_token']['max_loop_stall_ms']} ms; new connection + tiny fetch (ms) "
+            f"{tls['new_connection_ms']}"
+        )
     bc = out.get("broadcast")
     if bc:
         lines.append(
@@ -1096,10 +1239,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "small": part_small,
         "broadcast": part_broadcast,
         "memory": part_memory,
+        "tls": part_tls,
     }
     t_all = time.perf_counter()
     for name, fn in parts.items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or (not args.only and name in OPT_IN):
             continue
         if args.wait_quiet:
             out.setdefault("others_cpu_at_start", {})[name] = wait_quiet(args.wait_quiet)

@@ -26,6 +26,16 @@ source may have closed it while it sat idle) and was idle for less than
 (``transfer.idle_timeout_s``); idle ones are closed in the background.  A
 request on a reused connection that the source closed before any byte of the
 reply came is sent again once on a new connection (requests are idempotent).
+
+A new connection is authenticated before its first request
+(:func:`~objstore.transfer.handshake.offer_handshake`, inside TLS when the
+credentials have it); the first request travels with the answer, so this
+costs one round trip per new connection and nothing per pooled one.  A
+source that does not know the cluster token, refuses ours, or presents a
+certificate the CA did not sign raises :class:`PeerAuthenticationError`
+(a :class:`TransferError`, so the pull moves on to another source and backs
+off, and an :class:`~objstore.errors.AuthenticationError`); it is logged
+once per source per minute.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,11 +53,14 @@ import structlog
 
 from objstore.auth import Credentials
 from objstore.config import Config
-from objstore.errors import ObjectStoreError
+from objstore.errors import AuthenticationError, ObjectStoreError
 from objstore.transfer import wire
+from objstore.transfer.conn import Conn, PlainConn, tls_connect
+from objstore.transfer.handshake import OncePerKey, offer_handshake
 
 __all__ = [
     "TransferError",
+    "PeerAuthenticationError",
     "FirstChunk",
     "Small",
     "PeerTransport",
@@ -65,6 +79,10 @@ _MAX_SMALL_REPLY = 64 << 20
 
 class TransferError(ObjectStoreError):
     """One fetch from one source failed (the pull tries another source)."""
+
+
+class PeerAuthenticationError(TransferError, AuthenticationError):
+    """A source and this node could not authenticate each other (token or certificate)."""
 
 
 class FirstChunk(Protocol):
@@ -129,19 +147,6 @@ class PeerTransport(Protocol):
         ...
 
 
-def _alive(sock: socket.socket) -> bool:
-    """Whether an idle connection is still open: nothing to read, and not closed."""
-    try:
-        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    # b"": the source closed it; a byte: the stream is out of step.
-    del data
-    return False
-
-
 class PeerPool:
     """Open connections to other nodes' data planes, kept between requests.
 
@@ -160,6 +165,7 @@ class PeerPool:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.credentials = credentials
+        self._ssl = credentials.client_ssl()
         # Said first on every connection (wire.HELLO), so the source bounds and
         # cancels its sends to this node by node rather than by address.
         self._hello = (
@@ -169,12 +175,15 @@ class PeerPool:
         self.max_idle_per_peer = max_idle_per_peer
         self.clock = clock
         # address -> idle connections, oldest first, with when each went idle.
-        self._idle: dict[str, list[tuple[float, socket.socket]]] = {}
-        self.open: set[socket.socket] = set()
+        self._idle: dict[str, list[tuple[float, Conn]]] = {}
+        self.open: set[Conn] = set()
         self._sweep: asyncio.TimerHandle | None = None
         # Connections found closed or expired instead of reused (tests, stats).
         self.dropped_stale = 0
         self.dropped_idle = 0
+        # New connections a source refused (or could not prove itself on).
+        self.auth_failures = 0
+        self._auth_logged = OncePerKey()
 
     def idle_count(self, address: str | None = None) -> int:
         """Idle connections (to ``address``, or to anyone)."""
@@ -182,27 +191,67 @@ class PeerPool:
             return len(self._idle.get(address, ()))
         return sum(len(v) for v in self._idle.values())
 
-    def idle_sockets(self) -> list[socket.socket]:
-        return [s for conns in self._idle.values() for _, s in conns]
+    def idle_sockets(self) -> list[Conn]:
+        """The idle connections (each one's raw socket is ``.sock``)."""
+        return [c for conns in self._idle.values() for _, c in conns]
 
-    async def connect(self, address: str) -> socket.socket:
-        """A new connection (the caller's deadline bounds it), HELLO sent."""
+    async def connect(self, address: str, first: bytes = b"") -> Conn:
+        """A new connection, authenticated, with HELLO and ``first`` (a request) sent.
+
+        The caller's deadline bounds it.  :class:`PeerAuthenticationError`
+        if the source and this node cannot authenticate each other.
+        """
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
-        self.open.add(sock)
+        conn: Conn = PlainConn(sock)
+        self.open.add(conn)
         try:
             await loop.sock_connect(sock, (host, int(port)))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._hello:
-                await loop.sock_sendall(sock, self._hello)
+            try:
+                if self._ssl is not None:
+                    tls = await tls_connect(sock, self._ssl)
+                    self.open.discard(conn)
+                    conn = tls
+                    self.open.add(conn)
+                token = self.credentials.token
+                if token is not None:
+                    await offer_handshake(conn, token, self._hello + first)
+                elif self._hello or first:
+                    await conn.sendall(self._hello + first)
+            except ssl.SSLCertVerificationError as exc:
+                raise self._auth_failed(
+                    address, f"its certificate is not from the cluster's CA ({exc.verify_message})"
+                ) from exc
+            except ssl.SSLError as exc:
+                if exc.reason and "ALERT" in exc.reason.upper():
+                    raise self._auth_failed(
+                        address, f"it refused this node's certificate ({exc.reason})"
+                    ) from exc
+                raise
+            except AuthenticationError as exc:
+                raise self._auth_failed(address, str(exc)) from exc
         except BaseException:
-            self.discard(sock)
+            self.discard(conn)
             raise
-        return sock
+        return conn
 
-    def take(self, address: str) -> socket.socket | None:
+    def _auth_failed(self, address: str, why: str) -> PeerAuthenticationError:
+        """Count and log (once per source per minute) a failed authentication."""
+        self.auth_failures += 1
+        log_now, held = self._auth_logged.allow(address)
+        if log_now:
+            log.warning(
+                "data plane: could not authenticate with a source",
+                peer=address,
+                reason=why,
+                suppressed=held,
+            )
+        return PeerAuthenticationError(f"{address}: {why}")
+
+    def take(self, address: str) -> Conn | None:
         """An idle connection to ``address`` that is still open, newest first; None if none."""
         conns = self._idle.get(address)
         now = self.clock()
@@ -211,7 +260,7 @@ class PeerPool:
             if now - since >= self.idle_s:
                 self.dropped_idle += 1
                 self.discard(sock)
-            elif not _alive(sock):
+            elif not sock.alive():
                 self.dropped_stale += 1
                 self.discard(sock)
             else:
@@ -221,7 +270,7 @@ class PeerPool:
         self._idle.pop(address, None)
         return None
 
-    def give(self, address: str, sock: socket.socket) -> None:
+    def give(self, address: str, sock: Conn) -> None:
         """A connection whose last reply was read whole: keep it for the next request."""
         if sock not in self.open:
             return
@@ -233,7 +282,7 @@ class PeerPool:
         if self._sweep is None:
             self._sweep = asyncio.get_running_loop().call_later(self.idle_s, self._expire)
 
-    def discard(self, sock: socket.socket) -> None:
+    def discard(self, sock: Conn) -> None:
         """Close a connection (in use or not): its stream is unusable or not wanted."""
         self.open.discard(sock)
         sock.close()
@@ -277,8 +326,8 @@ class _Closed(ConnectionError):
 class _Buffered:
     """Reads a socket through a buffer: many small replies per ``recv``."""
 
-    def __init__(self, sock: socket.socket, size: int = 1 << 20) -> None:
-        self.sock = sock
+    def __init__(self, conn: Conn, size: int = 1 << 20) -> None:
+        self.conn = conn
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.start = 0
@@ -289,7 +338,7 @@ class _Buffered:
         """Bytes received and not read yet."""
         return self.end - self.start
 
-    async def read(self, loop: asyncio.AbstractEventLoop, n: int) -> bytes:
+    async def read(self, n: int) -> bytes:
         if self.end - self.start >= n:
             out = bytes(self.view[self.start : self.start + n])
             self.start += n
@@ -297,9 +346,9 @@ class _Buffered:
         have = bytes(self.view[self.start : self.end])
         self.start = self.end = 0
         if n - len(have) > len(self.buf):
-            return have + await wire.recv_exact(loop, self.sock, n - len(have))
+            return have + await _recv_bytes(self.conn, n - len(have))
         while self.end < n - len(have):
-            k = await loop.sock_recv_into(self.sock, self.view[self.end :])
+            k = await self.conn.recv_into(self.view[self.end :])
             if not k:
                 raise ConnectionError("source closed in the middle of a batch")
             self.end += k
@@ -313,6 +362,8 @@ def _as_transfer_error(address: str) -> Iterator[None]:
     """Foreign errors of one fetch from ``address`` as :class:`TransferError`."""
     try:
         yield
+    except TransferError:
+        raise  # PeerAuthenticationError is an OSError too: keep it as it is
     except TimeoutError as exc:
         raise TransferError(f"{address}: no reply in time") from exc
     except (OSError, wire.WireError) as exc:
@@ -330,7 +381,7 @@ class _First:
         self,
         client: PeerClient,
         address: str,
-        sock: socket.socket,
+        sock: Conn,
         size: int,
         meta: bytes,
         length: int,
@@ -338,7 +389,7 @@ class _First:
     ) -> None:
         self._client = client
         self._address = address
-        self._sock: socket.socket | None = sock
+        self._sock: Conn | None = sock
         self.size = size
         self.meta = meta
         self.length = length
@@ -352,11 +403,10 @@ class _First:
             raise ValueError(f"a view of {len(view)} bytes for a chunk of {self.length}")
         self._sock = None
         pool = self._client.pool
-        loop = asyncio.get_running_loop()
         try:
             with _as_transfer_error(self._address):
                 async with asyncio.timeout_at(deadline):
-                    await wire.recv_into_exact(loop, sock, view)
+                    await sock.recv_exactly(view)
             if wire.crc32(view) != self._crc:
                 raise TransferError(
                     f"{self._address}: first chunk of {self.length} bytes failed its checksum"
@@ -402,19 +452,18 @@ class PeerClient:
     def close(self) -> None:
         self.pool.close()
 
-    async def _request(self, address: str, request: bytes) -> tuple[socket.socket, bytes]:
+    async def _request(self, address: str, request: bytes) -> tuple[Conn, bytes]:
         """Send ``request``; return the connection and the first reply header.
 
         A pooled connection is tried first; one the source closed before any
         byte of the reply came is replaced by a new one, once.
         """
-        loop = asyncio.get_running_loop()
         pool = self.pool
         sock = pool.take(address)
         if sock is not None:
             try:
-                await loop.sock_sendall(sock, request)
-                return sock, await _first_header(loop, sock)
+                await sock.sendall(request)
+                return sock, await _first_header(sock)
             except (_Closed, BrokenPipeError, ConnectionResetError):
                 pool.discard(sock)
                 self.retried += 1
@@ -422,16 +471,14 @@ class PeerClient:
             except BaseException:
                 pool.discard(sock)
                 raise
-        sock = await pool.connect(address)
+        sock = await pool.connect(address, request)
         try:
-            await loop.sock_sendall(sock, request)
-            return sock, await _first_header(loop, sock)
+            return sock, await _first_header(sock)
         except BaseException:
             pool.discard(sock)
             raise
 
     async def fetch_first(self, address: str, oid: bytes, chunk: int, deadline: float) -> _First:
-        loop = asyncio.get_running_loop()
         with _as_transfer_error(address):
             async with asyncio.timeout_at(deadline):
                 sock, head = await self._request(
@@ -446,7 +493,7 @@ class PeerClient:
                             f"{address}: bad first chunk: {n} of {size} bytes, "
                             f"{meta_len} bytes of metadata"
                         )
-                    meta = await wire.recv_exact(loop, sock, meta_len) if meta_len else b""
+                    meta = await _recv_bytes(sock, meta_len) if meta_len else b""
                 except BaseException:
                     self._after_error(address, sock, head)
                     raise
@@ -455,7 +502,6 @@ class PeerClient:
     async def fetch_chunk(
         self, address: str, oid: bytes, offset: int, view: memoryview, deadline: float
     ) -> None:
-        loop = asyncio.get_running_loop()
         n = len(view)
         with _as_transfer_error(address):
             async with asyncio.timeout_at(deadline):
@@ -470,8 +516,8 @@ class PeerClient:
                             f"{got} of {n} bytes"
                         )
                     if meta_len:  # only at offset 0
-                        await wire.recv_exact(loop, sock, meta_len)
-                    await wire.recv_into_exact(loop, sock, view)
+                        await _recv_bytes(sock, meta_len)
+                    await sock.recv_exactly(view)
                     if wire.crc32(view) != crc:
                         raise TransferError(
                             f"{address}: chunk at {offset} of {n} bytes failed its checksum"
@@ -484,7 +530,6 @@ class PeerClient:
     async def fetch_many(self, address: str, oids: list[bytes], deadline: float) -> list[Small]:
         if not oids:
             return []
-        loop = asyncio.get_running_loop()
         request = wire.encode_request(wire.FETCH_MANY, bytes(20), 0, len(oids)) + b"".join(oids)
         out: list[Small] = []
         with _as_transfer_error(address):
@@ -494,7 +539,7 @@ class PeerClient:
                     reader = _Buffered(sock)
                     for i in range(len(oids)):
                         if i:
-                            head = await reader.read(loop, wire.REPLY.size)
+                            head = await reader.read(wire.REPLY.size)
                         status, size, n, meta_len, crc = wire.decode_reply(head)
                         if status != wire.OK:
                             if n or meta_len:
@@ -505,8 +550,8 @@ class PeerClient:
                             raise TransferError(
                                 f"{address}: bad reply in a batch: {n} of {size} bytes"
                             )
-                        meta = await reader.read(loop, meta_len) if meta_len else b""
-                        data = await reader.read(loop, n) if n else b""
+                        meta = await reader.read(meta_len) if meta_len else b""
+                        data = await reader.read(n) if n else b""
                         if wire.crc32(data) != crc:
                             out.append(Small(size, meta, b"", "failed its checksum"))
                         else:
@@ -519,7 +564,7 @@ class PeerClient:
         self.pool.give(address, sock)
         return out
 
-    def _after_error(self, address: str, sock: socket.socket, head: bytes) -> None:
+    def _after_error(self, address: str, sock: Conn, head: bytes) -> None:
         """A fetch failed after its header came: keep the connection only if the
         reply was a bare NOT_FOUND (nothing else of it is on the wire)."""
         try:
@@ -532,13 +577,20 @@ class PeerClient:
             self.pool.discard(sock)
 
 
-async def _first_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+async def _first_header(conn: Conn) -> bytes:
     """A reply header; :class:`_Closed` if the source closed before its first byte."""
     buf = bytearray(wire.REPLY.size)
     view = memoryview(buf)
-    k = await loop.sock_recv_into(sock, view)
+    k = await conn.recv_into(view)
     if not k:
         raise _Closed("the source closed the connection before replying")
     if k < len(buf):
-        await wire.recv_into_exact(loop, sock, view[k:])
+        await conn.recv_exactly(view[k:])
+    return bytes(buf)
+
+
+async def _recv_bytes(conn: Conn, n: int) -> bytes:
+    """``n`` bytes, or ConnectionError if the source closed first."""
+    buf = bytearray(n)
+    await conn.recv_exactly(memoryview(buf))
     return bytes(buf)

@@ -12,6 +12,20 @@ range outside the object) gets an error reply or a closed connection; the
 node carries on.  A connection that sends no request for
 ``transfer.idle_timeout_s`` is closed (pullers drop theirs sooner).
 
+Before any request, a connection proves the cluster token
+(:mod:`objstore.transfer.handshake`), inside TLS when the node has a
+certificate (:mod:`objstore.transfer.conn`), all within
+``security.handshake_timeout_s``.  A refused peer (no handshake, a wrong
+token, an untrusted certificate, too slow) gets not one byte of any object:
+the server waits ``security.refuse_delay_s``, closes, counts it in
+:attr:`TransferServer.refused` and logs it once per peer IP per minute; it
+keeps no other state for it.  At most :data:`MAX_HANDSHAKES` connections
+may be proving themselves at once (those waiting out their refusal delay
+included); beyond that new ones are closed at once, so a flood of idle
+connections cannot use up the node's descriptors or tasks.  A node running
+``--insecure`` speaks the protocol without a handshake and closes a
+connection that opens one, saying so.
+
 The server reaches the store only through :class:`objstore.plasma.api.Store`.
 A spilled object a peer asks for is made readable by the ``restore``
 callable given at construction (the node's object service: the server does
@@ -25,6 +39,7 @@ import asyncio
 import errno
 import itertools
 import socket
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 
@@ -37,15 +52,25 @@ from objstore.ids import NODE_ID_SIZE
 from objstore.plasma.api import Entry, ObjectState, Store
 from objstore.tasks import TaskSet
 from objstore.transfer import wire
+from objstore.transfer.conn import Conn, PlainConn, tls_accept
+from objstore.transfer.handshake import (
+    OncePerKey,
+    Refused,
+    accept_handshake,
+    looks_like_handshake,
+)
 from objstore.transfer.push import PushManager
 
-__all__ = ["TransferServer", "Restore"]
+__all__ = ["TransferServer", "Restore", "MAX_HANDSHAKES"]
 
 log = structlog.get_logger("objstore.transfer.server")
 
 _SPILLED = ObjectState.SPILLED
 # Chunk CRCs remembered (object id, offset, length): objects are immutable.
 _CRC_CACHE = 4096
+
+# Connections proving themselves at once (TLS and token handshakes, refusal delays).
+MAX_HANDSHAKES = 256
 
 # Make a spilled object readable here within this many seconds; True once it is sealed.
 Restore = Callable[[bytes, float], Awaitable[bool]]
@@ -74,6 +99,13 @@ class TransferServer:
         self._keys = itertools.count(1)
         self._crcs: OrderedDict[tuple[bytes, int, int], int] = OrderedDict()
         self._listener: socket.socket | None = None
+        self._ssl = credentials.server_ssl()
+        sec = config.security
+        self.handshake_timeout = sec.handshake_timeout_s
+        self.refuse_delay = sec.refuse_delay_s
+        # Connections accepted and not yet authenticated (or waiting out a refusal).
+        self._handshaking = 0
+        self._refusals = OncePerKey()
         # The accept loop and one task per connection.
         self._tasks = TaskSet("transfer-server")
         self.host = ""
@@ -82,6 +114,8 @@ class TransferServer:
         self.bytes_sent = 0
         self.bad_requests = 0
         self.aborted = 0
+        # Connections refused (no handshake, wrong token, bad certificate, timeout, flood).
+        self.refused = 0
 
     @property
     def address(self) -> str:
@@ -127,32 +161,108 @@ class TransferServer:
                     continue
                 raise
             sock.setblocking(False)
+            gate = self._ssl is not None or self.credentials.secure
+            if gate and self._handshaking >= MAX_HANDSHAKES:
+                sock.close()
+                self._refuse_log(peer[0], f"{peer[0]}:{peer[1]}", "too many handshakes at once")
+                continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if gate:
+                self._handshaking += 1
             try:
-                self._tasks.spawn(self._serve(sock, f"{peer[0]}:{peer[1]}"), name="transfer-conn")
+                self._tasks.spawn(
+                    self._serve(sock, peer[0], f"{peer[0]}:{peer[1]}", gate), name="transfer-conn"
+                )
             except BaseException:
+                if gate:
+                    self._handshaking -= 1
                 sock.close()
                 raise
 
-    async def _serve(self, sock: socket.socket, peer: str) -> None:
-        loop = asyncio.get_running_loop()
+    def _refuse_log(self, ip: str, peer: str, reason: str) -> None:
+        """Count a refusal; log it unless this IP was logged within the minute."""
+        self.refused += 1
+        log_now, held = self._refusals.allow(ip)
+        if log_now:
+            log.warning(
+                "data plane: connection refused",
+                peer=peer,
+                reason=reason,
+                suppressed=held,
+            )
+
+    async def _open(self, sock: socket.socket, ip: str, peer: str) -> Conn | None:
+        """TLS and the token handshake; the connection, or None once refused and closed.
+
+        Its slot in ``_handshaking`` is given back by the caller, after the
+        refusal delay: a refused peer holds it until its socket is closed.
+        """
+        token = self.credentials.token
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                conn: Conn
+                if self._ssl is not None:
+                    try:
+                        conn = await tls_accept(sock, self._ssl)
+                    except ssl.SSLError as exc:
+                        raise Refused(f"TLS handshake failed: {exc.reason or exc}") from None
+                else:
+                    conn = PlainConn(sock)
+                if token is not None:
+                    await accept_handshake(conn, token)
+            return conn
+        except Refused as exc:
+            reason = exc.reason
+        except TimeoutError:
+            reason = "timeout"
+        except (OSError, ConnectionError) as exc:
+            reason = f"handshake failed: {exc.strerror or str(exc) or type(exc).__name__}"
+        self._refuse_log(ip, peer, reason)
+        if self.refuse_delay:
+            await asyncio.sleep(self.refuse_delay)
+        return None
+
+    async def _serve(self, sock: socket.socket, ip: str, peer: str, gate: bool) -> None:
+        try:
+            if gate:
+                try:
+                    conn = await self._open(sock, ip, peer)
+                finally:
+                    self._handshaking -= 1
+                if conn is None:
+                    return
+            else:
+                conn = PlainConn(sock)
+            await self._requests(conn, ip, peer)
+        finally:
+            sock.close()
+
+    async def _requests(self, conn: Conn, ip: str, peer: str) -> None:
+        """Serve one (authenticated) connection's requests until it ends."""
         # Until a HELLO names the node, the connection is a peer of its own.
         dest: Hashable = peer
         task = asyncio.current_task()
         assert task is not None
         self._by_dest.setdefault(dest, set()).add(task)
+        head = bytearray(wire.REQUEST.size)
+        head_view = memoryview(head)
         try:
             while True:
                 try:
                     async with asyncio.timeout(self.idle_timeout):
-                        head = await wire.recv_exact(loop, sock, wire.REQUEST.size)
+                        await conn.recv_exactly(head_view)
                 except ConnectionError:
                     return  # the peer closed between requests: fine
                 except TimeoutError:
                     log.debug("data plane connection idle; closed", peer=peer)
                     return
+                if not self.credentials.secure and looks_like_handshake(head):
+                    self._refuse_log(
+                        ip, peer, "peer wants authentication; this node runs --insecure"
+                    )
+                    return
                 try:
-                    kind, oid, offset, length = wire.decode_request(head)
+                    kind, oid, offset, length = wire.decode_request(bytes(head))
                 except wire.WireError as exc:
                     self.bad_requests += 1
                     log.warning(
@@ -167,13 +277,14 @@ class TransferServer:
                     self._by_dest.setdefault(dest, set()).add(task)
                     continue
                 if kind == wire.FETCH_MANY:
-                    ids = await wire.recv_exact(loop, sock, length * 20)
+                    ids = bytearray(length * 20)
+                    await conn.recv_exactly(memoryview(ids))
                     # Each batch is a push of its own (offset -1 - key never repeats).
                     key = next(self._keys)
                     if not await self._admit(key, dest, b"", -key):
                         return
                     try:
-                        await self._send_many(loop, sock, ids)
+                        await self._send_many(conn, bytes(ids))
                     finally:
                         self._finish(key)
                     continue
@@ -181,7 +292,7 @@ class TransferServer:
                 if not await self._admit(key, dest, oid, offset):
                     return
                 try:
-                    if not await self._send_chunk(loop, sock, peer, oid, offset, length):
+                    if not await self._send_chunk(conn, peer, oid, offset, length):
                         return
                 finally:
                     self._finish(key)
@@ -191,7 +302,6 @@ class TransferServer:
             )
         finally:
             self._forget_conn(dest, task)
-            sock.close()
 
     def _forget_conn(self, dest: Hashable, task: asyncio.Task[None]) -> None:
         conns = self._by_dest.get(dest)
@@ -288,9 +398,7 @@ class TransferServer:
             self._crcs.move_to_end(key)
         return crc
 
-    async def _send_many(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, ids: bytes
-    ) -> None:
+    async def _send_many(self, conn: Conn, ids: bytes) -> None:
         """Answer a FETCH_MANY: each object whole, copied into ~1 MiB writes."""
         store = self.store
         oids = [ids[i : i + 20] for i in range(0, len(ids), 20)]
@@ -323,15 +431,14 @@ class TransferServer:
                 self.bytes_sent += entry.size
             if len(out) >= 1 << 20:
                 # The objects are copied already: a delete meanwhile cannot touch them.
-                await loop.sock_sendall(sock, out)
+                await conn.sendall(out)
                 out = bytearray()
         if out:
-            await loop.sock_sendall(sock, out)
+            await conn.sendall(out)
 
     async def _send_chunk(
         self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        conn: Conn,
         peer: str,
         oid: bytes,
         offset: int,
@@ -343,7 +450,7 @@ class TransferServer:
         if entry is None and store.state_of(oid) is _SPILLED and await self._restored(oid):
             entry = store.sealed(oid)
         if entry is None:
-            await loop.sock_sendall(sock, wire.encode_reply(wire.NOT_FOUND))
+            await conn.sendall(wire.encode_reply(wire.NOT_FOUND))
             return True
         size = entry.size
         if offset > size or length > self.max_chunk or (length == 0 and size > 0 and offset < size):
@@ -356,7 +463,7 @@ class TransferServer:
                 length=length,
                 size=size,
             )
-            await loop.sock_sendall(sock, wire.encode_reply(wire.BAD_REQUEST, size))
+            await conn.sendall(wire.encode_reply(wire.BAD_REQUEST, size))
             return False
         n = min(length, size - offset)
         # Leased while it is sent: no delete, spill or eviction reuses its memory.
@@ -366,11 +473,9 @@ class TransferServer:
             view = whole[offset : offset + n]
             try:
                 crc = self._crc(oid, offset, view)
-                await loop.sock_sendall(
-                    sock, wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta
-                )
+                await conn.sendall(wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta)
                 if n:
-                    await loop.sock_sendall(sock, view)
+                    await conn.sendall(view)
             finally:
                 view.release()
                 whole.release()

@@ -12,12 +12,15 @@ Reply (28 bytes): magic, version, status, 2 spare bytes, the object's size
 (8), the chunk's length (8), the metadata's length (4) and the chunk's CRC-32
 (4); then the metadata (only for a chunk at offset 0), then the chunk.
 The CRC-32 is zlib's polynomial (computed with ISA-L where it is installed).
+
+Unless the node runs ``--insecure``, a connection proves the cluster token
+before its first request (:mod:`objstore.transfer.handshake`; the handshake's
+first message is 44 bytes too, magic ``OSXA``), and with TLS configured all of
+it runs inside TLS (:mod:`objstore.transfer.conn`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
 import struct
 
 from objstore.checksum import crc32
@@ -42,8 +45,6 @@ __all__ = [
     "encode_reply",
     "decode_reply",
     "WireError",
-    "recv_exact",
-    "recv_into_exact",
 ]
 
 MAGIC = b"OSXF"
@@ -103,23 +104,3 @@ def decode_reply(data: bytes) -> tuple[int, int, int, int, int]:
     if magic != MAGIC or version != VERSION:
         raise WireError(f"not a data plane reply (magic {magic!r}, version {version})")
     return status, size, length, meta_len, crc
-
-
-async def recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
-    """``n`` bytes, or ConnectionError if the peer closed first."""
-    buf = bytearray(n)
-    await recv_into_exact(loop, sock, memoryview(buf))
-    return bytes(buf)
-
-
-async def recv_into_exact(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, view: memoryview
-) -> None:
-    """Fill ``view`` from the socket, or ConnectionError if the peer closed first."""
-    n = len(view)
-    got = 0
-    while got < n:
-        k = await loop.sock_recv_into(sock, view[got:])
-        if not k:
-            raise ConnectionError(f"peer closed after {got} of {n} bytes")
-        got += k

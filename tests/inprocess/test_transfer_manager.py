@@ -560,7 +560,7 @@ async def _cancel_over_sockets(server: TransferServer, src: FakeStore, data: byt
     assert set(idle) == client.pool.open
     for s in idle:
         with pytest.raises(BlockingIOError):
-            s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            s.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     client.close()
     # The server lets go of every lease (its side of the connections closes too).
     for _ in range(100):

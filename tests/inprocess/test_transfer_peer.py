@@ -12,11 +12,13 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from auth_peer import authenticated
 from fakes import CREDS, FakeStore, ScriptedPeer
 
 from objstore.config import Config
 from objstore.errors import ConfigError
 from objstore.transfer import wire
+from objstore.transfer.conn import PlainConn
 from objstore.transfer.peer import PeerClient, PeerPool, TransferError
 from objstore.transfer.server import TransferServer
 
@@ -63,7 +65,7 @@ def assert_pool_clean(client: PeerClient) -> None:
     assert set(idle) == pool.open, (len(idle), len(pool.open))
     for s in idle:
         with pytest.raises(BlockingIOError):
-            s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            s.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[int, bytes, int, int]:
@@ -222,7 +224,7 @@ async def test_a_request_the_source_drops_on_a_reused_connection_is_sent_again()
             await writer.drain()
             served += 1
 
-    async with ScriptedPeer(handler) as peer:
+    async with ScriptedPeer(authenticated(handler)) as peer:
         client = PeerClient(ME, credentials=CREDS, idle_s=30)
         for _ in range(2):
             view = memoryview(bytearray(3))
@@ -248,8 +250,9 @@ async def test_pool_liveness_check_on_a_plain_socket_pair() -> None:
     a, b = socket.socketpair()
     a.setblocking(False)
     pool = PeerPool(credentials=CREDS, idle_s=30)
-    pool.open.add(a)
-    pool.give("x:1", a)
+    conn = PlainConn(a)
+    pool.open.add(conn)
+    pool.give("x:1", conn)
     b.close()
     assert pool.take("x:1") is None
     assert pool.dropped_stale == 1 and not pool.open
@@ -264,7 +267,7 @@ async def test_a_stalled_source_ends_at_the_deadline() -> None:
         await read_request(reader)
         await asyncio.sleep(3600)
 
-    async with ScriptedPeer(handler) as peer:
+    async with ScriptedPeer(authenticated(handler)) as peer:
         client = PeerClient(ME, credentials=CREDS)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -288,7 +291,7 @@ async def test_a_bad_crc_fails_the_chunk_and_drops_the_connection() -> None:
                 writer.write(wire.encode_reply(wire.OK, 8, 4, 0, wire.crc32(b"abcd") ^ 1) + b"abcd")
             await writer.drain()
 
-    async with ScriptedPeer(handler) as peer:
+    async with ScriptedPeer(authenticated(handler)) as peer:
         client = PeerClient(ME, credentials=CREDS)
         with pytest.raises(TransferError, match="checksum"):
             await client.fetch_chunk(peer.address, oid(1), 4, memoryview(bytearray(4)), deadline())
@@ -309,7 +312,7 @@ async def test_a_source_that_closes_mid_reply() -> None:
         writer.write(wire.encode_reply(wire.OK, 100, 100, 0, 0) + b"x" * 40)
         await writer.drain()
 
-    async with ScriptedPeer(handler) as peer:
+    async with ScriptedPeer(authenticated(handler)) as peer:
         client = PeerClient(ME, credentials=CREDS)
         with pytest.raises(TransferError, match="closed after 40 of 100"):
             await client.fetch_chunk(
@@ -326,7 +329,7 @@ async def test_garbage_replies_are_transfer_errors() -> None:
         await writer.drain()
         await asyncio.sleep(1)
 
-    async with ScriptedPeer(handler) as peer:
+    async with ScriptedPeer(authenticated(handler)) as peer:
         client = PeerClient(ME, credentials=CREDS)
         with pytest.raises(TransferError, match="WireError"):
             await client.fetch_first(peer.address, oid(1), CHUNK, deadline())
@@ -344,7 +347,7 @@ async def test_a_cancelled_fetch_closes_its_connection() -> None:
         started.set()
         await asyncio.sleep(3600)
 
-    async with ScriptedPeer(handler) as peer:
+    async with ScriptedPeer(authenticated(handler)) as peer:
         client = PeerClient(ME, credentials=CREDS)
         task = asyncio.ensure_future(
             client.fetch_chunk(peer.address, oid(1), 0, memoryview(bytearray(100)), deadline())

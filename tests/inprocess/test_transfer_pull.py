@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from auth_peer import authenticated
 from fakes import CREDS, FakeStore, ScriptedPeer
 
+from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.locations import LocationState, ObjectRow
 from objstore.transfer import wire
@@ -80,7 +82,7 @@ def assert_pool_clean(client: PeerClient) -> None:
     assert set(idle) == pool.open, (len(idle), len(pool.open))
     for s in idle:
         with pytest.raises(BlockingIOError):
-            s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            s.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 @contextlib.asynccontextmanager
@@ -217,7 +219,7 @@ async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 @pytest.mark.parametrize("size", [4, 4 * CHUNK], ids=["small", "large"])
 async def test_a_bad_source_fails_over_to_a_good_one(handler, size: int) -> None:  # type: ignore[no-untyped-def]
     cfg = Config.for_test(transfer={"pull_timeout_s": 0.2})
-    async with ScriptedPeer(handler) as bad, pulling(cfg) as p:
+    async with ScriptedPeer(authenticated(handler)) as bad, pulling(cfg) as p:
         p.addresses[BAD] = bad.address
         data = pattern(size, 9)
         p.src.put(oid(1), data)
@@ -238,9 +240,37 @@ async def test_a_bad_source_fails_over_to_a_good_one(handler, size: int) -> None
         assert p.om.pulled == 1
 
 
+@pytest.mark.parametrize("size", [4, 4 * CHUNK], ids=["small", "large"])
+async def test_a_source_with_another_token_fails_over_without_hot_looping(size: int) -> None:
+    """Authentication failures are failed attempts: back off, try the others, log once."""
+    other = TransferServer(
+        FakeStore(), Config.for_test(), no_restore, credentials=Credentials.for_test(b"o" * 32)
+    )
+    await other.start("127.0.0.1", 0)
+    try:
+        async with pulling() as p:
+            p.addresses[BAD] = other.address
+            data = pattern(size, 5)
+            p.src.put(oid(1), data)
+            p.om.want(oid(1), 0)
+            p.locate(oid(1), size, BAD)
+            await p.until(lambda: p.om.failures >= 1)
+            await asyncio.sleep(0.3)
+            # Backed off between rounds: a handful of attempts, not a reconnect loop.
+            assert 1 <= p.client.pool.auth_failures <= 6, p.client.pool.auth_failures
+            assert other.chunks_sent == 0
+            p.locate(oid(1), size, BAD, SRC)
+            async with asyncio.timeout(10):
+                entry = await p.dst.wait_sealed(oid(1))
+            assert bytes(entry.data) == data
+            p.om.unwant(oid(1), 0)
+    finally:
+        await other.close()
+
+
 async def test_a_stalled_source_is_given_up_after_pull_timeout() -> None:
     cfg = Config.for_test(transfer={"pull_timeout_s": 0.2})
-    async with ScriptedPeer(stalls) as bad, pulling(cfg) as p:
+    async with ScriptedPeer(authenticated(stalls)) as bad, pulling(cfg) as p:
         p.addresses[BAD] = bad.address
         p.om.want(oid(1), 0)
         loop = asyncio.get_running_loop()

@@ -19,6 +19,13 @@ import pytest
 from waits import round_trip
 
 import objstore
+from objstore.auth import (
+    SERVER_CHALLENGE,
+    VERDICT_OK,
+    ClientHandshake,
+    cache_path,
+    read_token_file,
+)
 from objstore.transfer import wire
 
 KiB = 1 << 10
@@ -149,8 +156,15 @@ async def test_data_plane_garbage_closes_that_connection_only(tcluster) -> None:
         ref = await ca.put(pattern(300 * KiB, 4))
         loop = asyncio.get_running_loop()
 
+        token = read_token_file(cache_path(tcluster.directory))
+
         async def exchange(payload: bytes) -> bytes:
+            """``payload`` on a new connection that proved the token; the reply."""
             r, w = await asyncio.open_connection(host, port)
+            hs = ClientHandshake(token)
+            w.write(hs.hello())
+            w.write(hs.answer(await r.readexactly(SERVER_CHALLENGE.size)))
+            assert await r.readexactly(len(VERDICT_OK)) == VERDICT_OK
             w.write(payload)
             await w.drain()
             try:
@@ -299,10 +313,15 @@ async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> N
     b = c.add_node(env=big, memory="256MiB")
     try:
         async with objstore.connect(a.socket) as ca:
+            warm = await ca.put(pattern(64 * MiB, 2))
             ref = await ca.put(pattern(64 * MiB, 3))
-            proxy.replies_flowing.clear()
-            proxy.hold = True
             async with objstore.connect(b.socket) as cb:
+                # B's connections to A prove the token while replies flow; the
+                # stalled pull below reuses them (a new one would stall in its
+                # handshake, before any send).
+                assert bytes(await cb.get(warm, timeout=30)) == pattern(64 * MiB, 2)
+                proxy.replies_flowing.clear()
+                proxy.hold = True
                 pending = asyncio.ensure_future(cb.get(ref, timeout=30))
                 # The source fills the stalled link, then waits in its sends.
                 await asyncio.sleep(1.5)

@@ -20,13 +20,13 @@ from typing import Any
 import grpclib.const
 import pytest
 from _directory import directory_config, member, serving
+from certs import make_certs
 from fakes import CREDS
 from grpclib import GRPCError
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.events import SendRequest, listen
 from structlog.testing import capture_logs
-from tls_certs import make_tls
 
 from objstore.auth import METADATA_KEY, ChannelProver, Credentials, TlsFiles
 from objstore.directory.client import DirectoryAdmin
@@ -262,17 +262,17 @@ def _tls(creds: Credentials, tls: TlsFiles) -> Credentials:
 
 
 async def test_tls_round_trip_and_a_stranger_certificate_is_refused(tmp_path: Path) -> None:
-    certs = make_tls(str(tmp_path / "tls"))
-    server = DirectoryServer(directory_config(), credentials=_tls(CREDS, certs.server))
+    certs = make_certs(tmp_path / "tls")
+    server = DirectoryServer(directory_config(), credentials=_tls(CREDS, certs.tls(0)))
     await server.start("127.0.0.1", 0)
     try:
-        client = _tls(CREDS, certs.client)
+        client = _tls(CREDS, certs.tls(1))
         async with member(server, credentials=client) as node:
             async with DirectoryAdmin(server.address, timeout=5, credentials=client) as admin:
                 status = await admin.cluster_status()
             assert [n.node_id for n in status.nodes] == [node.node_id]
         # A certificate from another CA, presented to a directory of this cluster's CA.
-        stranger = TlsFiles(certs.stranger.cert, certs.stranger.key, certs.client.ca)
+        stranger = TlsFiles(*certs.untrusted, certs.ca)
         async with DirectoryAdmin(
             server.address, timeout=5, credentials=_tls(CREDS, stranger)
         ) as admin:
@@ -280,7 +280,7 @@ async def test_tls_round_trip_and_a_stranger_certificate_is_refused(tmp_path: Pa
                 await admin.cluster_status()
         # The stranger's own CA does not vouch for the directory either.
         async with DirectoryAdmin(
-            server.address, timeout=5, credentials=_tls(CREDS, certs.stranger)
+            server.address, timeout=5, credentials=_tls(CREDS, certs.untrusted_tls())
         ) as admin:
             with pytest.raises(AuthenticationError, match="TLS handshake .* failed"):
                 await admin.cluster_status()

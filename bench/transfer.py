@@ -89,9 +89,9 @@ GiB = 1 << 30
 HOST = "127.0.0.1"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 GET_TIMEOUT = 120.0
-PARTS = ("raw", "pull", "small", "broadcast", "memory", "tls")
+PARTS = ("raw", "pull", "small", "broadcast", "memory", "tls", "tls_nodes")
 # Run only when asked for by --only.
-OPT_IN = ("tls",)
+OPT_IN = ("tls", "tls_nodes")
 
 # For context in the summary: Ray 2.60 on this machine (same sizes).
 RAY = {
@@ -555,7 +555,14 @@ async def part_tls(args: argparse.Namespace) -> dict[str, Any]:
 class NodeProc:
     """One ``python -m objstore.node`` process, stopped with SIGTERM."""
 
-    def __init__(self, workdir: str, name: str, memory: str, directory: str | None) -> None:
+    def __init__(
+        self,
+        workdir: str,
+        name: str,
+        memory: str,
+        directory: str | None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.name = name
         self.socket = os.path.join(workdir, f"{name}.sock")
         args = [
@@ -574,6 +581,7 @@ class NodeProc:
             "warning",
         ]
         args += ["--head"] if directory is None else ["--directory", directory]
+        args += list(extra)
         self.log_path = os.path.join(workdir, f"{name}.log")
         with open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(
@@ -610,19 +618,23 @@ class NodeProc:
 class Cluster:
     """A head node and ``n - 1`` nodes joined to it, with one client each."""
 
-    def __init__(self, n: int, memory: str) -> None:
+    def __init__(self, n: int, memory: str, extra: Sequence[Sequence[str]] = ()) -> None:
         self.n = n
         self.memory = memory
+        # Flags of each node (e.g. its TLS files), by position.
+        self.extra = list(extra) + [()] * (n - len(extra))
         self.dir = tempfile.mkdtemp(prefix="osb-xfer-", dir="/tmp")
         self.nodes: list[NodeProc] = []
         self.clients: list[objstore.Client] = []
 
     async def __aenter__(self) -> Self:
         try:
-            head = NodeProc(self.dir, "A", self.memory, None)
+            head = NodeProc(self.dir, "A", self.memory, None, self.extra[0])
             self.nodes.append(head)
             for i in range(1, self.n):
-                self.nodes.append(NodeProc(self.dir, "ABCDEFGH"[i], self.memory, head.directory))
+                self.nodes.append(
+                    NodeProc(self.dir, "ABCDEFGH"[i], self.memory, head.directory, self.extra[i])
+                )
             # The putting client (node A's) warms its page tables: its puts copy
             # at full speed.  The others only map what they get.
             for i, node in enumerate(self.nodes):
@@ -898,6 +910,35 @@ async def part_pull(args: argparse.Namespace) -> dict[str, Any]:
             reps = args.repeat if arrays[0].nbytes >= 512 * MiB else max(args.repeat, 5)
             out[name] = await pull_case(cl, arrays, reps, min(args.wait_quiet, 10.0), profile)
         return out
+
+
+async def part_tls_nodes(args: argparse.Namespace) -> dict[str, Any]:
+    """A 1 GiB pull between two real nodes, with the token only and with mutual TLS.
+
+    Two clusters, started once each; their pulls alternate, so both see the same noise.
+    """
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from certs import make_certs
+
+    tmp = tempfile.mkdtemp(prefix="osb-tlsn-", dir="/tmp")
+    try:
+        certs = make_certs(tmp, nodes=2)
+        flags = [certs.node_flags(0), certs.node_flags(1)]
+        big = payload(args.size)
+        runs: dict[str, list[dict[str, Any]]] = {"token": [], "tls": []}
+        async with Cluster(2, args.memory) as plain, Cluster(2, args.memory, flags) as tls:
+            for _ in range(max(1, args.repeat)):
+                for mode, cl in (("token", plain), ("tls", tls)):
+                    log(f"tls_nodes: pull one {size_name(args.size)} ({mode}) ...")
+                    runs[mode].append(await pull_case(cl, [big], 1, min(args.wait_quiet, 5.0)))
+        out: dict[str, Any] = {"size": args.size}
+        for mode, cases in runs.items():
+            speeds = [r["gbps_median"] for r in cases]
+            out[mode] = {"gbps_runs": speeds, "gbps_median": statistics.median(speeds)}
+        out["tls_over_token"] = round(out["tls"]["gbps_median"] / out["token"]["gbps_median"], 3)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- small objects
@@ -1240,6 +1281,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "broadcast": part_broadcast,
         "memory": part_memory,
         "tls": part_tls,
+        "tls_nodes": part_tls_nodes,
     }
     t_all = time.perf_counter()
     for name, fn in parts.items():

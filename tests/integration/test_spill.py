@@ -353,12 +353,17 @@ async def test_spill_urls_come_back_after_a_directory_restart(
     cluster_factory, node_factory, tmp_path
 ) -> None:
     """A directory restarted without a state dir hears the spill URLs in the nodes' full reports."""
+    from objstore.auth import generate_token, write_token_file
     from objstore.directory.client import DirectoryAdmin
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = ["--directory-port", str(port)]
+    # No --state-dir to keep the cluster token in: the restarted head is given
+    # the same one (a fresh token would lock the members out, as it should).
+    token = tmp_path / "token"
+    write_token_file(str(token), generate_token())
+    args = ["--directory-port", str(port), "--token-file", str(token)]
     c = cluster_factory(0, *args, env=SPILL_ENV, memory="64MiB")
     a = c.add_node("--spill", str(tmp_path / "spill"), env=SPILL_ENV, memory="16MiB")
     async with objstore.connect(a.socket) as ca:

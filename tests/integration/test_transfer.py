@@ -313,13 +313,16 @@ async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> N
     b = c.add_node(env=big, memory="256MiB")
     try:
         async with objstore.connect(a.socket) as ca:
-            warm = await ca.put(pattern(64 * MiB, 2))
+            warm = await ca.put(b"w" * 1000)
             ref = await ca.put(pattern(64 * MiB, 3))
             async with objstore.connect(b.socket) as cb:
-                # B's connections to A prove the token while replies flow; the
-                # stalled pull below reuses them (a new one would stall in its
-                # handshake, before any send).
-                assert bytes(await cb.get(warm, timeout=30)) == pattern(64 * MiB, 2)
+                # B's connection to A proves the token while replies flow; the
+                # stalled pull's first chunk below reuses it (a new connection
+                # would stall in its handshake, before any send). The warm-up
+                # is small: a connection that carried megabytes has TCP buffers
+                # grown large enough to swallow a whole 8 MiB chunk, and the
+                # source would not be left inside its send.
+                assert bytes(await cb.get(warm, timeout=30)) == b"w" * 1000
                 proxy.replies_flowing.clear()
                 proxy.hold = True
                 pending = asyncio.ensure_future(cb.get(ref, timeout=30))

@@ -600,6 +600,7 @@ class ObjectService:
         if parts.peer_server is not None:
             out["chunks_served"] = parts.peer_server.chunks_sent
             out["bytes_served"] = parts.peer_server.bytes_sent
+            out["refused_peers"] = parts.peer_server.refused
         spill = parts.spill
         if spill is not None:
             sp = spill.stats()

@@ -96,6 +96,8 @@ class PeerServer(Protocol):
 
     chunks_sent: int
     bytes_sent: int
+    # Connections refused for want of the cluster token (or a trusted certificate).
+    refused: int
 
     def drop_destination(self, node_id: bytes) -> None:
         """The directory declared ``node_id`` dead: stop serving it."""

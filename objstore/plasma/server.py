@@ -74,7 +74,7 @@ _STATS_INT = (
     "evictable_bytes", "evictions", "largest_free", "puts", "gets", "prefaulted", "clients",
     "pulled", "bytes_pulled", "chunks_served", "bytes_served", "spilled_objects",
     "spilled_bytes", "spill_files", "bytes_spilled", "restored", "bytes_restored",
-    "spill_write_errors", "restore_errors", "spill_files_deleted",
+    "spill_write_errors", "restore_errors", "spill_files_deleted", "refused_peers",
 )  # fmt: skip
 
 
@@ -160,6 +160,8 @@ class PlasmaServer:
         self.path = config.socket_path
         self.admission = Admission(os.getuid(), config.node.allowed_uids, config.node.allowed_gids)
         self.refusals = RefusalLog()
+        # Local clients refused since start (the stats' refused_clients).
+        self.refused = 0
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
         self._handshakes = TaskSet("plasma-handshake")
@@ -254,6 +256,7 @@ class PlasmaServer:
     def _refuse(self, peer: PeerCredentials) -> pb.HelloReply:
         """The reply for a client whose uid is not admitted (and its log line, now and then)."""
         message = self.admission.refusal(self.path, peer)
+        self.refused += 1
         unlogged = self.refusals.note(peer.uid)
         if unlogged is not None:
             log.warning(
@@ -635,6 +638,7 @@ class _Connection(asyncio.Protocol):
             st.directory = s["directory"]
         if "spill" in s:
             st.spill = s["spill"]
+        st.refused_clients = self.server.refused
         self._send(reply)
 
     def _on_list(self, req: pb.Request) -> None:

@@ -76,6 +76,7 @@ async def test_a_raw_client_without_the_token_gets_no_byte_and_pulls_still_work(
                 assert secret[:64] not in got and secret[-64:] not in got
         assert "data plane: connection refused" in a.stderr()
         assert "no handshake" in a.stderr()
+        assert (await ca.stats())["refused_peers"] == 2
         # The nodes know the token: a pull between them works.
         assert bytes(await cb.get(big_ref, timeout=20)) == big
         assert bytes(await cb.get(small_ref, timeout=20)) == small

@@ -121,6 +121,16 @@ def connect_and_put(path: str) -> dict[str, Any]:
     return asyncio.run(run())
 
 
+def node_stats(path: str) -> dict[str, Any]:
+    """The node's counters, asked as its own user."""
+
+    async def run() -> dict[str, Any]:
+        async with asyncio.timeout(10), objstore.connect(path) as c:
+            return await c.stats()
+
+    return asyncio.run(run())
+
+
 def raw_hello(path: str) -> dict[str, Any]:
     """In a child: a bare Hello on a raw socket; what came back, and how many fds."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -362,6 +372,7 @@ def test_another_uid_is_refused_and_gets_no_fd(node_factory) -> None:
     # The node's own uid works as before, and the node still serves after the refusals.
     got = connect_and_put(n.socket)
     assert got == {"ok": True, "got": {"uid": 0}}
+    assert node_stats(n.socket)["refused_clients"] == 2
     err = n.stderr()
     # Two refusals of one uid within a minute: one line.
     assert err.count("local client refused: its uid is not allowed on this socket") == 1, err

@@ -36,6 +36,7 @@ machine find it by themselves.  ``--insecure`` turns all of this off.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import hashlib
@@ -49,7 +50,9 @@ import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from objstore.config import SecurityConfig
 from objstore.errors import AuthenticationError, ConfigError, ObjectStoreError
 
 __all__ = [
@@ -68,6 +71,8 @@ __all__ = [
     "head_credentials",
     "member_credentials",
     "check_private_dir",
+    "add_credential_flags",
+    "security_flags",
     "http_key",
     "METADATA_KEY",
     "PROOF_WINDOW_S",
@@ -294,8 +299,8 @@ def unpublish_token(address: str, token: bytes) -> None:
             os.unlink(path)
 
 
-def _tls_from(security: object) -> TlsFiles | None:
-    cert, key, ca = (getattr(security, n) for n in ("tls_cert", "tls_key", "tls_ca"))
+def _tls_from(security: SecurityConfig) -> TlsFiles | None:
+    cert, key, ca = security.tls_cert, security.tls_key, security.tls_ca
     if not (cert or key or ca):
         return None
     if not (cert and key and ca):
@@ -308,25 +313,50 @@ def _tls_from(security: object) -> TlsFiles | None:
     return TlsFiles(cert, key, ca)
 
 
-def _token_file_setting(security: object, env: Mapping[str, str]) -> str:
-    return str(getattr(security, "token_file", "") or env.get("OBJSTORE_TOKEN_FILE", ""))
+def add_credential_flags(parser: argparse.ArgumentParser, who: str, token_default: str) -> None:
+    """``--token-file``, ``--insecure`` and ``--tls-*`` for ``who`` ("node", "tool")."""
+    sec = parser.add_argument_group("security (see the README's Security section)")
+    sec.add_argument("--token-file", metavar="FILE", help=f"the cluster token ({token_default})")
+    sec.add_argument(
+        "--insecure", action="store_true", help="no authentication (a cluster run --insecure)"
+    )
+    sec.add_argument("--tls-cert", metavar="PEM", help=f"this {who}'s certificate (mutual TLS)")
+    sec.add_argument("--tls-key", metavar="PEM", help=f"this {who}'s private key")
+    sec.add_argument("--tls-ca", metavar="PEM", help="the CA that signs the cluster's certificates")
+
+
+def security_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``security`` settings the flags of :func:`add_credential_flags` gave."""
+    out: dict[str, Any] = {
+        key: value
+        for key in ("token_file", "tls_cert", "tls_key", "tls_ca")
+        if (value := getattr(args, key)) is not None
+    }
+    if args.insecure:
+        out["insecure"] = True
+    return out
+
+
+def _given(security: SecurityConfig, env: Mapping[str, str]) -> Credentials | None:
+    """Credentials the settings name outright (--insecure, or a token file); else None."""
+    tls = _tls_from(security)
+    if security.insecure:
+        return Credentials(None, tls, "insecure")
+    path = security.token_file or env.get("OBJSTORE_TOKEN_FILE", "")
+    if path:
+        return Credentials(read_token_file(path), tls, path)
+    return None
 
 
 def head_credentials(
-    security: object, state_dir: str = "", env: Mapping[str, str] | None = None
+    security: SecurityConfig, state_dir: str = "", env: Mapping[str, str] | None = None
 ) -> Credentials:
-    """The head's credentials: its token file, the state dir's token, or a new one.
-
-    ``security`` is the config's ``security`` section (``token_file``,
-    ``insecure``, ``tls_*``).
-    """
+    """The head's credentials: its token file, the state dir's token, or a new one."""
     env = os.environ if env is None else env
+    given = _given(security, env)
+    if given is not None:
+        return given
     tls = _tls_from(security)
-    if getattr(security, "insecure", False):
-        return Credentials(None, tls, "insecure")
-    path = _token_file_setting(security, env)
-    if path:
-        return Credentials(read_token_file(path), tls, path)
     if state_dir:
         path = os.path.join(state_dir, TOKEN_FILE_NAME)
         if os.path.exists(path):
@@ -344,7 +374,7 @@ def head_credentials(
 
 
 def member_credentials(
-    security: object, directory: str, env: Mapping[str, str] | None = None
+    security: SecurityConfig, directory: str, env: Mapping[str, str] | None = None
 ) -> Credentials:
     """Credentials of a node joining ``directory``, or of a tool talking to it.
 
@@ -352,15 +382,14 @@ def member_credentials(
     published on this machine; a ConfigError naming both when neither exists.
     """
     env = os.environ if env is None else env
-    tls = _tls_from(security)
-    if getattr(security, "insecure", False):
-        return Credentials(None, tls, "insecure")
-    path = _token_file_setting(security, env)
-    if path:
-        return Credentials(read_token_file(path), tls, path)
+    given = _given(security, env)
+    if given is not None:
+        return given
     cached = cache_path(directory, env)
     if os.path.exists(cached):
-        return Credentials(read_token_file(cached, "the published token"), tls, cached)
+        return Credentials(
+            read_token_file(cached, "the published token"), _tls_from(security), cached
+        )
     raise ConfigError(
         f"no cluster token for the directory at {directory}: the head publishes it in "
         f"{cached} for nodes of the same user on its machine; elsewhere pass --token-file "

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from objstore.auth import Credentials, member_credentials
+from objstore.auth import Credentials, add_credential_flags, member_credentials, security_flags
 from objstore.client import connect
 from objstore.config import SecurityConfig, format_size
 from objstore.directory.client import DirectoryAdmin, parse_address
@@ -66,13 +66,7 @@ CredentialsFor = Callable[[str], Credentials]
 
 
 def _credentials_for(args: argparse.Namespace) -> CredentialsFor:
-    security = SecurityConfig(
-        token_file=args.token_file or "",
-        insecure=args.insecure,
-        tls_cert=args.tls_cert or "",
-        tls_key=args.tls_key or "",
-        tls_ca=args.tls_ca or "",
-    )
+    security = SecurityConfig(**security_flags(args))
 
     def credentials(address: str) -> Credentials:
         parse_address(address, "--directory")  # a malformed address: say that, not "no token"
@@ -306,20 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "memory":
             sp.add_argument("--limit", type=int, default=1000, help="most objects to list (0: all)")
-        sec = sp.add_argument_group("credentials for the directory")
-        sec.add_argument(
-            "--token-file",
-            metavar="FILE",
-            help="the cluster token (default: $OBJSTORE_TOKEN_FILE, else the token the "
-            "head published on this machine)",
-        )
-        sec.add_argument(
-            "--insecure", action="store_true", help="send no token (a cluster run --insecure)"
-        )
-        sec.add_argument("--tls-cert", metavar="PEM", help="this tool's certificate (mutual TLS)")
-        sec.add_argument("--tls-key", metavar="PEM", help="this tool's private key")
-        sec.add_argument(
-            "--tls-ca", metavar="PEM", help="the CA that signs the cluster's certificates"
+        add_credential_flags(
+            sp,
+            "tool",
+            "default: $OBJSTORE_TOKEN_FILE, else the token the head published on this machine",
         )
     args = p.parse_args(argv)
     creds = _credentials_for(args)

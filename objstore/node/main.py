@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from objstore.auth import add_credential_flags, security_flags
 from objstore.config import Config, parse_size
 from objstore.errors import ConfigError, ObjectStoreError
 from objstore.log import configure_logging
@@ -47,19 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", metavar="FILE", help="a TOML file with [plasma], [transfer], ... sections"
     )
-    sec = p.add_argument_group("security (see the README's Security section)")
-    sec.add_argument(
-        "--token-file",
-        metavar="FILE",
-        help="the cluster token (default: $OBJSTORE_TOKEN_FILE; on the head, the --state-dir "
-        "token or a new one; elsewhere the token the head published on this machine)",
+    add_credential_flags(
+        p,
+        "node",
+        "default: $OBJSTORE_TOKEN_FILE; on the head, the --state-dir token or a new one; "
+        "elsewhere the token the head published on this machine",
     )
-    sec.add_argument(
-        "--insecure", action="store_true", help="turn authentication off (anyone may connect)"
-    )
-    sec.add_argument("--tls-cert", metavar="PEM", help="this node's certificate (mutual TLS)")
-    sec.add_argument("--tls-key", metavar="PEM", help="this node's private key")
-    sec.add_argument("--tls-ca", metavar="PEM", help="the CA that signs the cluster's certificates")
     p.add_argument("--log-format", choices=["console", "json"], help="stderr log format")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
@@ -95,18 +89,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("state_dir", "directory", "state_dir"),
         ("directory_store", "directory", "store"),
         ("spill", "spill", "url"),
-        ("token_file", "security", "token_file"),
-        ("tls_cert", "security", "tls_cert"),
-        ("tls_key", "security", "tls_key"),
-        ("tls_ca", "security", "tls_ca"),
     ):
         value = getattr(args, flag)
         if value is not None:
             over[section][key] = value
     if args.head:
         over["node"]["head"] = True
-    if args.insecure:
-        over["security"]["insecure"] = True
+    over["security"] = security_flags(args)
     return Config.load(args.config, overrides={k: v for k, v in over.items() if v})
 
 

@@ -4,7 +4,7 @@ The server side is :class:`Gate`: a grpclib ``RecvRequest`` listener that
 checks the ``authorization`` metadata (:class:`objstore.auth.ProofVerifier`)
 before any handler runs, for unary calls and streams alike, and refuses with
 UNAUTHENTICATED otherwise.  A refused call reads no request body and leaves
-no state behind but a line in :class:`RefusalLog` (one warning per peer IP per
+no state behind but a line in a :class:`~objstore.lograte.LogLimiter` (one warning per peer IP per
 minute, for at most :data:`MAX_LOGGED_PEERS` IPs), so a stranger knocking on
 the port costs the directory one HMAC per call and cannot fill its memory or
 its log.
@@ -18,7 +18,6 @@ credentials carry certificates.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -29,10 +28,10 @@ from grpclib.const import Status
 from grpclib.events import RecvRequest, SendRequest, listen
 
 from objstore.auth import METADATA_KEY, ChannelProver, Credentials, ProofVerifier
+from objstore.lograte import LogLimiter
 
 __all__ = [
     "Gate",
-    "RefusalLog",
     "open_channel",
     "server_ssl",
     "MAX_LOGGED_PEERS",
@@ -49,43 +48,12 @@ MAX_LOGGED_PEERS = 1024
 _ALPN = ["h2"]
 
 
-class RefusalLog:
-    """Decides which refusals are worth a warning: the first per peer IP per period.
-
-    Memory is bounded by ``max_peers`` entries; when a new IP arrives at a
-    full table, the IP warned about longest ago is forgotten (at worst it is
-    warned about again, early).
-    """
-
-    def __init__(self, every_s: float = LOG_EVERY_S, max_peers: int = MAX_LOGGED_PEERS) -> None:
-        self.every_s = every_s
-        self.max_peers = max_peers
-        # IP -> (when it was last warned about, refusals since then not logged);
-        # ordered by that time, oldest first.
-        self._peers: OrderedDict[str, tuple[float, int]] = OrderedDict()
-
-    def refused(self, ip: str, now: float) -> int | None:
-        """Note one refusal of ``ip``: None to stay quiet, else how many went unlogged before."""
-        seen = self._peers.get(ip)
-        if seen is not None and now - seen[0] < self.every_s:
-            self._peers[ip] = (seen[0], seen[1] + 1)
-            return None
-        self._peers.pop(ip, None)
-        self._peers[ip] = (now, 0)
-        while len(self._peers) > self.max_peers:
-            self._peers.popitem(last=False)
-        return 0 if seen is None else seen[1]
-
-    def __len__(self) -> int:
-        return len(self._peers)
-
-
 class Gate:
     """Checks every call's proof before its handler runs (see the module docstring)."""
 
     def __init__(self, token: bytes, clock: Callable[[], float] = time.monotonic) -> None:
         self.verifier = ProofVerifier(token)
-        self.refusals = RefusalLog()
+        self.refusals = LogLimiter(LOG_EVERY_S, max_keys=MAX_LOGGED_PEERS)
         # Time for the refusal log (tests move it on).
         self.clock = clock
         # Calls refused since the start (status and tests).
@@ -107,7 +75,7 @@ class Gate:
         self.refused += 1
         addr = event.peer.addr()
         ip = str(addr[0]) if addr else "unknown"
-        unlogged = self.refusals.refused(ip, self.clock())
+        unlogged = self.refusals.note(ip, self.clock())
         if unlogged is not None:
             log.warning(
                 "directory refused a call without valid credentials",

@@ -17,21 +17,19 @@ it: serve HTTP only on loopback or behind TLS.  With authentication off
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 from aiohttp import web
 
 from objstore.auth import Credentials, http_key
+from objstore.lograte import LogLimiter
 
 __all__ = ["COOKIE", "token_middleware", "check_http"]
 
 log = structlog.get_logger("objstore.node.http")
 
 COOKIE = "objstore_auth"
-_LOG_EVERY_S = 60.0
-_LOG_MEMORY = 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,20 +56,17 @@ def token_middleware(
     """An aiohttp middleware refusing requests without the HTTP key."""
     expected = http_key(credentials.token) if credentials.token is not None else None
     opened = frozenset(open_paths)
-    logged: dict[str, float] = {}
+    refusals = LogLimiter()
 
     def note(peer: str, status: int) -> None:
-        now = time.monotonic()
-        if now - logged.get(peer, -_LOG_EVERY_S) < _LOG_EVERY_S:
-            return
-        if len(logged) >= _LOG_MEMORY:
-            logged.clear()  # bounded: at worst a peer is logged again early
-        logged[peer] = now
-        log.warning(
-            "http: request refused",
-            peer=peer,
-            reason="no credentials" if status == 401 else "wrong credentials",
-        )
+        held = refusals.note(peer)
+        if held is not None:
+            log.warning(
+                "http: request refused",
+                peer=peer,
+                reason="no credentials" if status == 401 else "wrong credentials",
+                suppressed=held,
+            )
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

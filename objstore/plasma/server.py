@@ -30,14 +30,14 @@ import contextlib
 import errno
 import os
 import socket
-import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, cast
 
 import structlog
 
 from objstore.config import Config, default_socket_path
 from objstore.errors import ConfigError, ObjectStoreError, ProtocolError
+from objstore.lograte import LogLimiter
 from objstore.plasma.api import Entry, LocalObjects
 from objstore.plasma.socketdir import (
     check_user_dir,
@@ -57,7 +57,7 @@ from objstore.protocol import (
 from objstore.protocol.handshake import PeerCredentials, peer_credentials
 from objstore.tasks import TaskSet
 
-__all__ = ["PlasmaServer", "prepare_socket_path", "Admission", "RefusalLog"]
+__all__ = ["PlasmaServer", "prepare_socket_path", "Admission"]
 
 log = structlog.get_logger("objstore.plasma.server")
 
@@ -110,46 +110,6 @@ class Admission:
         )
 
 
-class RefusalLog:
-    """Decides when a refused uid is logged: once per ``every_s`` per uid.
-
-    A process retrying in a loop would otherwise fill the log.  ``note``
-    returns None while quiet, else how many refusals of that uid went
-    unlogged since its last line.  At most ``limit`` uids are remembered.
-    """
-
-    def __init__(
-        self,
-        every_s: float = _REFUSAL_LOG_EVERY_S,
-        clock: Callable[[], float] = time.monotonic,
-        limit: int = 4096,
-    ) -> None:
-        self.every_s = every_s
-        self.clock = clock
-        self.limit = limit
-        # uid -> (when its last line was logged, refusals since then)
-        self._seen: dict[int, tuple[float, int]] = {}
-
-    def note(self, uid: int) -> int | None:
-        now = self.clock()
-        seen = self._seen.get(uid)
-        if seen is not None and now - seen[0] < self.every_s:
-            self._seen[uid] = (seen[0], seen[1] + 1)
-            return None
-        if seen is None and len(self._seen) >= self.limit:
-            self._prune(now)
-        self._seen[uid] = (now, 0)
-        return 0 if seen is None else seen[1]
-
-    def _prune(self, now: float) -> None:
-        stale = [u for u, (t, _) in self._seen.items() if now - t >= self.every_s]
-        for uid in stale or list(self._seen)[: self.limit // 2]:
-            del self._seen[uid]
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
 class PlasmaServer:
     """Accepts local clients and serves the node's objects to them."""
 
@@ -159,7 +119,8 @@ class PlasmaServer:
         self.node_id = node_id
         self.path = config.socket_path
         self.admission = Admission(os.getuid(), config.node.allowed_uids, config.node.allowed_gids)
-        self.refusals = RefusalLog()
+        # A refused uid is logged once per minute (a client retrying in a loop).
+        self.refusals = LogLimiter(_REFUSAL_LOG_EVERY_S, max_keys=4096)
         # Local clients refused since start (the stats' refused_clients).
         self.refused = 0
         self._listener: socket.socket | None = None

@@ -15,16 +15,12 @@ token learns nothing it could use), and sends its first request with its
 answer, so authenticating costs a new connection one round trip; the server
 reads no request before the verdict.  Pooled connections stay authenticated.
 
-:class:`OncePerKey` keeps refusal logs to one line per peer IP per minute,
-remembering a bounded number of IPs: a flood of refused connections costs a
-log line, not memory.
+Refusals are logged once per peer IP per minute
+(:class:`objstore.lograte.LogLimiter`): a flood of refused connections costs
+a log line, not memory.
 """
 
 from __future__ import annotations
-
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
 
 from objstore.auth import (
     CLIENT_ANSWER_SIZE,
@@ -41,7 +37,6 @@ from objstore.errors import AuthenticationError
 from objstore.transfer.conn import Conn
 
 __all__ = [
-    "OncePerKey",
     "Refused",
     "accept_handshake",
     "offer_handshake",
@@ -122,40 +117,3 @@ async def offer_handshake(conn: Conn, token: bytes, then: bytes = b"") -> None:
         raise AuthenticationError("the peer refused this node's cluster token")
     if verdict != VERDICT_OK:
         raise AuthenticationError(f"the peer's verdict is malformed ({bytes(verdict)!r})")
-
-
-class OncePerKey:
-    """Whether to log now: once per key per ``period_s``, for at most ``max_keys`` keys.
-
-    :meth:`allow` also says how many it held back since the key was last
-    logged, so the next line can say so (``suppressed=``).
-    """
-
-    def __init__(
-        self,
-        period_s: float = 60.0,
-        max_keys: int = 1024,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.period_s = period_s
-        self.max_keys = max_keys
-        self.clock = clock
-        # key -> (when it was last logged, events held back since); oldest first.
-        self._last: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._last)
-
-    def allow(self, key: Hashable) -> tuple[bool, int]:
-        """(log it now?, how many were held back before this one)."""
-        now = self.clock()
-        seen = self._last.get(key)
-        if seen is not None and now - seen[0] < self.period_s:
-            self._last[key] = (seen[0], seen[1] + 1)
-            return False, 0
-        held = seen[1] if seen is not None else 0
-        self._last[key] = (now, 0)
-        self._last.move_to_end(key)
-        while len(self._last) > self.max_keys:
-            self._last.popitem(last=False)
-        return True, held

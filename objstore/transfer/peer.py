@@ -54,9 +54,10 @@ import structlog
 from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.errors import AuthenticationError, ObjectStoreError
+from objstore.lograte import LogLimiter
 from objstore.transfer import wire
 from objstore.transfer.conn import Conn, PlainConn, tls_connect
-from objstore.transfer.handshake import OncePerKey, offer_handshake
+from objstore.transfer.handshake import offer_handshake
 
 __all__ = [
     "TransferError",
@@ -183,7 +184,7 @@ class PeerPool:
         self.dropped_idle = 0
         # New connections a source refused (or could not prove itself on).
         self.auth_failures = 0
-        self._auth_logged = OncePerKey()
+        self._auth_logged = LogLimiter()
 
     def idle_count(self, address: str | None = None) -> int:
         """Idle connections (to ``address``, or to anyone)."""
@@ -241,8 +242,8 @@ class PeerPool:
     def _auth_failed(self, address: str, why: str) -> PeerAuthenticationError:
         """Count and log (once per source per minute) a failed authentication."""
         self.auth_failures += 1
-        log_now, held = self._auth_logged.allow(address)
-        if log_now:
+        held = self._auth_logged.note(address)
+        if held is not None:
             log.warning(
                 "data plane: could not authenticate with a source",
                 peer=address,

@@ -49,12 +49,12 @@ from objstore.auth import Credentials
 from objstore.config import Config
 from objstore.errors import ObjectStoreError
 from objstore.ids import NODE_ID_SIZE
+from objstore.lograte import LogLimiter
 from objstore.plasma.api import Entry, ObjectState, Store
 from objstore.tasks import TaskSet
 from objstore.transfer import wire
 from objstore.transfer.conn import Conn, PlainConn, tls_accept
 from objstore.transfer.handshake import (
-    OncePerKey,
     Refused,
     accept_handshake,
     looks_like_handshake,
@@ -105,7 +105,7 @@ class TransferServer:
         self.refuse_delay = sec.refuse_delay_s
         # Connections accepted and not yet authenticated (or waiting out a refusal).
         self._handshaking = 0
-        self._refusals = OncePerKey()
+        self._refusals = LogLimiter()
         # The accept loop and one task per connection.
         self._tasks = TaskSet("transfer-server")
         self.host = ""
@@ -182,8 +182,8 @@ class TransferServer:
     def _refuse_log(self, ip: str, peer: str, reason: str) -> None:
         """Count a refusal; log it unless this IP was logged within the minute."""
         self.refused += 1
-        log_now, held = self._refusals.allow(ip)
-        if log_now:
+        held = self._refusals.note(ip)
+        if held is not None:
             log.warning(
                 "data plane: connection refused",
                 peer=peer,

@@ -31,7 +31,7 @@ from structlog.testing import capture_logs
 from objstore.auth import METADATA_KEY, ChannelProver, Credentials, TlsFiles
 from objstore.directory.client import DirectoryAdmin
 from objstore.directory.codec import pb
-from objstore.directory.guard import RefusalLog, open_channel
+from objstore.directory.guard import open_channel
 from objstore.directory.server import DirectoryServer
 from objstore.errors import AuthenticationError, NodeUnavailableError
 
@@ -180,18 +180,6 @@ async def test_refusals_are_logged_once_per_peer_per_minute() -> None:
         assert warnings[0]["reason"] == "no credentials"
         assert [w["refused_unlogged"] for w in warnings] == [0, 4]
         assert server.gate.refused == 6
-
-
-def test_the_refusal_log_is_bounded_and_quiet_within_a_period() -> None:
-    refusals = RefusalLog(every_s=60.0, max_peers=3)
-    assert refusals.refused("10.0.0.1", 0.0) == 0
-    assert refusals.refused("10.0.0.1", 59.0) is None
-    assert refusals.refused("10.0.0.1", 60.0) == 1
-    for i in range(2, 10):
-        assert refusals.refused(f"10.0.0.{i}", 61.0 + i) == 0
-    assert len(refusals) == 3  # the oldest IPs were forgotten
-    assert refusals.refused("10.0.0.9", 80.0) is None
-    assert refusals.refused("10.0.0.1", 80.0) == 0  # forgotten: warned about again
 
 
 async def test_an_insecure_directory_checks_nothing() -> None:

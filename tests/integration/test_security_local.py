@@ -34,7 +34,7 @@ import pytest
 import objstore
 from objstore._proto.local import local_pb2 as pb
 from objstore.errors import AuthenticationError, ConfigError, ObjectStoreError
-from objstore.plasma.server import Admission, RefusalLog
+from objstore.plasma.server import Admission
 from objstore.plasma.socketdir import check_user_dir, prepare_socket_dir
 from objstore.protocol import PROTOCOL_VERSION, encode_frame
 from objstore.protocol.handshake import PeerCredentials, check_node, trusted_node_uids
@@ -181,22 +181,6 @@ def test_admission_of_uids_and_gids() -> None:
     assert b.allows(PeerCredentials(1, 1001, 9)) and b.allows(PeerCredentials(1, 9, 50))
     assert not b.allows(PeerCredentials(1, 9, 9))
     assert "serves uid 1000, uids 1001 and gids 50;" in b.refusal("p", PeerCredentials(1, 9, 9))
-
-
-def test_refusals_are_logged_once_per_uid_per_minute() -> None:
-    now = [0.0]
-    rl = RefusalLog(60.0, clock=lambda: now[0], limit=4)
-    assert rl.note(5) == 0
-    assert [rl.note(5) for _ in range(3)] == [None, None, None]
-    assert rl.note(6) == 0  # another uid has its own minute
-    now[0] = 59.9
-    assert rl.note(5) is None
-    now[0] = 60.0
-    assert rl.note(5) == 4  # the line says how many went unlogged
-    assert rl.note(5) is None
-    for uid in range(100, 110):  # a flood of uids stays bounded
-        rl.note(uid)
-    assert len(rl) <= 4
 
 
 def test_client_trusts_its_uid_root_and_the_listed_uids() -> None:

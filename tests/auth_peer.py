@@ -1,8 +1,9 @@
-"""Scripted data plane peers that pass the token handshake first.
+"""Both sides of the data plane's token handshake, for raw test peers.
 
 ``ScriptedPeer(authenticated(handler))``: the handler sees the requests that
 follow the handshake, as a real source would, so tests of misbehaving
-sources run against clients that authenticate.
+sources run against clients that authenticate.  ``await prove(reader,
+writer, token)``: a raw client's side, before it sends what it likes.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from fakes import CREDS
 from objstore.auth import (
     CLIENT_ANSWER_SIZE,
     CLIENT_HELLO,
+    SERVER_CHALLENGE,
     VERDICT_OK,
     VERDICT_REFUSED,
+    ClientHandshake,
     check_client_answer,
     server_challenge,
 )
 
-__all__ = ["authenticated"]
+__all__ = ["authenticated", "prove"]
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -43,3 +46,11 @@ def authenticated(handler: Handler, token: bytes | None = CREDS.token) -> Handle
             await handler(reader, writer)
 
     return run
+
+
+async def prove(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, token: bytes) -> None:
+    """A raw client's side of the handshake; the server must accept it."""
+    hs = ClientHandshake(token)
+    writer.write(hs.hello())
+    writer.write(hs.answer(await reader.readexactly(SERVER_CHALLENGE.size)))
+    assert await reader.readexactly(len(VERDICT_OK)) == VERDICT_OK

@@ -14,12 +14,10 @@ import asyncio
 
 import numpy as np
 import pytest
+from auth_peer import prove
 
 import objstore
 from objstore.auth import (
-    SERVER_CHALLENGE,
-    VERDICT_OK,
-    ClientHandshake,
     cache_path,
     read_token_file,
 )
@@ -41,11 +39,7 @@ async def exchange(address: str, payload: bytes, handshake: bytes | None = None)
     try:
         async with asyncio.timeout(10):
             if handshake is not None:
-                hs = ClientHandshake(handshake)
-                writer.write(hs.hello())
-                answer = hs.answer(await reader.readexactly(SERVER_CHALLENGE.size))
-                writer.write(answer)
-                assert await reader.readexactly(len(VERDICT_OK)) == VERDICT_OK
+                await prove(reader, writer, handshake)
             writer.write(payload)
             writer.write_eof()
             while data := await reader.read(1 << 20):

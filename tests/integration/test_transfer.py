@@ -16,13 +16,11 @@ import time
 
 import numpy as np
 import pytest
+from auth_peer import prove
 from waits import round_trip
 
 import objstore
 from objstore.auth import (
-    SERVER_CHALLENGE,
-    VERDICT_OK,
-    ClientHandshake,
     cache_path,
     read_token_file,
 )
@@ -161,10 +159,7 @@ async def test_data_plane_garbage_closes_that_connection_only(tcluster) -> None:
         async def exchange(payload: bytes) -> bytes:
             """``payload`` on a new connection that proved the token; the reply."""
             r, w = await asyncio.open_connection(host, port)
-            hs = ClientHandshake(token)
-            w.write(hs.hello())
-            w.write(hs.answer(await r.readexactly(SERVER_CHALLENGE.size)))
-            assert await r.readexactly(len(VERDICT_OK)) == VERDICT_OK
+            await prove(r, w, token)
             w.write(payload)
             await w.drain()
             try:

@@ -41,7 +41,10 @@ from objstore.protocol.handshake import PeerCredentials, check_node, trusted_nod
 
 NOBODY = 65534
 MiB = 1 << 20
-ROOT_ONLY = pytest.mark.skipif(os.getuid() != 0, reason="needs root to play another user")
+ROOT_ONLY = pytest.mark.skipif(
+    os.getuid() != 0,
+    reason="needs root to act as uid 65534 and to chown (CI runs as root, so these run there)",
+)
 
 
 @pytest.fixture

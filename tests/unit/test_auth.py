@@ -98,7 +98,10 @@ def test_a_private_dir_others_may_enter_is_refused(tmp_path: Path, mode: int) ->
         auth.check_private_dir(str(d))
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="chown needs root")
+@pytest.mark.skipif(
+    os.getuid() != 0,
+    reason="needs root to chown a directory to uid 65534 (CI runs as root, so this runs there)",
+)
 def test_a_private_dir_of_another_user_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "d"
     d.mkdir(mode=0o700)

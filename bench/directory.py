@@ -10,7 +10,7 @@ on stderr.
     python bench/directory.py                    # everything, about 75 s
     python bench/directory.py --quick            # smaller sizes, under a minute
     python bench/directory.py --only latency     # lookups | subscriptions | latency |
-                                                 # memory | restart | scale
+                                                 # memory | restart | scale | auth
     python bench/directory.py --only scale --nodes 10,100,200 --objects-per-node 1000,5000
 
     python bench/directory.py --wait-quiet 60    # on a shared machine: start each part
@@ -43,6 +43,7 @@ import select
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -1659,6 +1660,65 @@ async def wait_quiet(limit_s: float, threshold: float = 0.3) -> float:
     return round(busy, 2)
 
 
+async def _sequential_lookups(creds: Credentials, n: int) -> float:
+    """Microseconds per Lookup RPC, one at a time, against an in-process directory."""
+    from objstore.config import Config
+    from objstore.directory.server import DirectoryServer
+
+    server = DirectoryServer(Config.for_test(), credentials=creds)
+    await server.start(HOST, 0)
+    channel = open_channel(HOST, server.port, creds)
+    try:
+        stub = pb.DirectoryStub(channel)
+        req = pb.LookupRequest(object_ids=join_ids([os.urandom(20)]))
+        for _ in range(200):  # warm: the connection, HPACK's table
+            await stub.lookup(req, timeout=5)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await stub.lookup(req, timeout=5)
+        return (time.perf_counter() - t0) / n * 1e6
+    finally:
+        channel.close()
+        await server.stop()
+
+
+async def part_auth(args: argparse.Namespace) -> dict[str, Any]:
+    """What the token's proof costs a directory RPC: with the token and --insecure, alternating."""
+    from objstore.auth import ChannelProver, ProofVerifier
+    from objstore.log import configure_logging
+
+    configure_logging("console", "warning")  # the in-process servers log to stderr, quietly
+
+    runs: dict[str, list[float]] = {"token": [], "insecure": []}
+    token = Credentials(generate_token(), None, "bench")
+    for _ in range(args.rounds):
+        runs["token"].append(await _sequential_lookups(token, args.auth_calls))
+        runs["insecure"].append(await _sequential_lookups(Credentials.insecure(), args.auth_calls))
+    # The proof and its check alone, without I/O.
+    assert token.token is not None
+    prover, verifier = ChannelProver(token.token), ProofVerifier(token.token)
+    method = "/objstore.directory.v1.Directory/Lookup"
+    n = 20_000
+    t0 = time.perf_counter()
+    proofs = [prover.proof(method) for _ in range(n)]
+    t1 = time.perf_counter()
+    assert all(verifier.check(p, method) is None for p in proofs)
+    t2 = time.perf_counter()
+    out: dict[str, Any] = {
+        mode: {
+            "us_per_rpc_runs": [round(x, 1) for x in xs],
+            "us_per_rpc_median": round(statistics.median(xs), 1),
+        }
+        for mode, xs in runs.items()
+    }
+    out["token_over_insecure"] = round(
+        out["token"]["us_per_rpc_median"] / out["insecure"]["us_per_rpc_median"], 3
+    )
+    out["proof_us"] = round((t1 - t0) / n * 1e6, 2)
+    out["check_us"] = round((t2 - t1) / n * 1e6, 2)
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -1673,6 +1733,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ("memory", part_memory),
         ("restart", part_restart),
         ("scale", part_scale),
+        ("auth", part_auth),
     ]
     t_all = time.perf_counter()
     for name, fn in parts:
@@ -1695,8 +1756,9 @@ def main() -> None:
     p.add_argument(
         "--only",
         type=lambda s: s.split(","),
-        help="comma-separated parts: lookups,subscriptions,latency,memory,restart,scale",
+        help="comma-separated parts: lookups,subscriptions,latency,memory,restart,scale,auth",
     )
+    p.add_argument("--auth-calls", type=int, default=2000, help="auth: RPCs per round")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.add_argument(
         "--wait-quiet",
@@ -1735,7 +1797,7 @@ def main() -> None:
     )
     p.add_argument("--scale-seconds", type=float, default=1.5)
     args = p.parse_args()
-    known = {"lookups", "subscriptions", "latency", "memory", "restart", "scale"}
+    known = {"lookups", "subscriptions", "latency", "memory", "restart", "scale", "auth"}
     if args.only and not set(args.only) <= known:
         p.error(f"--only: choose from {', '.join(sorted(known))}")
     if args.quick:

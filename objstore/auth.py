@@ -8,8 +8,9 @@ never crosses the wire; what travels are HMAC-SHA256 proofs of it:
   ``v1.<channel>.<counter>.<unix time>.<mac>``, the MAC (HMAC-SHA256 cut to
   128 bits) over the method, the channel's random id, a per-request counter
   and the time.  The header is named ``authorization`` so that HTTP/2 sends
-  it never-indexed: a value that changes on every request would otherwise
-  churn the header compression table (measured: +170 us per call).  The directory
+  it never-indexed: a value new on every request has no business in the
+  header compression table.  (Its cost per call, mostly HPACK's pure-Python
+  Huffman coding of the value, is in BENCHMARKS.md.)  The directory
   checks it in constant time before any handler runs and refuses a proof
   older than :data:`PROOF_WINDOW_S` or one whose (channel, counter) it has
   already seen (:class:`ProofVerifier`), so a captured request cannot be

@@ -49,7 +49,7 @@ from objstore.protocol import (
     pb,
 )
 from objstore.protocol.handshake import handshake
-from objstore.ref import ObjectRef, current_client
+from objstore.ref import ObjectRef, collecting, current_client, tracker
 from objstore.serialization import Serialized, deserialize, has_views, serialize
 from objstore.shm import Mark, copy_all, copy_ranges, map_segment, split, warm
 
@@ -159,6 +159,8 @@ class Client:
         self._max_frame = 64 * 1024 * 1024
         self._token: contextvars.Token[Client | None] | None = None
         self._map_lock: asyncio.Lock | None = None
+        # Ids the node counts this connection as holding (docs/lifecycle.md).
+        self._held: set[bytes] = set()
 
     # ------------------------------------------------------------------ connection
     async def _connect(self) -> None:
@@ -215,6 +217,49 @@ class Client:
             os.close(fd)
         transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=sock)
         self._transport = transport
+        self._session_opened()
+
+    def _session_opened(self) -> None:
+        """A session with the node began (first connect or reconnect): tell the
+        node what this process holds."""
+        self._held.clear()
+        ids = tracker.attach(self, self._loop)
+        if ids:
+            self._refs_changed(ids, [], [])
+
+    def _refs_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    def _refs_changed(self, held: list[bytes], dropped: list[bytes], pickled: list[bytes]) -> None:
+        """This process's refs changed (from :data:`objstore.ref.tracker`): tell the node."""
+        mine = self._held
+        add = [o for o in held if o not in mine]
+        mine.update(add)
+        gone = [o for o in dropped if o in mine]
+        cache = self._cache
+        for oid in gone:
+            mine.discard(oid)
+            entry = cache.get(oid)
+            if entry is not None and entry.owned and entry.views <= 0:
+                # Nothing here can read it any more: give the mapping back with
+                # the drop, so that the node frees the memory at once.
+                entry.valid = False
+                self._maybe_release(oid, entry)
+        if not (add or gone or pickled):
+            return
+        self._flush_releases()
+        req = pb.Request()
+        body = req.refs
+        if add:
+            body.added_ids = b"".join(add)
+            if tracker.record_sites:
+                sites = tracker.sites
+                body.added_sites.extend(sites.get(o, "") for o in add)
+        if gone:
+            body.dropped_ids = b"".join(gone)
+        if pickled:
+            body.pickled_ids = b"".join(pickled)
+        self._send_oneway(req)
 
     async def close(self) -> None:
         """Close the client.  Views already handed out stay valid.
@@ -224,6 +269,7 @@ class Client:
         (and this client's unnamed objects); it closes when the last view dies.
         """
         self._fail(NodeUnavailableError("the client was closed"))
+        tracker.detach(self)
         self._flush_releases()
         if self._live_views <= 0:
             self._close_transport()
@@ -473,8 +519,10 @@ class Client:
         self._check_open()
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"a name is a non-empty str, got {name!r}")
-        ser = serialize(value)
+        with collecting() as contained:
+            ser = serialize(value)
         oid = new_object_id()
+        site = _call_site() if tracker.record_sites else ""
         if ser.size <= self._inline_max:
             req = pb.Request()
             body = req.put_inline
@@ -483,10 +531,15 @@ class Client:
             body.metadata = ser.meta
             if name:
                 body.name = name
+            if contained:
+                body.contained_ids = b"".join(contained)
+            if site:
+                body.call_site = site
             reply = await self._call(req, lambda _r: self._delete_orphan(oid))
             self._cache[oid] = _Cached(
                 reply.put.segment, reply.put.offset, ser.size, ser.meta, True, 0
             )
+            self._held.add(oid)  # the node counts the put's connection as holding it
             return ObjectRef(oid)
         req = pb.Request()
         body2 = req.create
@@ -495,6 +548,10 @@ class Client:
         body2.metadata = ser.meta
         if name:
             body2.name = name
+        if contained:
+            body2.contained_ids = b"".join(contained)
+        if site:
+            body2.call_site = site
         reply = await self._call(req, lambda _r: self._abort(oid))
         segment, offset = reply.put.segment, reply.put.offset
         try:
@@ -507,6 +564,7 @@ class Client:
             self._abort(oid)
             raise
         self._cache[oid] = _Cached(segment, offset, ser.size, ser.meta, True, 0)
+        self._held.add(oid)
         return ObjectRef(oid)
 
     def _delete_orphan(self, oid: bytes) -> None:
@@ -760,6 +818,16 @@ class Client:
             for o in lst.objects
         ]
         return out, lst.total
+
+
+def _call_site() -> str:
+    """file:line of the first frame outside objstore (OBJSTORE_RECORD_CALL_SITES=1)."""
+    import sys
+
+    f = sys._getframe(1)
+    while f is not None and f.f_globals.get("__name__", "").startswith("objstore"):
+        f = f.f_back  # type: ignore[assignment]
+    return f"{f.f_code.co_filename}:{f.f_lineno}" if f is not None else ""
 
 
 class _Connector:

@@ -22,6 +22,7 @@ from objstore.errors import ConfigError
 
 __all__ = [
     "Config",
+    "LifecycleConfig",
     "PlasmaConfig",
     "TransferConfig",
     "DirectoryConfig",
@@ -345,6 +346,16 @@ class SecurityConfig:
     handshake_timeout_s: float = _setting(5.0, _positive, "data plane handshake deadline")
 
 
+@dataclass(frozen=True)
+class LifecycleConfig:
+    """How objects manage their own lifetime (docs/lifecycle.md)."""
+
+    # A pickled ref keeps its object alive this long, for a receiver to register.
+    borrow_grace_s: float = _setting(30.0, _non_negative, "seconds a pickled ref holds its object")
+    # Attempts at recreating a lost object with its put's recreate= callable.
+    max_recreations: int = _setting(3, _positive_int, "recreation attempts per lost object")
+
+
 _SECTIONS: dict[str, type] = {
     "plasma": PlasmaConfig,
     "transfer": TransferConfig,
@@ -352,6 +363,7 @@ _SECTIONS: dict[str, type] = {
     "spill": SpillConfig,
     "node": NodeConfig,
     "security": SecurityConfig,
+    "lifecycle": LifecycleConfig,
 }
 
 
@@ -365,6 +377,7 @@ class Config:
     spill: SpillConfig = field(default_factory=SpillConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
 
     def __post_init__(self) -> None:
         for name in _SECTIONS:

@@ -24,6 +24,10 @@ __all__ = [
     "NotRegisteredError",
     "TooManySubscriptionsError",
     "AuthenticationError",
+    "ObjectFreedError",
+    "OwnerDiedError",
+    "ObjectReconstructionFailedError",
+    "ObjectFetchTimedOutError",
 ]
 
 
@@ -56,6 +60,26 @@ class ObjectLostError(ObjectStoreError):
 
 class GetTimeoutError(ObjectStoreError, TimeoutError):
     """A get or wait did not complete within its timeout."""
+
+
+# -- Object lifetime (docs/lifecycle.md): each derives from the error old code caught.
+
+
+class ObjectFreedError(ObjectNotFoundError):
+    """The object was freed: no reference to it was left anywhere, or it was deleted."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """Every copy of the object is gone, and the process that put it (which could
+    have recreated it) is gone too."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Every copy of the object is gone and recreating it failed (or was tried too often)."""
+
+
+class ObjectFetchTimedOutError(GetTimeoutError):
+    """Pulling the object from another node made no progress for ``transfer.fetch_timeout_s``."""
 
 
 class NodeUnavailableError(ObjectStoreError, ConnectionError):

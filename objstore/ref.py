@@ -1,24 +1,189 @@
-"""``ObjectRef``: a small, hashable, picklable reference to an object in the store."""
+"""``ObjectRef``, and the counting of refs in this process.
+
+Every live ``ObjectRef`` counts: made by ``put``, by unpickling, by
+``from_hex``, or found inside a value ``get`` returned.  The process keeps one
+count per object (:data:`tracker`); only its transitions leave the process
+(first ref made, last ref gone, a ref pickled), batched, once per turn of the
+event loop, to the node of every connected client (see docs/lifecycle.md).
+
+Refs may be made and dropped on any thread (a thread pool unpickling, the
+garbage collector): making and dropping only append to a deque, and the
+counting happens on the event loop, under a lock that nothing else takes.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from typing import Any
+import os
+import sys
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from objstore.errors import ObjectStoreError
-from objstore.ids import object_id_from_hex
+from objstore.ids import OBJECT_ID_SIZE, object_id_from_hex
 
-__all__ = ["ObjectRef", "current_client"]
+__all__ = ["ObjectRef", "current_client", "tracker", "RefTracker", "collecting"]
 
 # The client of the enclosing `async with objstore.connect()` block, for `await ref`.
 current_client: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "objstore_client", default=None
 )
 
+_ADD = 1
+_DROP = -1
+_PICKLE = 0
+# Events kept while no client is connected before they are counted in place.
+_BACKLOG = 65536
+
+
+class RefSink(Protocol):
+    """A connected client: it tells its node what changed."""
+
+    def _refs_changed(
+        self, held: list[bytes], dropped: list[bytes], pickled: list[bytes]
+    ) -> None: ...
+
+    def _refs_loop(self) -> Any: ...
+
+
+class RefTracker:
+    """The process's count of live refs per object (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[bytes, int] = {}
+        self._events: deque[tuple[bytes, int]] = deque()
+        self._lock = threading.Lock()
+        self._sinks: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._loop: Any = None
+        self._scheduled = False
+        self.record_sites = os.environ.get("OBJSTORE_RECORD_CALL_SITES", "") not in ("", "0")
+        # Where each counted object's first live ref was made (with record_sites).
+        self.sites: dict[bytes, str] = {}
+        self._pending_sites: dict[bytes, str] = {}
+
+    # ------------------------------------------------------------ any thread
+    def note(self, oid: bytes, what: int) -> None:
+        self._events.append((oid, what))
+        if self._scheduled:
+            return
+        loop = self._loop
+        if loop is None:
+            if len(self._events) > _BACKLOG:
+                self.count()
+            return
+        self._scheduled = True
+        try:
+            if threading.get_ident() == getattr(loop, "_thread_id", None):
+                loop.call_soon(self.flush)
+            else:
+                loop.call_soon_threadsafe(self.flush)
+        except RuntimeError:  # the loop is closed
+            self._scheduled = False
+            self._loop = None
+
+    def site(self, oid: bytes) -> None:
+        """Remember where a ref was made: the first frame outside objstore."""
+        f = sys._getframe(2)
+        while f is not None and f.f_globals.get("__name__", "").startswith("objstore"):
+            f = f.f_back  # type: ignore[assignment]
+        if f is not None:
+            self._pending_sites.setdefault(oid, f"{f.f_code.co_filename}:{f.f_lineno}")
+
+    # ------------------------------------------------------------ the loop
+    def count(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """Apply the queued events: (ids now held, ids no longer held, ids pickled)."""
+        touched: dict[bytes, bool] = {}
+        pickled: list[bytes] = []
+        counts = self.counts
+        events = self._events
+        with self._lock:
+            while True:
+                try:
+                    oid, what = events.popleft()
+                except IndexError:
+                    break
+                if what == _PICKLE:
+                    pickled.append(oid)
+                    continue
+                before = counts.get(oid, 0)
+                n = before + what
+                if n > 0:
+                    counts[oid] = n
+                else:
+                    counts.pop(oid, None)
+                if (before > 0) != (n > 0) and oid not in touched:
+                    touched[oid] = before > 0
+            held = [o for o, was in touched.items() if not was and o in counts]
+            dropped = [o for o, was in touched.items() if was and o not in counts]
+            if self.record_sites:
+                pend, self._pending_sites = self._pending_sites, {}
+                for o in held:
+                    if o in pend:
+                        self.sites.setdefault(o, pend[o])
+                for o in dropped:
+                    self.sites.pop(o, None)
+        return held, dropped, pickled
+
+    def flush(self) -> None:
+        """Count what happened and tell every connected client."""
+        self._scheduled = False
+        held, dropped, pickled = self.count()
+        if not (held or dropped or pickled):
+            return
+        for sink in list(self._sinks):
+            sink._refs_changed(held, dropped, pickled)
+
+    def attach(self, sink: Any, loop: Any) -> list[bytes]:
+        """A client connected (or reconnected): it hears of changes from now on;
+        returns every id this process holds, for it to announce."""
+        self._sinks.add(sink)
+        self._loop = loop
+        self.flush()
+        return list(self.counts)
+
+    def detach(self, sink: Any) -> None:
+        self._sinks.discard(sink)
+        if not self._sinks:
+            self.flush()
+            self._loop = None
+
+    def _after_fork(self) -> None:
+        # The parent's clients are not ours: their sockets are shared with it.
+        self._sinks = weakref.WeakSet()
+        self._loop = None
+        self._scheduled = False
+        self._lock = threading.Lock()
+
+
+tracker = RefTracker()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=tracker._after_fork)
+
+_collector = threading.local()
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[list[bytes]]:
+    """Within it, refs pickled on this thread are collected (a value being put:
+    they are contained in it) instead of starting a borrow grace."""
+    found: list[bytes] = []
+    prev = getattr(_collector, "ids", None)
+    _collector.ids = found
+    try:
+        yield found
+    finally:
+        _collector.ids = prev
+
 
 class ObjectRef:
     """A reference to an object in the store: small, hashable, picklable.
 
+    While any ``ObjectRef`` to an object is alive in some process (or its
+    pickled form is on its way, see docs/lifecycle.md), the object lives.
     ``ref.hex()`` and ``ObjectRef.from_hex(s)`` round-trip it.  ``await ref``
     gets the value through the client of the enclosing ``async with
     objstore.connect()`` block.
@@ -27,9 +192,22 @@ class ObjectRef:
     __slots__ = ("_id", "__weakref__")
 
     def __init__(self, object_id: bytes) -> None:
-        if not isinstance(object_id, bytes) or len(object_id) != 20:
+        if not isinstance(object_id, bytes) or len(object_id) != OBJECT_ID_SIZE:
             raise ValueError("an ObjectRef wraps a 20-byte object id")
         self._id = object_id
+        tracker.note(object_id, _ADD)
+        if tracker.record_sites:
+            tracker.site(object_id)
+
+    def __del__(self) -> None:
+        try:
+            oid = self._id
+        except AttributeError:  # __init__ refused it
+            return
+        try:
+            tracker.note(oid, _DROP)
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown: nothing left to tell
+            pass
 
     @property
     def binary(self) -> bytes:
@@ -42,7 +220,8 @@ class ObjectRef:
 
     @classmethod
     def from_hex(cls, text: str) -> ObjectRef:
-        """Parse :meth:`hex` output; ``ValueError`` for anything else."""
+        """Parse :meth:`hex` output; ``ValueError`` for anything else.  The new
+        ref holds its object from now on, if the object still exists."""
         return cls(object_id_from_hex(text))
 
     def __eq__(self, other: object) -> bool:
@@ -55,7 +234,18 @@ class ObjectRef:
         return f"ObjectRef({self._id.hex()})"
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        found = getattr(_collector, "ids", None)
+        if found is not None:
+            found.append(self._id)
+        else:
+            tracker.note(self._id, _PICKLE)
         return (ObjectRef, (self._id,))
+
+    def __copy__(self) -> ObjectRef:
+        return ObjectRef(self._id)
+
+    def __deepcopy__(self, memo: Any) -> ObjectRef:
+        return ObjectRef(self._id)
 
     def __await__(self) -> Any:
         client = current_client.get()

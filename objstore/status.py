@@ -45,9 +45,23 @@ _TABLE: tuple[_Row, ...] = (
     _Row(
         errors.OutOfDiskError, pb.ERROR_CODE_OUT_OF_DISK, Status.RESOURCE_EXHAUSTED, grpc_in=False
     ),
+    _Row(errors.ObjectFreedError, pb.ERROR_CODE_FREED, Status.NOT_FOUND, grpc_in=False),
     _Row(errors.ObjectNotFoundError, pb.ERROR_CODE_NOT_FOUND, Status.NOT_FOUND),
     _Row(errors.ObjectExistsError, pb.ERROR_CODE_EXISTS, Status.ALREADY_EXISTS),
+    _Row(errors.OwnerDiedError, pb.ERROR_CODE_OWNER_DIED, Status.DATA_LOSS, grpc_in=False),
+    _Row(
+        errors.ObjectReconstructionFailedError,
+        pb.ERROR_CODE_RECONSTRUCTION_FAILED,
+        Status.DATA_LOSS,
+        grpc_in=False,
+    ),
     _Row(errors.ObjectLostError, pb.ERROR_CODE_LOST, Status.DATA_LOSS),
+    _Row(
+        errors.ObjectFetchTimedOutError,
+        pb.ERROR_CODE_FETCH_TIMED_OUT,
+        Status.DEADLINE_EXCEEDED,
+        grpc_in=False,
+    ),
     _Row(errors.GetTimeoutError, pb.ERROR_CODE_TIMEOUT, Status.DEADLINE_EXCEEDED, grpc_in=False),
     _Row(errors.ProtocolError, pb.ERROR_CODE_PROTOCOL, Status.INVALID_ARGUMENT, grpc_in=False),
     _Row(

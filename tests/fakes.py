@@ -357,6 +357,12 @@ class FakeDirectory:
     def spilled(self, oid: bytes, url: str) -> None:
         self.calls.append(("spilled", oid))
 
+    def borrowed(self, oid: bytes) -> None:
+        self.calls.append(("borrowed", oid))
+
+    def unborrowed(self, oid: bytes) -> None:
+        self.calls.append(("unborrowed", oid))
+
     def watch(self, oid: bytes) -> None:
         self.calls.append(("watch", oid))
         self.watching[oid] = self.watching.get(oid, 0) + 1

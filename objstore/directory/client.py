@@ -220,6 +220,12 @@ class DirectoryClient:
         self.book.spilled(oid, url)
         self._report_evt.set()
 
+    def borrowed(self, oid: bytes) -> None:  # TEMP until the borrow branch lands
+        pass
+
+    def unborrowed(self, oid: bytes) -> None:  # TEMP until the borrow branch lands
+        pass
+
     def watch(self, oid: bytes) -> None:
         """One more local interest in a remote object (subscribed on the first)."""
         if self.watches.watch(oid):

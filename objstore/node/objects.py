@@ -31,7 +31,9 @@ before any client connects.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,12 +43,15 @@ import structlog
 from objstore.config import Config
 from objstore.errors import (
     GetTimeoutError,
+    ObjectFreedError,
     ObjectLostError,
     ObjectNotFoundError,
     ObjectStoreError,
 )
+from objstore.ids import OBJECT_ID_SIZE
 from objstore.locations import LocationState, ObjectRow, Usage
 from objstore.node.ports import Directory, PeerServer, Puller, Spill
+from objstore.node.refs import RefActions, RefTable
 from objstore.plasma.api import Entry
 from objstore.plasma.lifecycle import ObjectState
 from objstore.plasma.store import ClientState, ObjectEntry, PlasmaStore
@@ -61,10 +66,28 @@ GET = 0
 WAIT = 1
 # Gets and deletes of more objects than this are served in slices of this many.
 BATCH = 8192
+# Objects freed by reference counting per turn of the event loop.
+FREE_NOW = 2000
 
 _SEALED = ObjectState.SEALED
 _SPILLED = ObjectState.SPILLED
 _CREATING = ObjectState.CREATING
+_DELETED = ObjectState.DELETED
+_ABORTED = ObjectState.ABORTED
+
+
+def _ids(blob: bytes) -> list[bytes]:
+    """Concatenated 20-byte ids; anything else is a client's bug."""
+    n = OBJECT_ID_SIZE
+    if len(blob) % n:
+        raise ObjectStoreError(f"an id list of {len(blob)} bytes is not whole 20-byte ids")
+    return [blob[i : i + n] for i in range(0, len(blob), n)]
+
+
+def freed_error(oid: bytes) -> ObjectFreedError:
+    return ObjectFreedError(
+        f"object {oid.hex()} was freed: it was deleted, or no reference to it was left"
+    )
 
 
 @dataclass(frozen=True)
@@ -89,6 +112,18 @@ class ObjectService:
         self._reapers = TaskSet("reap")
         # Connected clients (the server adds and removes them).
         self.clients = 0
+        self._by_id: dict[int, ClientState] = {}
+        # Reference counting (objstore/node/refs.py), and its pending actions.
+        self.refs = RefTable(config.lifecycle.borrow_grace_s, self._is_primary)
+        self._todo = RefActions()
+        self._applying = False
+        self._free_q: collections.deque[bytes] = collections.deque()
+        self._freeing = False
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._grace_at = 0.0
+        # oid -> client id -> where the ref was made (OBJSTORE_RECORD_CALL_SITES).
+        self.sites: dict[bytes, dict[int, str]] = {}
+        self.freed_by_refs = 0
 
     # ------------------------------------------------------------ wiring
     def bind(self, parts: Parts) -> None:
@@ -109,7 +144,160 @@ class ObjectService:
 
     async def close(self) -> None:
         """Stop freeing gone clients' objects (the node is stopping)."""
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
         await self._reapers.close()
+
+    # ------------------------------------------------------------ reference counting
+    def _is_primary(self, oid: bytes) -> bool:
+        entry = self.store.entry(oid)
+        return (
+            entry is not None
+            and entry.primary
+            and entry.state is not _DELETED
+            and entry.state is not _ABORTED
+        )
+
+    def put_held(
+        self, client: ClientState, oid: bytes, name: str, contained: bytes, site: str
+    ) -> None:
+        """A put by ``client`` succeeded: its connection holds the object, and the
+        object holds the refs its value contains."""
+        out = self._todo
+        self.refs.put(client.client_id, oid, bool(name), _ids(contained), time.monotonic(), out)
+        if site:
+            self.sites.setdefault(oid, {})[client.client_id] = site
+        if out:
+            self._apply_refs()
+
+    def refs_changed(
+        self,
+        client: ClientState,
+        added: bytes,
+        dropped: bytes,
+        pickled: bytes,
+        sites: list[str],
+    ) -> None:
+        """A client's process made its first refs to ``added``, let go of its last
+        ones to ``dropped``, pickled refs to ``pickled`` (in that order of effect:
+        a pickle's grace starts before the drop that follows it)."""
+        if client.closed:
+            return
+        refs, now, out = self.refs, time.monotonic(), self._todo
+        cid = client.client_id
+        if pickled:
+            refs.pickled(_ids(pickled), now, out)
+            self._arm_grace()
+        if added:
+            ids = _ids(added)
+            refs.add(cid, ids, now, out)
+            if sites:
+                for oid, site in zip(ids, sites):
+                    if site:
+                        self.sites.setdefault(oid, {})[cid] = site
+        if dropped:
+            ids = _ids(dropped)
+            refs.drop(cid, ids, now, out)
+            if self.sites:
+                for oid in ids:
+                    by = self.sites.get(oid)
+                    if by is not None:
+                        by.pop(cid, None)
+                        if not by:
+                            del self.sites[oid]
+        if out:
+            self._apply_refs()
+
+    def _apply_refs(self) -> None:
+        """Do what the ref table asked: free primaries nothing holds (here and
+        everywhere), tell the directory of borrows.  Frees forget objects, which
+        may let go of what their values held: loop until nothing is left, freeing
+        at most :data:`FREE_NOW` objects per turn of the loop (a client that drops
+        or leaves 100,000 refs at once must not stall the node)."""
+        if self._applying:
+            return
+        self._applying = True
+        try:
+            todo = self._todo
+            store = self.store
+            directory = self.parts.directory
+            queue = self._free_q
+            budget = FREE_NOW
+            while todo or (queue and budget > 0):
+                borrow, todo.borrow = todo.borrow, []
+                unborrow, todo.unborrow = todo.unborrow, []
+                if directory is not None:
+                    for oid in borrow:
+                        directory.borrowed(oid)
+                    for oid in unborrow:
+                        directory.unborrowed(oid)
+                if todo.free:
+                    queue.extend(todo.free)
+                    todo.free = []
+                if not queue or budget <= 0:
+                    continue
+                n = min(budget, len(queue))
+                chunk = [queue.popleft() for _ in range(n)]
+                budget -= n
+                # An object still being written is aborted by its creator's reap.
+                state_of = store.state_of
+                chunk = [o for o in chunk if state_of(o) is not _CREATING]
+                self.freed_by_refs += len(chunk)
+                store.delete_many(chunk)
+                now = time.monotonic()
+                for oid in chunk:
+                    # Not in the table any more (or never sealed): still forget it.
+                    self.refs.forget(oid, now, todo)
+                    self.sites.pop(oid, None)
+            if queue and not self._freeing:
+                self._freeing = True
+                self._reapers.spawn(self._free_later(), "free")
+        finally:
+            self._applying = False
+
+    async def _free_later(self) -> None:
+        try:
+            while self._free_q:
+                await asyncio.sleep(0)
+                self._apply_refs()
+        finally:
+            self._freeing = False
+
+    def _arm_grace(self) -> None:
+        nxt = self.refs.expire(time.monotonic(), self._todo)
+        if nxt is None:
+            return
+        if self._grace_timer is not None and self._grace_at <= nxt:
+            return
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._grace_at = nxt
+        # A little after the deadline: the monotonic clock and the loop's agree.
+        self._grace_timer = loop.call_at(
+            loop.time() + max(0.0, nxt - time.monotonic()) + 0.01, self._grace_over
+        )
+
+    def _grace_over(self) -> None:
+        self._grace_timer = None
+        self._arm_grace()
+        if self._todo:
+            self._apply_refs()
+
+    def on_borrowed(self, ids: list[bytes]) -> None:
+        """The directory: other nodes hold refs to these objects put here."""
+        self.refs.borrowed(ids)
+
+    def on_unborrowed(self, ids: list[bytes]) -> None:
+        """The directory: no other node holds a ref to these objects any more."""
+        self.refs.unborrowed(ids, time.monotonic(), self._todo)
+        if self._todo:
+            self._apply_refs()
+
+    def borrowed_snapshot(self) -> list[bytes]:
+        """Objects put elsewhere that processes here hold (the directory's full report)."""
+        return self.refs.borrowed_snapshot()
 
     # ------------------------------------------------------------ clients
     def segment_fd(self, segment_id: int) -> tuple[int, int] | None:
@@ -119,17 +307,26 @@ class ObjectService:
 
     def connected(self, client: ClientState) -> None:
         self.clients += 1
+        self._by_id[client.client_id] = client
 
     def disconnected(self, client: ClientState) -> None:
-        """A client went away: its pins go now, its objects in the background."""
+        """A client went away: its refs and pins go now (objects nothing else
+        refers to are freed), its unsealed objects in the background."""
         self.clients -= 1
+        self._by_id.pop(client.client_id, None)
         store = self.store
         store.disconnect(client)
+        self.refs.client_gone(client.client_id, time.monotonic(), self._todo)
+        if self._todo:
+            self._apply_refs()
         if client.owned:
             self._reapers.spawn(self._reap(client), "reap")
 
+    def _still_referred(self, oid: bytes) -> bool:
+        return self.refs.held(oid, time.monotonic())
+
     async def _reap(self, client: ClientState) -> None:
-        aborted, freed = await self.store.reap(client)
+        aborted, freed = await self.store.reap(client, keep=self._still_referred)
         if aborted or freed:
             log.info(
                 "client gone", client=client.client_id, pid=client.pid, aborted=aborted, freed=freed
@@ -281,7 +478,7 @@ class ObjectService:
                         entry = store.entry(oid)
                         if entry is None or entry.state is not _SEALED:
                             # Deleted while the get waited for the others.
-                            raise ObjectNotFoundError(f"object {oid.hex()} was deleted")
+                            raise freed_error(oid)
                         store.pin_for_get(oid, entry, client)
                         pinned += 1
                         entries.append(entry)
@@ -486,9 +683,7 @@ class ObjectService:
                 if n:
                     log.info("gets failed: object lost", object_id=row.object_id.hex(), gets=n)
             elif row.state == LocationState.DELETED:
-                store.fail_waiters(
-                    row.object_id, ObjectNotFoundError(f"object {row.object_id.hex()} was deleted")
-                )
+                store.fail_waiters(row.object_id, freed_error(row.object_id))
             if puller is not None:
                 # PRESENT elsewhere: pull it (one pull however many gets wait).
                 puller.on_locations(row)
@@ -496,6 +691,12 @@ class ObjectService:
     def on_free(self, ids: list[bytes]) -> None:
         """Objects deleted on another node: free the copies here."""
         n = self.store.delete_many(ids, by_directory=True)
+        refs, now, out = self.refs, time.monotonic(), self._todo
+        for oid in ids:
+            # Borrowed here without a copy: no store event tells the ref table.
+            refs.forget(oid, now, out)
+        if out:
+            self._apply_refs()
         log.debug("objects deleted elsewhere freed here", requested=len(ids), freed=n)
 
     def on_dead(self, node_ids: list[bytes]) -> None:
@@ -551,6 +752,9 @@ class ObjectService:
             spill.unheld(oid, entry)
 
     def object_deleted(self, oid: bytes, entry: Entry, by_directory: bool) -> None:
+        self.refs.forget(oid, time.monotonic(), self._todo)
+        if self._todo:
+            self._apply_refs()
         parts = self.parts
         if parts.directory is not None and not by_directory:
             parts.directory.deleted(oid)
@@ -568,6 +772,9 @@ class ObjectService:
             spill.dropped(oid, entry)
 
     def object_aborted(self, oid: bytes, name: str) -> None:
+        self.refs.forget(oid, time.monotonic(), self._todo)
+        if self._todo:
+            self._apply_refs()
         directory = self.parts.directory
         if name and directory is not None:
             directory.deleted(oid)  # frees the name reserved in the directory
@@ -618,6 +825,23 @@ class ObjectService:
             )
         return out
 
+    def _refs_row(self, oid: bytes) -> dict[str, Any]:
+        """What holds an object here, for ``python -m objstore memory``."""
+        h = self.refs.holds(oid)
+        if h is None:
+            return {}
+        by_id = self._by_id
+        owner = by_id.get(h.owner) if h.owner else None
+        sites = self.sites.get(oid)
+        return {
+            "owner_pid": owner.pid if owner is not None else 0,
+            "holder_pids": sorted(c.pid for cid in h.clients if (c := by_id.get(cid)) is not None),
+            "contained_in": list(h.containers),
+            "grace": h.grace_until > time.monotonic(),
+            "borrowed": h.borrowed,
+            "call_sites": sorted(set(sites.values())) if sites else [],
+        }
+
     def list_objects(self, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """(objects in the table, up to ``limit`` of them described for ``memory``)."""
         store = self.store
@@ -636,6 +860,7 @@ class ObjectService:
                     "segment": max(entry.segment, 0),
                     "metadata": entry.meta,
                     "spill_url": spill.url_of(oid) if spill is not None else "",
+                    **self._refs_row(oid),
                 }
             )
         return len(store), rows

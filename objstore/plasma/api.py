@@ -255,6 +255,17 @@ class LocalObjects(Protocol):
     def seal(self, client: ClientState, oid: bytes) -> None: ...
     def abort(self, client: ClientState, oid: bytes) -> None: ...
     def release(self, client: ClientState, oids: list[bytes]) -> None: ...
+    def put_held(
+        self, client: ClientState, oid: bytes, name: str, contained: bytes, site: str
+    ) -> None: ...
+    def refs_changed(
+        self,
+        client: ClientState,
+        added: bytes,
+        dropped: bytes,
+        pickled: bytes,
+        sites: list[str],
+    ) -> None: ...
 
     def get_now(
         self, client: ClientState, ids: list[bytes], name: str

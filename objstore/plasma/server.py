@@ -466,8 +466,12 @@ class _Connection(asyncio.Protocol):
         put.offset = entry.offset
         return reply
 
-    async def _created(self, req_id: int, made: Awaitable[Entry]) -> pb.Reply:
-        return self._put_reply(req_id, await made)
+    async def _created(
+        self, req_id: int, made: Awaitable[Entry], oid: bytes, body: Any
+    ) -> pb.Reply:
+        entry = await made
+        self.objects.put_held(self.client, oid, body.name, body.contained_ids, body.call_site)
+        return self._put_reply(req_id, entry)
 
     def _on_put_inline(self, req: pb.Request) -> None:
         body = req.put_inline
@@ -475,11 +479,12 @@ class _Connection(asyncio.Protocol):
         objects.note_owned(client, _OWNED_COMPACT_EVERY)
         entry = objects.put_inline_now(client, body.object_id, body.data, body.metadata, body.name)
         if entry is not None:
+            objects.put_held(client, body.object_id, body.name, body.contained_ids, body.call_site)
             if req.id:
                 self._send(self._put_reply(req.id, entry))
             return
         made = objects.put_inline(client, body.object_id, body.data, body.metadata, body.name)
-        self._spawn(req.id, self._created(req.id, made))
+        self._spawn(req.id, self._created(req.id, made, body.object_id, body))
 
     def _on_create(self, req: pb.Request) -> None:
         body = req.create
@@ -488,10 +493,11 @@ class _Connection(asyncio.Protocol):
         args = (client, body.object_id, body.data_size, body.metadata, body.name)
         entry = objects.create_now(*args)
         if entry is not None:
+            objects.put_held(client, body.object_id, body.name, body.contained_ids, body.call_site)
             if req.id:
                 self._send(self._put_reply(req.id, entry))
             return
-        self._spawn(req.id, self._created(req.id, objects.create(*args)))
+        self._spawn(req.id, self._created(req.id, objects.create(*args), body.object_id, body))
 
     def _on_seal(self, req: pb.Request) -> None:
         self.objects.seal(self.client, req.seal.object_id)
@@ -505,6 +511,12 @@ class _Connection(asyncio.Protocol):
 
     def _on_release(self, req: pb.Request) -> None:
         self.objects.release(self.client, list(req.release.object_ids))
+
+    def _on_refs(self, req: pb.Request) -> None:
+        body = req.refs
+        self.objects.refs_changed(
+            self.client, body.added_ids, body.dropped_ids, body.pickled_ids, list(body.added_sites)
+        )
 
     def _on_get(self, req: pb.Request) -> None:
         body = req.get
@@ -624,4 +636,5 @@ _HANDLERS = {
     "contains": _Connection._on_contains,
     "stats": _Connection._on_stats,
     "list_objects": _Connection._on_list,
+    "refs": _Connection._on_refs,
 }

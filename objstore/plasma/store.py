@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 
 from objstore.config import Config, format_size
@@ -539,9 +539,15 @@ class PlasmaStore:
         self.table.disconnect(client, out)
         self._apply(out)
 
-    async def reap(self, client: ClientState, batch: int = 2000) -> tuple[int, int]:
-        """Abort a gone client's unsealed objects and free its unnamed ones, in
-        batches that yield to the loop; returns (aborted, freed)."""
+    async def reap(
+        self,
+        client: ClientState,
+        batch: int = 2000,
+        keep: Callable[[bytes], bool] | None = None,
+    ) -> tuple[int, int]:
+        """Abort a gone client's unsealed objects and free its unnamed ones but
+        those ``keep`` says something still refers to, in batches that yield to
+        the loop; returns (aborted, freed)."""
         owned, client.owned = client.owned, []
         aborted = freed = 0
         table = self.table
@@ -550,7 +556,7 @@ class PlasmaStore:
             gone: list[tuple[bytes, str]] = []
             for oid in owned[start : start + batch]:
                 name = table.names_by_id.get(oid, "")
-                what = table.reap_one(oid, client, out)
+                what = table.reap_one(oid, client, out, keep)
                 if what == "aborted":
                     aborted += 1
                     gone.append((oid, name))

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from objstore.errors import (
     ObjectExistsError,
+    ObjectFreedError,
     ObjectLostError,
     ObjectNotFoundError,
     ObjectStoreError,
@@ -58,6 +59,13 @@ _CREATING = ObjectState.CREATING
 _SEALED = ObjectState.SEALED
 _DELETED = ObjectState.DELETED
 _SPILLED = ObjectState.SPILLED
+
+
+def _freed(oid: bytes) -> ObjectFreedError:
+    return ObjectFreedError(
+        f"object {oid.hex()} was freed: it was deleted, or no reference to it was left"
+    )
+
 
 #: Metadata values up to this size are shared between entries (format tags).
 META_INTERN_MAX = 64
@@ -219,7 +227,7 @@ class ObjectTable:
             if entry.state is _SEALED:
                 return entry
             if entry.state is _DELETED:
-                raise ObjectNotFoundError(f"object {oid.hex()} was deleted")
+                raise _freed(oid)
             return None
         aborted = self._deleted.get(oid)
         if aborted is not None:
@@ -227,7 +235,7 @@ class ObjectTable:
                 raise ObjectLostError(
                     f"object {oid.hex()} was never sealed: its creator aborted it or went away"
                 )
-            raise ObjectNotFoundError(f"object {oid.hex()} was deleted")
+            raise _freed(oid)
         self.check_id(oid)
         return None
 
@@ -556,8 +564,18 @@ class ObjectTable:
                 self.unpin(oid, client, out, count)
         client.pinned.clear()
 
-    def reap_one(self, oid: bytes, client: ClientState, out: Actions) -> str:
-        """One object a gone client owned: 'aborted', 'freed', or '' (kept or not its)."""
+    def reap_one(
+        self,
+        oid: bytes,
+        client: ClientState,
+        out: Actions,
+        keep: Callable[[bytes], bool] | None = None,
+    ) -> str:
+        """One object a gone client owned: 'aborted', 'freed', or '' (kept or not its).
+
+        ``keep(oid)``: something else still refers to it (reference counting),
+        so it outlives its owner's connection like a named object.
+        """
         entry = self.objects.get(oid)
         if entry is None or entry.owner is not client:
             return ""
@@ -569,10 +587,10 @@ class ObjectTable:
         if entry.state is _DELETED:
             self._maybe_free(oid, entry, out)
             return ""
-        if oid not in self.names_by_id:
+        if oid not in self.names_by_id and (keep is None or not keep(oid)):
             self.delete(oid, out)
             return "freed"
-        # A named object outlives its owner.
+        # A named (or still referred to) object outlives its owner.
         if not entry.primary and self._becomes_evictable(oid, entry):
             if out.evictable is None:
                 out.evictable = []

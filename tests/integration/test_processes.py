@@ -252,8 +252,8 @@ async def test_view_in_other_process_pins_memory_under_pressure(node_factory) ->
 
 @pytest.mark.slow
 async def test_view_outlives_owner_exit_and_holder_kill_frees_it(node_factory) -> None:
-    """An unnamed object dies with its owner's connection, but not under a reader's view;
-    the reader being SIGKILLed gives the memory back."""
+    """An unnamed object outlives its owner while another process holds a ref (and
+    a view); that process being SIGKILLed frees it and gives the memory back."""
     node = node_factory(memory="64MiB")
     x_size = 24 * MiB
     async with objstore.connect(node.socket) as test, objstore.connect(node.socket) as other:
@@ -268,16 +268,12 @@ async def test_view_outlives_owner_exit_and_holder_kill_frees_it(node_factory) -
             assert held["event"] == "holding" and held["ok"], held
             await a.send("go")
             await a.finish()
-            # The owner left: the object is gone for everyone else...
-            deadline = time.monotonic() + 10
-            while await test.contains(objstore.ObjectRef.from_hex(put["ref"])):
-                assert time.monotonic() < deadline, "the owner's unnamed object outlived it"
-                await asyncio.sleep(0.01)
-            with pytest.raises(ObjectNotFoundError):
-                await test.get(objstore.ObjectRef.from_hex(put["ref"]), timeout=1.0)
-            # ... but its memory stays with B's view.
+            # The owner left, but B holds a ref: the object stays readable (its
+            # owner's death does not take it), and its memory stays put.
+            await asyncio.sleep(0.2)
+            assert await test.contains(objstore.ObjectRef.from_hex(put["ref"]))
             st = await test.stats()
-            assert st["used"] == base["used"] + x_alloc and st["pinned_bytes"] >= x_size, st
+            assert st["used"] == base["used"] + x_alloc and st["objects"] == 1, st
             await cycle_arena(test, other, x_size, base["used"] + x_alloc, 8)
             await b.send("check 7")
             check = await b.read()

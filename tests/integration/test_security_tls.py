@@ -17,9 +17,8 @@ from conftest import CLUSTER_ENV, NodeProcess, run_cli
 
 import objstore
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 async def test_a_tls_cluster_pulls_between_nodes_and_the_cli_reads_it(
     node_factory: Any, tmp_path: Path
 ) -> None:

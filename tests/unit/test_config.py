@@ -277,7 +277,15 @@ def test_memory_bytes_rounds_to_pages() -> None:
 
 def test_describe_lists_every_section() -> None:
     d = Config.for_test().describe()
-    assert set(d) == {"plasma", "transfer", "directory", "spill", "node", "security"}
+    assert set(d) == {
+        "plasma",
+        "transfer",
+        "directory",
+        "spill",
+        "node",
+        "security",
+        "lifecycle",
+    }
     assert d["plasma"]["memory"] == 64 * MiB
 
 

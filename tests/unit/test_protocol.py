@@ -178,6 +178,10 @@ MAPPED = {
     errors.ProtocolError: pb.ERROR_CODE_PROTOCOL,
     errors.NodeUnavailableError: pb.ERROR_CODE_UNAVAILABLE,
     errors.AuthenticationError: pb.ERROR_CODE_UNAUTHENTICATED,
+    errors.ObjectFreedError: pb.ERROR_CODE_FREED,
+    errors.OwnerDiedError: pb.ERROR_CODE_OWNER_DIED,
+    errors.ObjectReconstructionFailedError: pb.ERROR_CODE_RECONSTRUCTION_FAILED,
+    errors.ObjectFetchTimedOutError: pb.ERROR_CODE_FETCH_TIMED_OUT,
     # No code of their own: they travel as INVALID and come back as the base class.
     errors.ObjectStoreError: pb.ERROR_CODE_INVALID,
     errors.ConfigError: pb.ERROR_CODE_INVALID,

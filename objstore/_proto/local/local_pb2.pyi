@@ -20,6 +20,10 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INVALID: _ClassVar[ErrorCode]
     ERROR_CODE_UNAVAILABLE: _ClassVar[ErrorCode]
     ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
+    ERROR_CODE_FREED: _ClassVar[ErrorCode]
+    ERROR_CODE_OWNER_DIED: _ClassVar[ErrorCode]
+    ERROR_CODE_RECONSTRUCTION_FAILED: _ClassVar[ErrorCode]
+    ERROR_CODE_FETCH_TIMED_OUT: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_STORE_FULL: ErrorCode
 ERROR_CODE_OUT_OF_DISK: ErrorCode
@@ -31,6 +35,10 @@ ERROR_CODE_PROTOCOL: ErrorCode
 ERROR_CODE_INVALID: ErrorCode
 ERROR_CODE_UNAVAILABLE: ErrorCode
 ERROR_CODE_UNAUTHENTICATED: ErrorCode
+ERROR_CODE_FREED: ErrorCode
+ERROR_CODE_OWNER_DIED: ErrorCode
+ERROR_CODE_RECONSTRUCTION_FAILED: ErrorCode
+ERROR_CODE_FETCH_TIMED_OUT: ErrorCode
 
 class Hello(_message.Message):
     __slots__ = ("version", "segment", "pid")
@@ -91,28 +99,36 @@ class ObjectInfo(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., data_size: _Optional[int] = ..., metadata: _Optional[bytes] = ...) -> None: ...
 
 class PutInline(_message.Message):
-    __slots__ = ("object_id", "data", "metadata", "name")
+    __slots__ = ("object_id", "data", "metadata", "name", "contained_ids", "call_site")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
+    CALL_SITE_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     data: bytes
     metadata: bytes
     name: str
-    def __init__(self, object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+    contained_ids: bytes
+    call_site: str
+    def __init__(self, object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ..., contained_ids: _Optional[bytes] = ..., call_site: _Optional[str] = ...) -> None: ...
 
 class Create(_message.Message):
-    __slots__ = ("object_id", "data_size", "metadata", "name")
+    __slots__ = ("object_id", "data_size", "metadata", "name", "contained_ids", "call_site")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_SIZE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
+    CALL_SITE_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     data_size: int
     metadata: bytes
     name: str
-    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+    contained_ids: bytes
+    call_site: str
+    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ..., contained_ids: _Optional[bytes] = ..., call_site: _Optional[str] = ...) -> None: ...
 
 class Seal(_message.Message):
     __slots__ = ("object_id",)
@@ -166,6 +182,18 @@ class Contains(_message.Message):
     object_id: bytes
     def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
 
+class Refs(_message.Message):
+    __slots__ = ("added_ids", "dropped_ids", "pickled_ids", "added_sites")
+    ADDED_IDS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_IDS_FIELD_NUMBER: _ClassVar[int]
+    PICKLED_IDS_FIELD_NUMBER: _ClassVar[int]
+    ADDED_SITES_FIELD_NUMBER: _ClassVar[int]
+    added_ids: bytes
+    dropped_ids: bytes
+    pickled_ids: bytes
+    added_sites: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, added_ids: _Optional[bytes] = ..., dropped_ids: _Optional[bytes] = ..., pickled_ids: _Optional[bytes] = ..., added_sites: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Stats(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -177,7 +205,7 @@ class ListObjects(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "put_inline", "create", "seal", "abort", "get", "release", "delete", "wait", "contains", "stats", "list_objects")
+    __slots__ = ("id", "put_inline", "create", "seal", "abort", "get", "release", "delete", "wait", "contains", "stats", "list_objects", "refs")
     ID_FIELD_NUMBER: _ClassVar[int]
     PUT_INLINE_FIELD_NUMBER: _ClassVar[int]
     CREATE_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +218,7 @@ class Request(_message.Message):
     CONTAINS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     LIST_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
     id: int
     put_inline: PutInline
     create: Create
@@ -202,7 +231,8 @@ class Request(_message.Message):
     contains: Contains
     stats: Stats
     list_objects: ListObjects
-    def __init__(self, id: _Optional[int] = ..., put_inline: _Optional[_Union[PutInline, _Mapping]] = ..., create: _Optional[_Union[Create, _Mapping]] = ..., seal: _Optional[_Union[Seal, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., contains: _Optional[_Union[Contains, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., list_objects: _Optional[_Union[ListObjects, _Mapping]] = ...) -> None: ...
+    refs: Refs
+    def __init__(self, id: _Optional[int] = ..., put_inline: _Optional[_Union[PutInline, _Mapping]] = ..., create: _Optional[_Union[Create, _Mapping]] = ..., seal: _Optional[_Union[Seal, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., contains: _Optional[_Union[Contains, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., list_objects: _Optional[_Union[ListObjects, _Mapping]] = ..., refs: _Optional[_Union[Refs, _Mapping]] = ...) -> None: ...
 
 class PutReply(_message.Message):
     __slots__ = ("segment", "offset")
@@ -307,7 +337,7 @@ class StatsReply(_message.Message):
     def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ..., pulled: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., chunks_served: _Optional[int] = ..., bytes_served: _Optional[int] = ..., spilled_objects: _Optional[int] = ..., spilled_bytes: _Optional[int] = ..., spill_files: _Optional[int] = ..., bytes_spilled: _Optional[int] = ..., restored: _Optional[int] = ..., bytes_restored: _Optional[int] = ..., spill: _Optional[str] = ..., spill_write_errors: _Optional[int] = ..., restore_errors: _Optional[int] = ..., spill_files_deleted: _Optional[int] = ..., refused_clients: _Optional[int] = ..., refused_peers: _Optional[int] = ...) -> None: ...
 
 class ObjectSummary(_message.Message):
-    __slots__ = ("object_id", "data_size", "state", "name", "primary", "pins", "segment", "metadata", "spill_url")
+    __slots__ = ("object_id", "data_size", "state", "name", "primary", "pins", "segment", "metadata", "spill_url", "owner_pid", "holder_pids", "contained_in", "grace", "borrowed", "call_sites")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_SIZE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +347,12 @@ class ObjectSummary(_message.Message):
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     SPILL_URL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_PID_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_PIDS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINED_IN_FIELD_NUMBER: _ClassVar[int]
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    BORROWED_FIELD_NUMBER: _ClassVar[int]
+    CALL_SITES_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     data_size: int
     state: str
@@ -326,7 +362,13 @@ class ObjectSummary(_message.Message):
     segment: int
     metadata: bytes
     spill_url: str
-    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., state: _Optional[str] = ..., name: _Optional[str] = ..., primary: _Optional[bool] = ..., pins: _Optional[int] = ..., segment: _Optional[int] = ..., metadata: _Optional[bytes] = ..., spill_url: _Optional[str] = ...) -> None: ...
+    owner_pid: int
+    holder_pids: _containers.RepeatedScalarFieldContainer[int]
+    contained_in: _containers.RepeatedScalarFieldContainer[bytes]
+    grace: bool
+    borrowed: bool
+    call_sites: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., state: _Optional[str] = ..., name: _Optional[str] = ..., primary: _Optional[bool] = ..., pins: _Optional[int] = ..., segment: _Optional[int] = ..., metadata: _Optional[bytes] = ..., spill_url: _Optional[str] = ..., owner_pid: _Optional[int] = ..., holder_pids: _Optional[_Iterable[int]] = ..., contained_in: _Optional[_Iterable[bytes]] = ..., grace: _Optional[bool] = ..., borrowed: _Optional[bool] = ..., call_sites: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListReply(_message.Message):
     __slots__ = ("objects", "total")

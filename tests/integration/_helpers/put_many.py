@@ -15,11 +15,13 @@ import objstore
 
 async def main(sock: str, n: int, prefix: str | None) -> None:
     digests = {}
+    refs = []  # held until exit: unnamed objects live while a ref does
     async with objstore.connect(sock) as client:
         for k in range(n):
             arr = pattern((100, 5_000, 40_000, 300_000)[k % 4], k)
             name = f"{prefix}-{k}" if prefix else None
             ref = await client.put(arr, name=name)
+            refs.append(ref)
             digests[name or ref.hex()] = digest(arr)
         stats = await client.stats()
     emit(event="done", stats=stats, digests=digests)

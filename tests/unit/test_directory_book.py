@@ -43,7 +43,7 @@ def O(i: int) -> bytes:
 
 def assert_empty(book: ReportBook) -> None:
     assert len(book) == 0
-    assert not book.ops and not book.spills
+    assert not book.ops and not book.spills and not book.borrows
 
 
 # ====================================================================== ReportBook
@@ -214,6 +214,37 @@ def test_clear() -> None:
     book.clear()
     assert_empty(book)
     assert len(book.take(10)) == 0
+
+
+def test_borrows_latest_state_wins_and_ride_after_the_rest() -> None:
+    book = ReportBook()
+    book.borrowed(O(1))
+    book.borrowed(O(2))
+    book.unborrowed(O(1))  # borrowed then unborrowed: unborrowed (the directory ends right)
+    book.added(O(3), 1, True)
+    book.spilled(O(3), "s3://b/3")
+    assert len(book) == 4
+    batch = book.take(3)
+    assert batch.added == [(O(3), 1, True, "")] and batch.spilled == [(O(3), "s3://b/3")]
+    assert batch.unborrowed == [O(1)] and batch.borrowed == []
+    assert len(batch) == 3
+    batch = book.take(3)
+    assert batch.borrowed == [O(2)] and len(batch) == 1
+    assert_empty(book)
+
+
+def test_requeue_of_borrows_keeps_a_newer_change() -> None:
+    book = ReportBook()
+    book.borrowed(O(1))
+    book.borrowed(O(2))
+    batch = book.take(10)
+    book.unborrowed(O(2))  # while the report was in flight
+    book.requeue(batch)
+    again = book.take(10)
+    assert again.borrowed == [O(1)] and again.unborrowed == [O(2)]
+    book.borrowed(O(4))
+    book.clear()
+    assert_empty(book)
 
 
 _CHANGE = st.one_of(

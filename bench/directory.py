@@ -10,7 +10,7 @@ on stderr.
     python bench/directory.py                    # everything, about 75 s
     python bench/directory.py --quick            # smaller sizes, under a minute
     python bench/directory.py --only latency     # lookups | subscriptions | latency |
-                                                 # memory | restart | scale | auth
+                                                 # memory | restart | scale | auth | borrow
     python bench/directory.py --only scale --nodes 10,100,200 --objects-per-node 1000,5000
 
     python bench/directory.py --wait-quiet 60    # on a shared machine: start each part
@@ -1719,6 +1719,108 @@ async def part_auth(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class _BorrowListener:
+    """A primary node's listener that resolves a future when an id's note comes."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[str, bytes], asyncio.Future[float]] = {}
+
+    def expect(self, kind: str, oid: bytes) -> asyncio.Future[float]:
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.waiting[(kind, oid)] = fut
+        return fut
+
+    def _seen(self, kind: str, ids: list[bytes]) -> None:
+        t = time.perf_counter()
+        for oid in ids:
+            fut = self.waiting.pop((kind, oid), None)
+            if fut is not None and not fut.done():
+                fut.set_result(t)
+
+    def on_borrowed(self, ids: list[bytes]) -> None:
+        self._seen("borrowed", ids)
+
+    def on_unborrowed(self, ids: list[bytes]) -> None:
+        self._seen("unborrowed", ids)
+
+    def on_update(self, rows: list[ObjectRow]) -> None: ...
+
+    def on_free(self, ids: list[bytes]) -> None: ...
+
+    def on_dead(self, node_ids: list[bytes]) -> None: ...
+
+    # NodeView: nothing held, nothing borrowed at registration.
+    def snapshot(self) -> list[tuple[bytes, int, bool, str]]:
+        return []
+
+    def spilled_snapshot(self) -> list[tuple[bytes, str]]:
+        return []
+
+    def borrowed_snapshot(self) -> list[bytes]:
+        return []
+
+    def usage(self) -> Any:
+        from objstore.locations import Usage
+
+        return Usage()
+
+
+async def _borrow_round(creds: Credentials, n: int, report_interval_s: float) -> dict[str, Any]:
+    """Borrow and unborrow ``n`` objects one at a time: B's hook to A's listener."""
+    from objstore.config import Config
+    from objstore.directory.client import DirectoryClient
+    from objstore.directory.server import DirectoryServer
+
+    cfg = Config.for_test(directory={"report_interval_s": report_interval_s})
+    server = DirectoryServer(cfg, credentials=creds)
+    await server.start(HOST, 0)
+    cfg = cfg.replace(node={"directory": server.address})
+    la, lb = _BorrowListener(), _BorrowListener()
+    a = DirectoryClient(cfg, os.urandom(16), la, la, credentials=creds)
+    b = DirectoryClient(cfg, os.urandom(16), lb, lb, credentials=creds)
+    try:
+        await a.start()
+        await b.start()
+        ids = new_ids(n + 200)
+        for oid in ids:
+            a.added(oid, 100, True)
+        await a.flush_reports()
+        times: dict[str, list[float]] = {"borrowed": [], "unborrowed": []}
+        for i, oid in enumerate(ids):
+            for kind, hook in (("borrowed", b.borrowed), ("unborrowed", b.unborrowed)):
+                fut = la.expect(kind, oid)
+                t0 = time.perf_counter()
+                hook(oid)
+                t1 = await asyncio.wait_for(fut, RPC_TIMEOUT)
+                if i >= 200:  # the first 200: warm-up (connections, HPACK tables)
+                    times[kind].append(t1 - t0)
+        return {kind: ms_summary(ts) for kind, ts in times.items()}
+    finally:
+        await b.stop()
+        await a.stop()
+        await server.stop()
+
+
+async def part_borrow(args: argparse.Namespace) -> dict[str, Any]:
+    """A borrower registration through the directory: B's ``borrowed(oid)`` hook to
+    the primary A's ``on_borrowed``, and the same for its end, one at a time.
+
+    An in-process directory over a real grpclib server (127.0.0.1), two real
+    DirectoryClients over gRPC, all in this process on one loop.  With the
+    default ``report_interval_s`` (5 ms) and with none (1 us): back-to-back
+    changes wait for the report rate limit, a first change after a quiet
+    spell does not.
+    """
+    from objstore.log import configure_logging
+
+    configure_logging("console", "warning")
+    creds = Credentials(generate_token(), None, "bench")
+    out: dict[str, Any] = {"iterations": args.borrow_calls}
+    out["report_interval_5ms"] = await _borrow_round(creds, args.borrow_calls, 0.005)
+    out["report_interval_none"] = await _borrow_round(creds, args.borrow_calls, 1e-6)
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -1734,6 +1836,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ("restart", part_restart),
         ("scale", part_scale),
         ("auth", part_auth),
+        ("borrow", part_borrow),
     ]
     t_all = time.perf_counter()
     for name, fn in parts:
@@ -1756,9 +1859,12 @@ def main() -> None:
     p.add_argument(
         "--only",
         type=lambda s: s.split(","),
-        help="comma-separated parts: lookups,subscriptions,latency,memory,restart,scale,auth",
+        help="comma-separated parts: lookups,subscriptions,latency,memory,restart,scale,auth,borrow",
     )
     p.add_argument("--auth-calls", type=int, default=2000, help="auth: RPCs per round")
+    p.add_argument(
+        "--borrow-calls", type=int, default=2000, help="borrow: borrows (and ends) measured"
+    )
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.add_argument(
         "--wait-quiet",
@@ -1797,7 +1903,7 @@ def main() -> None:
     )
     p.add_argument("--scale-seconds", type=float, default=1.5)
     args = p.parse_args()
-    known = {"lookups", "subscriptions", "latency", "memory", "restart", "scale", "auth"}
+    known = {"lookups", "subscriptions", "latency", "memory", "restart", "scale", "auth", "borrow"}
     if args.only and not set(args.only) <= known:
         p.error(f"--only: choose from {', '.join(sorted(known))}")
     if args.quick:
@@ -1810,6 +1916,7 @@ def main() -> None:
         args.restart_objects = min(args.restart_objects, 20_000)
         args.nodes = [min(n, 20) for n in args.nodes]
         args.scale_seconds = min(args.scale_seconds, 0.5)
+        args.borrow_calls = min(args.borrow_calls, 500)
     import uvloop
 
     out = uvloop.run(run(args))

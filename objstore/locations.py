@@ -40,6 +40,8 @@ class ObjectRow:
     name: str = ""
     spilled_url: str = ""
     spilled_node: bytes | None = None
+    #: Nodes whose processes hold refs to it, other than its primary node (borrowers).
+    borrowers: tuple[bytes, ...] = ()
 
 
 @dataclass(slots=True)

@@ -902,6 +902,10 @@ class DirectoryHooks(Protocol):
 
     def spilled(self, oid: bytes, url: str) -> None: ...
 
+    def borrowed(self, oid: bytes) -> None: ...
+
+    def unborrowed(self, oid: bytes) -> None: ...
+
 
 @dataclass(eq=False)
 class FakeNode:
@@ -910,9 +914,12 @@ class FakeNode:
     ``objects`` and ``spilled`` are what the full report after each
     registration reads; :meth:`add`, :meth:`remove`, :meth:`delete` and
     :meth:`spill` change them and tell the attached client's hooks, as the
-    store does.  Everything the directory tells the node is kept in
-    ``updates``, ``frees`` and ``dead``; :meth:`wait_for` waits for a
-    condition on them.
+    store does; ``borrows`` (what :meth:`borrow` and :meth:`unborrow`
+    change) is the node's borrow set for the full report.  Everything the
+    directory tells the node is kept in ``updates``, ``frees``, ``dead``,
+    ``borrow_notes`` (("borrowed" | "unborrowed", id) in order) and
+    ``lent`` (the objects put here the directory says are borrowed now);
+    :meth:`wait_for` waits for a condition on them.
     """
 
     objects: dict[bytes, tuple[int, bool, str]] = field(default_factory=dict)
@@ -922,6 +929,9 @@ class FakeNode:
     updates: list[ObjectRow] = field(default_factory=list)
     frees: list[bytes] = field(default_factory=list)
     dead: list[bytes] = field(default_factory=list)
+    borrows: set[bytes] = field(default_factory=set)
+    borrow_notes: list[tuple[str, bytes]] = field(default_factory=list)
+    lent: set[bytes] = field(default_factory=set)
     # How often each was read (full reports, heartbeats).
     snapshots: int = 0
     usage_reads: int = 0
@@ -935,6 +945,9 @@ class FakeNode:
 
     def spilled_snapshot(self) -> list[tuple[bytes, str]]:
         return list(self.spilled.items())
+
+    def borrowed_snapshot(self) -> list[bytes]:
+        return list(self.borrows)
 
     def usage(self) -> Usage:
         self.usage_reads += 1
@@ -954,6 +967,16 @@ class FakeNode:
 
     def on_dead(self, node_ids: list[bytes]) -> None:
         self.dead.extend(node_ids)
+        self._wake()
+
+    def on_borrowed(self, ids: list[bytes]) -> None:
+        self.borrow_notes.extend(("borrowed", oid) for oid in ids)
+        self.lent.update(ids)
+        self._wake()
+
+    def on_unborrowed(self, ids: list[bytes]) -> None:
+        self.borrow_notes.extend(("unborrowed", oid) for oid in ids)
+        self.lent.difference_update(ids)
         self._wake()
 
     def _wake(self) -> None:
@@ -982,6 +1005,16 @@ class FakeNode:
         if self.hooks is not None:
             self.hooks.spilled(oid, url)
 
+    def borrow(self, oid: bytes) -> None:
+        self.borrows.add(oid)
+        if self.hooks is not None:
+            self.hooks.borrowed(oid)
+
+    def unborrow(self, oid: bytes) -> None:
+        self.borrows.discard(oid)
+        if self.hooks is not None:
+            self.hooks.unborrowed(oid)
+
     # -- waiting
     def rows_of(self, oid: bytes) -> list[ObjectRow]:
         """Every update received for ``oid``, oldest first."""
@@ -998,7 +1031,8 @@ class FakeNode:
         except TimeoutError:
             raise AssertionError(
                 f"not within {timeout}s: {what or predicate!r} "
-                f"(updates={self.updates!r}, frees={self.frees!r}, dead={self.dead!r})"
+                f"(updates={self.updates!r}, frees={self.frees!r}, dead={self.dead!r}, "
+                f"borrow_notes={self.borrow_notes!r})"
             ) from None
 
 

@@ -25,9 +25,10 @@ SnapshotEntry = tuple[bytes, int, bool, str]
 class NodeView(Protocol):
     """What the directory client reads of its node.
 
-    :meth:`snapshot` and :meth:`spilled_snapshot` are read in one step with no
-    await between them (the full report after each registration), so the two
-    agree with each other and with the changes reported after them.
+    :meth:`snapshot`, :meth:`spilled_snapshot` and :meth:`borrowed_snapshot`
+    are read in one step with no await between them (the full report after
+    each registration), so they agree with each other and with the changes
+    reported after them.
     """
 
     def snapshot(self) -> list[SnapshotEntry]:
@@ -36,6 +37,10 @@ class NodeView(Protocol):
 
     def spilled_snapshot(self) -> list[tuple[bytes, str]]:
         """(object id, URL) of every object with a spill copy made by this node."""
+        ...
+
+    def borrowed_snapshot(self) -> list[bytes]:
+        """Every object put on another node that this node's processes hold refs to."""
         ...
 
     def usage(self) -> Usage:
@@ -56,6 +61,15 @@ class DirectoryListener(Protocol):
 
     def on_dead(self, node_ids: list[bytes]) -> None:
         """Nodes declared dead: stop serving their transfers."""
+        ...
+
+    def on_borrowed(self, ids: list[bytes]) -> None:
+        """Objects put here that another node now holds refs to (their first borrower)."""
+        ...
+
+    def on_unborrowed(self, ids: list[bytes]) -> None:
+        """Objects put here that no other node holds refs to any more (called after
+        :meth:`on_borrowed` of the same notification; an id is in one of the two)."""
         ...
 
 

@@ -2,7 +2,8 @@
 
 :class:`ReportBook` collects location changes between reports: the latest
 change of an object wins (an object added then deleted before a report is
-sent only as deleted), spill URLs ride beside them.  :class:`WatchBook` counts
+sent only as deleted), spill URLs and borrows ride beside them (a borrow's
+latest state wins too: borrowed then unborrowed goes out as unborrowed).  :class:`WatchBook` counts
 local interest in remote objects and tells which subscription changes the
 stream must send.
 """
@@ -26,23 +27,34 @@ class ReportBatch:
     removed: list[bytes] = field(default_factory=list)
     deleted: list[bytes] = field(default_factory=list)
     spilled: list[tuple[bytes, str]] = field(default_factory=list)
+    borrowed: list[bytes] = field(default_factory=list)
+    unborrowed: list[bytes] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.added) + len(self.removed) + len(self.deleted) + len(self.spilled)
+        return (
+            len(self.added)
+            + len(self.removed)
+            + len(self.deleted)
+            + len(self.spilled)
+            + len(self.borrowed)
+            + len(self.unborrowed)
+        )
 
 
 class ReportBook:
     """Location changes waiting to be reported, coalesced per object."""
 
-    __slots__ = ("ops", "spills")
+    __slots__ = ("ops", "spills", "borrows")
 
     def __init__(self) -> None:
         # object id -> (kind, size, primary, name); the latest change wins.
         self.ops: dict[bytes, tuple[int, int, bool, str]] = {}
         self.spills: dict[bytes, str] = {}
+        # object id -> borrowed (True) or unborrowed (False); the latest wins.
+        self.borrows: dict[bytes, bool] = {}
 
     def __len__(self) -> int:
-        return len(self.ops) + len(self.spills)
+        return len(self.ops) + len(self.spills) + len(self.borrows)
 
     def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
         self.ops.pop(oid, None)
@@ -59,6 +71,12 @@ class ReportBook:
 
     def spilled(self, oid: bytes, url: str) -> None:
         self.spills[oid] = url
+
+    def borrowed(self, oid: bytes) -> None:
+        self.borrows[oid] = True
+
+    def unborrowed(self, oid: bytes) -> None:
+        self.borrows[oid] = False
 
     def take(self, limit: int) -> ReportBatch:
         """Up to ``limit`` changes, oldest first, removed from the book."""
@@ -88,6 +106,16 @@ class ReportBook:
             for oid, _ in spilled:
                 del self.spills[oid]
             batch.spilled = spilled
+            room -= len(spilled)
+        if room > 0 and self.borrows:
+            taken = []
+            for oid, on in self.borrows.items():
+                if len(taken) >= room:
+                    break
+                taken.append(oid)
+                (batch.borrowed if on else batch.unborrowed).append(oid)
+            for oid in taken:
+                del self.borrows[oid]
         return batch
 
     def requeue(self, batch: ReportBatch) -> None:
@@ -109,11 +137,16 @@ class ReportBook:
             newer = old.get(oid)
             if newer is None or newer[0] != DELETED:
                 self.spills.setdefault(oid, url)
+        for oid in batch.borrowed:
+            self.borrows.setdefault(oid, True)  # a newer change of it stays
+        for oid in batch.unborrowed:
+            self.borrows.setdefault(oid, False)
 
     def clear(self) -> None:
         """Forget everything (a full report replaces it)."""
         self.ops.clear()
         self.spills.clear()
+        self.borrows.clear()
 
 
 class WatchBook:

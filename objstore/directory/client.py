@@ -12,9 +12,11 @@ through a directory restart.
 The client reads its node through a :class:`~objstore.directory.api.NodeView`
 (the full report's snapshot, usage for heartbeats) and tells it what the
 directory says through a :class:`~objstore.directory.api.DirectoryListener`
-(updates of subscribed objects, frees, dead nodes).  The hooks the node calls
-(``added``, ``removed``, ``deleted``, ``spilled``, ``watch``, ``unwatch``) only
-touch the pure books of :mod:`objstore.directory.book`.
+(updates of subscribed objects, frees, dead nodes, objects put here that
+became borrowed or unborrowed).  The hooks the node calls (``added``,
+``removed``, ``deleted``, ``spilled``, ``borrowed``, ``unborrowed``,
+``watch``, ``unwatch``) only touch the pure books of
+:mod:`objstore.directory.book`.
 """
 
 from __future__ import annotations
@@ -220,11 +222,15 @@ class DirectoryClient:
         self.book.spilled(oid, url)
         self._report_evt.set()
 
-    def borrowed(self, oid: bytes) -> None:  # TEMP until the borrow branch lands
-        pass
+    def borrowed(self, oid: bytes) -> None:
+        """This node's processes now hold refs to ``oid``, put on another node."""
+        self.book.borrows[oid] = True
+        self._report_evt.set()
 
-    def unborrowed(self, oid: bytes) -> None:  # TEMP until the borrow branch lands
-        pass
+    def unborrowed(self, oid: bytes) -> None:
+        """This node's processes hold no ref to ``oid`` (put on another node) any more."""
+        self.book.borrows[oid] = False
+        self._report_evt.set()
 
     def watch(self, oid: bytes) -> None:
         """One more local interest in a remote object (subscribed on the first)."""
@@ -329,13 +335,18 @@ class DirectoryClient:
             self.book.clear()
             objects = self._node.snapshot()
             spilled = self._node.spilled_snapshot()
-            await self._full_report(stub, objects, spilled)
+            borrowed = self._node.borrowed_snapshot()
+            await self._full_report(stub, objects, spilled, borrowed)
             self._wake_flushers()  # the full report carried every change made before it
             self.registrations += 1
             self._refusal_logged = False
             self._stub = stub
             self.registered.set()
-            fields = {"directory": f"{self.host}:{self.port}", "objects": len(objects)}
+            fields = {
+                "directory": f"{self.host}:{self.port}",
+                "objects": len(objects),
+                "borrowed": len(borrowed),
+            }
             if self._streak.failures:
                 self._streak.ok(**fields)  # "registered with the directory", failures=N
             else:
@@ -350,17 +361,23 @@ class DirectoryClient:
         stub: Any,
         objects: list[SnapshotEntry],
         spilled: Sequence[tuple[bytes, str]] = (),
+        borrowed: Sequence[bytes] = (),
     ) -> None:
         step = self.max_report
-        # The copies first, then the spill URLs of those that have one.
+        # The copies first, then the spill URLs of those that have one, then
+        # the borrows (the directory replaces this node's borrow set with them).
         nc = -(-len(objects) // step)
-        n = max(1, nc + -(-len(spilled) // step))
+        ns = nc + -(-len(spilled) // step)
+        n = max(1, ns + -(-len(borrowed) // step))
         for i in range(n):
             if i < nc:
                 batch = ReportBatch(added=objects[i * step : (i + 1) * step])
-            else:
+            elif i < ns:
                 j = i - nc
                 batch = ReportBatch(spilled=list(spilled[j * step : (j + 1) * step]))
+            else:
+                j = i - ns
+                batch = ReportBatch(borrowed=list(borrowed[j * step : (j + 1) * step]))
             await stub.report(
                 self._report_msg(batch, sync_begin=i == 0, sync_end=i == n - 1),
                 timeout=self.timeout,
@@ -387,6 +404,8 @@ class DirectoryClient:
             deleted_ids=join_ids(batch.deleted),
             spilled_ids=join_ids(s[0] for s in batch.spilled),
             spilled_urls=[s[1] for s in batch.spilled],
+            borrowed_ids=join_ids(batch.borrowed),
+            unborrowed_ids=join_ids(batch.unborrowed),
             sync_begin=sync_begin,
             sync_end=sync_end,
         )
@@ -504,6 +523,11 @@ class DirectoryClient:
                         self._listener.on_dead(
                             [dead[i : i + NODE_ID_SIZE] for i in range(0, len(dead), NODE_ID_SIZE)]
                         )
+                    # Borrowed first: an id is in one of the two lists only.
+                    if note.borrowed_ids:
+                        self._listener.on_borrowed(split_ids(note.borrowed_ids))
+                    if note.unborrowed_ids:
+                        self._listener.on_unborrowed(split_ids(note.unborrowed_ids))
                     if note.updates is not None and note.updates.object_ids:
                         self.addresses.update(table_addresses(note.updates))
                         self._listener.on_update(table_to_rows(note.updates))

@@ -54,6 +54,9 @@ def rows_to_table(
     spilled_nodes = []
     named_rows = []
     names = []
+    # Borrower columns only when some row is borrowed (most tables have none).
+    bcounts: list[int] = []
+    bnodes: list[int] = []
     for i, r in enumerate(rows):
         states.append(_STATES[r.state])
         sizes.append(r.size)
@@ -68,6 +71,14 @@ def rows_to_table(
         if r.name:
             named_rows.append(i)
             names.append(r.name)
+        if r.borrowers:
+            if not bcounts:
+                bcounts = [0] * i
+            bcounts.append(len(r.borrowers))
+            for nid in r.borrowers:
+                bnodes.append(index(nid))
+        elif bcounts:
+            bcounts.append(0)
     return pb.LocationTable(
         object_ids=join_ids(r.object_id for r in rows),
         states=states,
@@ -83,6 +94,8 @@ def rows_to_table(
         names=names,
         total=total,
         node_addresses=[address_of(n) for n in nodes] if address_of is not None else [],
+        borrower_counts=bcounts,
+        borrower_nodes=bnodes,
     )
 
 
@@ -103,6 +116,11 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
         raise InvalidRequestError("location table: columns of different lengths")
     if sum(t.location_counts) != len(t.location_nodes):
         raise InvalidRequestError("location table: location counts do not add up")
+    # Borrowers: no column at all (no row borrowed), or a count per row.
+    if t.borrower_counts and len(t.borrower_counts) != n:
+        raise InvalidRequestError("location table: columns of different lengths")
+    if sum(t.borrower_counts) != len(t.borrower_nodes):
+        raise InvalidRequestError("location table: borrower counts do not add up")
     # Sparse columns of different lengths, a sparse row past the end and a bad
     # node index are errors, not silently truncated or ignored.
     if not (len(t.spilled_rows) == len(t.spilled_urls) == len(t.spilled_nodes)) or len(
@@ -119,10 +137,17 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
             for row, url, ni in zip(t.spilled_rows, t.spilled_urls, t.spilled_nodes)
         }
         named = dict(zip(t.named_rows, t.names))
+        bcounts = t.borrower_counts
+        bpos = 0
         for i in range(n):
             c = t.location_counts[i]
             locs = tuple(nodes[j] for j in t.location_nodes[pos : pos + c])
             pos += c
+            borrowers: tuple[bytes, ...] = ()
+            if bcounts and bcounts[i]:
+                c = bcounts[i]
+                borrowers = tuple(nodes[j] for j in t.borrower_nodes[bpos : bpos + c])
+                bpos += c
             p = t.primary[i]
             url, snode = spilled.get(i, ("", None))
             out.append(
@@ -135,6 +160,7 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
                     named.get(i, ""),
                     url,
                     snode,
+                    borrowers,
                 )
             )
     except IndexError as exc:

@@ -11,8 +11,9 @@ found by a timer that checks heartbeats; durable state is written behind, in
 batches, by :class:`~objstore.directory.persist.WriteBehind`.
 
 Each node's ``Subscribe`` stream is served by two tasks: one reads
-subscription changes, one sends the current state of changed objects and the
-ids the node must free.  Errors become gRPC statuses through the one table in
+subscription changes, one sends the current state of changed objects, the
+ids the node must free and, to a primary node, the objects that became
+borrowed or unborrowed.  Errors become gRPC statuses through the one table in
 :mod:`objstore.status`.  :meth:`DirectoryServer.stop` ends every request, stream
 and connection, so a directory started again on the same port is the only one
 its clients reach.  A subscriber that does not read blocks only its own
@@ -64,7 +65,7 @@ log = structlog.get_logger("objstore.directory.server")
 _PREFIX = "/objstore.directory.v1.Directory/"
 # Requests larger than this are handled one per event loop turn.
 _HEAVY_BYTES = 16 * 1024
-# Rows per notification message, and frees per message.
+# Rows per notification message, and frees (or borrow changes) per message.
 _NOTIFY_ROWS = 2000
 _NOTIFY_FREES = 10000
 
@@ -234,6 +235,8 @@ class _Service:
         removed = split_ids(req.removed_ids)
         deleted = split_ids(req.deleted_ids)
         spilled = split_ids(req.spilled_ids)
+        borrowed = split_ids(req.borrowed_ids)
+        unborrowed = split_ids(req.unborrowed_ids)
         n = len(added)
         if len(req.added_sizes) != n or (req.added_primary and len(req.added_primary) != n):
             raise InvalidRequestError("report: added ids, sizes and primary flags differ in length")
@@ -241,7 +244,7 @@ class _Service:
             raise InvalidRequestError("report: names do not match the added ids")
         if len(req.spilled_urls) != len(spilled):
             raise InvalidRequestError("report: spilled ids and URLs differ in length")
-        total = n + len(removed) + len(deleted) + len(spilled)
+        total = n + len(removed) + len(deleted) + len(spilled) + len(borrowed) + len(unborrowed)
         if total > self.cfg.max_report:
             raise InvalidRequestError(
                 f"report: {total} entries in one report; at most {self.cfg.max_report}"
@@ -256,12 +259,19 @@ class _Service:
             removed=removed,
             deleted=deleted,
             spilled=zip(spilled, req.spilled_urls),
+            borrowed=borrowed,
+            unborrowed=unborrowed,
             sync_begin=req.sync_begin,
             sync_end=req.sync_end,
         )
         if req.sync_end:
             node = self.state.nodes[req.node_id]
-            log.info("node reported in full", node_id=req.node_id.hex(), objects=len(node.objects))
+            log.info(
+                "node reported in full",
+                node_id=req.node_id.hex(),
+                objects=len(node.objects),
+                borrowed=len(self.state.borrowers.borrowed_by(req.node_id)),
+            )
         return pb.ReportReply()
 
     async def lookup(self, req: pb.LookupRequest) -> pb.LocationTable:
@@ -373,10 +383,16 @@ class _Service:
                 while True:
                     rows = state.take_pending(sub, _NOTIFY_ROWS)
                     frees = state.take_frees(sub.node_id, _NOTIFY_FREES)
+                    borrowed, unborrowed = state.take_borrow_notes(sub.node_id, _NOTIFY_FREES)
                     dead, sub.dead_nodes = sub.dead_nodes, []
-                    if not rows and not frees and not dead:
+                    if not rows and not frees and not dead and not borrowed and not unborrowed:
                         break
-                    note = pb.Notification(free_ids=b"".join(frees), dead_nodes=b"".join(dead))
+                    note = pb.Notification(
+                        free_ids=b"".join(frees),
+                        dead_nodes=b"".join(dead),
+                        borrowed_ids=b"".join(borrowed),
+                        unborrowed_ids=b"".join(unborrowed),
+                    )
                     if rows:
                         note.updates = rows_to_table(rows, address_of=self._address)
                     await send(note)

@@ -25,6 +25,13 @@ process per object):
   entry per subscription, however many changes happen.
 * *Frees*: when an object is deleted, every other node holding a copy is told
   to free it; the ids wait on the node's record until its stream takes them.
+* *Borrowers* (:class:`~objstore.directory.borrowers.Borrowers`): nodes whose
+  processes hold refs to an object put on another node.  When an object gains
+  its first borrower or loses its last, its primary node is told (the ids wait
+  on the primary's record, like frees); when it loses its last borrower and
+  its primary node is gone, the object is deleted (unless it is named).
+  Borrower sets are not persisted: nodes report theirs in full after each
+  registration.
 
 One module of about 800 lines, for a reason: nodes, objects, names, spill
 copies and subscriptions are one state whose invariants tie them together
@@ -39,6 +46,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from objstore.directory.borrowers import Borrowers
 from objstore.errors import (
     InvalidRequestError,
     NotRegisteredError,
@@ -111,6 +119,11 @@ class NodeRecord:
     frees: dict[bytes, None] = field(default_factory=dict)
     # Ids of named objects being created here (reserved, not reported yet).
     pending: set[bytes] = field(default_factory=set)
+    # Objects primary here whose borrowed state changed since last sent; their
+    # current state is read when the stream takes them (``take_borrow_notes``).
+    borrow_notes: dict[bytes, None] = field(default_factory=dict)
+    # During a full report: the borrows reported so far (replace the node's set at the end).
+    borrow_sync: set[bytes] | None = None
 
 
 class ObjectRecord:
@@ -179,6 +192,10 @@ class DirectoryState:
         self.on_dirty_object: Callable[[bytes], None] = _no_op
         # Interned location sets: most objects share one of a few.
         self._sets: dict[frozenset[bytes], frozenset[bytes]] = {}
+        # Object id <-> borrower node ids (only live nodes: a death drops its borrows).
+        self.borrowers = Borrowers()
+        # Objects deleted because their last borrower left after their primary node.
+        self.n_orphans_deleted = 0
 
     # ------------------------------------------------------------------ nodes
     def register(
@@ -282,7 +299,9 @@ class DirectoryState:
         node = self.nodes[node_id]
         node.alive = False
         node.frees.clear()
+        node.borrow_notes.clear()
         node.unconfirmed = None
+        node.borrow_sync = None
         objects, node.objects = node.objects, set()
         pending, node.pending = node.pending, set()
         stream = self.streams.pop(node_id, None)
@@ -329,6 +348,9 @@ class DirectoryState:
                         self.names.pop(rec.name, None)
                         rec.name = ""
                     self._changed(oid)
+            # Its borrows end: primaries hear of the objects nobody borrows now
+            # (and those whose primary is gone too are deleted).
+            self._unborrowed(self.borrowers.drop_node(node_id))
         finally:
             self.dying.discard(node_id)
         yield lost
@@ -393,6 +415,9 @@ class DirectoryState:
             self.n_locations += 1
         if node.unconfirmed is not None:
             node.unconfirmed.discard(oid)
+        if primary and rec.primary == nid and oid in self.borrowers:
+            # Borrowed before (or while) its primary reported it: tell the primary.
+            self._note_borrow(node, oid)
         self._changed(oid)
 
     def _remove_location(self, oid: bytes, rec: ObjectRecord, nid: bytes, dying: bool) -> int:
@@ -445,15 +470,29 @@ class DirectoryState:
         removed: Iterable[bytes] = (),
         deleted: Iterable[bytes] = (),
         spilled: Iterable[tuple[bytes, str]] = (),
+        borrowed: Iterable[bytes] = (),
+        unborrowed: Iterable[bytes] = (),
         sync_begin: bool = False,
         sync_end: bool = False,
     ) -> None:
-        """Apply one location report of a live node (a sign of life too)."""
+        """Apply one location report of a live node (a sign of life too).
+
+        In order: added copies, borrows, ends of borrows, removed copies,
+        spill URLs, deletes.  Borrows between ``sync_begin`` and ``sync_end``
+        are the node's whole borrow set, which replaces its old one at the end.
+        """
         node = self.live_node(node_id, session, now)
         if sync_begin:
             node.unconfirmed = set(node.objects)
+            node.borrow_sync = set()
         for i, (oid, size, primary) in enumerate(added):
             self._add_location(oid, node, size, primary, names.get(i, "") if names else "")
+        if node.borrow_sync is not None:
+            node.borrow_sync.update(borrowed)
+            node.borrow_sync.difference_update(unborrowed)
+        else:
+            self._borrowed(self.borrowers.borrow(node_id, borrowed))
+            self._unborrowed(self.borrowers.unborrow(node_id, unborrowed))
         for oid in removed:
             rec = self.objects.get(oid)
             if rec is not None:
@@ -470,6 +509,11 @@ class DirectoryState:
             rec.spilled_node = node_id
             self._changed(oid)
         self.delete(deleted, requester=node_id)
+        if sync_end and node.borrow_sync is not None:
+            held, node.borrow_sync = node.borrow_sync, None
+            gained, lost = self.borrowers.replace(node_id, held)
+            self._borrowed(gained)
+            self._unborrowed(lost)
         if sync_end and node.unconfirmed is not None:
             stale, node.unconfirmed = node.unconfirmed, None
             for oid in stale:
@@ -525,6 +569,7 @@ class DirectoryState:
         n = 0
         for oid in oids:
             rec = self.objects.pop(oid, None)
+            self.borrowers.forget(oid)
             if rec is None:
                 # Never heard of (a put deleted before its report went out, or
                 # gone already): still remembered and told to subscribers, so a
@@ -586,6 +631,82 @@ class DirectoryState:
             del node.frees[oid]
         return out
 
+    # ------------------------------------------------------------------ borrowers
+    def _primary_holder(self, oid: bytes, rec: ObjectRecord) -> NodeRecord | None:
+        """The object's primary node, if it is alive and still holds the object
+        (in memory or as its spill copy); None if it is dead, unknown, or a new
+        process under the same id that does not have it."""
+        if rec.primary is None:
+            return None
+        node = self.nodes.get(rec.primary)
+        if node is None or not node.alive:
+            return None
+        if oid in node.objects or rec.spilled_node == rec.primary or oid in node.pending:
+            return node
+        return None
+
+    def _note_borrow(self, node: NodeRecord, oid: bytes) -> None:
+        node.borrow_notes[oid] = None
+        stream = self.streams.get(node.node_id)
+        if stream is not None and len(node.borrow_notes) == 1:
+            stream.wake()
+
+    def _borrowed(self, oids: Iterable[bytes]) -> None:
+        """These objects gained their first borrower: tell their primaries."""
+        for oid in oids:
+            rec = self.objects.get(oid)
+            if rec is None:
+                continue  # the primary's report is on its way: it is told when it comes
+            node = self._primary_holder(oid, rec)
+            if node is not None:
+                self._note_borrow(node, oid)
+
+    def _unborrowed(self, oids: Iterable[bytes]) -> None:
+        """These objects lost their last borrower: tell their primaries; an
+        object whose primary node is gone has no holder left and is deleted
+        (a named one lives until it is deleted by name).
+
+        An object with no primary recorded (only secondary copies reported so
+        far, e.g. after a directory restart before its primary reported in
+        full) is kept: its primary may be about to report it.
+        """
+        orphans = []
+        for oid in oids:
+            rec = self.objects.get(oid)
+            if rec is None:
+                continue
+            node = self._primary_holder(oid, rec)
+            if node is not None:
+                self._note_borrow(node, oid)
+            elif rec.primary is not None and not rec.name:
+                orphans.append(oid)
+        if orphans:
+            self.n_orphans_deleted += self.delete(orphans)
+
+    def take_borrow_notes(self, node_id: bytes, limit: int) -> tuple[list[bytes], list[bytes]]:
+        """Up to ``limit`` objects primary on the node whose borrowed state changed:
+        (borrowed now, unborrowed now), each object in one of the two by its
+        *current* state.  Objects deleted since, or no longer primary there,
+        are dropped."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.borrow_notes:
+            return [], []
+        borrowed: list[bytes] = []
+        unborrowed: list[bytes] = []
+        notes = node.borrow_notes
+        taken = []
+        for oid in notes:
+            if len(borrowed) + len(unborrowed) >= limit:
+                break
+            taken.append(oid)
+            rec = self.objects.get(oid)
+            if rec is None or rec.primary != node_id:
+                continue
+            (borrowed if oid in self.borrowers else unborrowed).append(oid)
+        for oid in taken:
+            del notes[oid]
+        return borrowed, unborrowed
+
     # ------------------------------------------------------------------ lookups
     def row(self, oid: bytes) -> ObjectRow:
         """One object's current state."""
@@ -601,6 +722,7 @@ class DirectoryState:
             rec.name,
             rec.spilled_url,
             rec.spilled_node,
+            tuple(self.borrowers.by_object.get(oid, ())),
         )
 
     def lookup(self, oids: Iterable[bytes]) -> list[ObjectRow]:
@@ -615,7 +737,7 @@ class DirectoryState:
             self.drop_subscriber(old)
         self.streams[sub.node_id] = sub
         node = self.nodes.get(sub.node_id)
-        if node is not None and node.frees:
+        if node is not None and (node.frees or node.borrow_notes):
             sub.wake()
         return old
 

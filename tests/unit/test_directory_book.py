@@ -43,7 +43,7 @@ def O(i: int) -> bytes:
 
 def assert_empty(book: ReportBook) -> None:
     assert len(book) == 0
-    assert not book.ops and not book.spills
+    assert not book.ops and not book.spills and not book.borrows
 
 
 # ====================================================================== ReportBook
@@ -214,6 +214,37 @@ def test_clear() -> None:
     book.clear()
     assert_empty(book)
     assert len(book.take(10)) == 0
+
+
+def test_borrows_latest_state_wins_and_ride_after_the_rest() -> None:
+    book = ReportBook()
+    book.borrowed(O(1))
+    book.borrowed(O(2))
+    book.unborrowed(O(1))  # borrowed then unborrowed: unborrowed (the directory ends right)
+    book.added(O(3), 1, True)
+    book.spilled(O(3), "s3://b/3")
+    assert len(book) == 4
+    batch = book.take(3)
+    assert batch.added == [(O(3), 1, True, "")] and batch.spilled == [(O(3), "s3://b/3")]
+    assert batch.unborrowed == [O(1)] and batch.borrowed == []
+    assert len(batch) == 3
+    batch = book.take(3)
+    assert batch.borrowed == [O(2)] and len(batch) == 1
+    assert_empty(book)
+
+
+def test_requeue_of_borrows_keeps_a_newer_change() -> None:
+    book = ReportBook()
+    book.borrowed(O(1))
+    book.borrowed(O(2))
+    batch = book.take(10)
+    book.unborrowed(O(2))  # while the report was in flight
+    book.requeue(batch)
+    again = book.take(10)
+    assert again.borrowed == [O(1)] and again.unborrowed == [O(2)]
+    book.borrowed(O(4))
+    book.clear()
+    assert_empty(book)
 
 
 _CHANGE = st.one_of(
@@ -405,7 +436,8 @@ def _rows(draw: st.DrawFn) -> ObjectRow:
     name = draw(st.text(max_size=8))
     url = draw(st.just("") | _url)
     spilled_node = draw(st.none() | _node) if url else None
-    return ObjectRow(oid, state, size, primary, nodes, name, url, spilled_node)
+    borrowers = tuple(draw(st.lists(_node, max_size=3, unique=True)))
+    return ObjectRow(oid, state, size, primary, nodes, name, url, spilled_node, borrowers)
 
 
 @settings(max_examples=300)
@@ -421,6 +453,7 @@ def test_codec_round_trip(rows: list[ObjectRow], total: int) -> None:
         {r.primary for r in rows}
         | {n for r in rows for n in r.nodes}
         | {r.spilled_node for r in rows}
+        | {n for r in rows for n in r.borrowers}
     )
     used.discard(None)
     assert len(table.nodes) == NODE_ID_SIZE * len(used), "each node id is written once"
@@ -448,6 +481,21 @@ def test_codec_sparse_columns() -> None:
     assert list(t.spilled_rows) == [1, 3]
     assert list(t.spilled_nodes) == [2, 0]
     assert list(t.named_rows) == [1] and list(t.names) == ["named"]
+    assert not t.borrower_counts and not t.borrower_nodes  # no row borrowed: no column
+    assert table_to_rows(t) == rows
+
+
+def test_codec_borrowers_column() -> None:
+    rows = [
+        ObjectRow(O(1), PRESENT, 1, N(1), (N(1),)),
+        ObjectRow(O(2), PRESENT, 2, N(1), (N(1),), borrowers=(N(2), N(3))),
+        ObjectRow(O(3), PRESENT, 3, N(3), (N(3),), borrowers=(N(1),)),
+        ObjectRow(O(4), UNKNOWN),
+    ]
+    t = rows_to_table(rows)
+    assert t.nodes == N(1) + N(2) + N(3)
+    assert list(t.borrower_counts) == [0, 2, 1, 0]
+    assert list(t.borrower_nodes) == [1, 2, 0]
     assert table_to_rows(t) == rows
 
 
@@ -458,6 +506,13 @@ def _good_table() -> pb.LocationTable:
             ObjectRow(O(2), PENDING, 20, N(2), (), "b"),
         ]
     )
+
+
+def test_codec_rejects_a_bad_borrower_index() -> None:
+    t = rows_to_table([ObjectRow(O(1), PRESENT, 1, N(1), (N(1),), borrowers=(N(2),))])
+    t.borrower_nodes = [5]
+    with pytest.raises(InvalidRequestError):
+        table_to_rows(t)
 
 
 def _set(field: str, value: object) -> pb.LocationTable:
@@ -485,6 +540,9 @@ def _set(field: str, value: object) -> pb.LocationTable:
         ("names", ["a"]),
         ("spilled_rows", [2]),  # a row that does not exist
         ("named_rows", [0, 5]),
+        ("borrower_counts", [1]),  # a borrower column of the wrong length
+        ("borrower_counts", [1, 0]),  # borrower counts do not add up
+        ("borrower_nodes", [0]),
     ],
 )
 def test_codec_rejects_malformed_tables(field: str, value: object) -> None:

@@ -134,6 +134,14 @@ def check(state: DirectoryState) -> None:
         assert set(sub.pending) <= sub.subscribed
     assert state.n_subscriptions == sum(len(s.subscribed) for s in state.streams.values())
     assert len(state.deleted) <= state.deleted_memory
+    # borrowers: both indexes agree, and only live nodes borrow or wait for notes
+    state.borrowers.check()
+    for nid in state.borrowers.by_node:
+        node = state.nodes.get(nid)
+        assert node is not None and node.alive, "a borrow of a dead or unknown node"
+    for node in state.nodes.values():
+        if not node.alive:
+            assert not node.borrow_notes and node.borrow_sync is None
 
 
 def check_dropped(state: DirectoryState, sub: Subscriber) -> None:
@@ -201,6 +209,17 @@ class Env:
 
     def frees(self, n: int) -> list[bytes]:
         got = self.state.take_frees(N(n), 1_000_000)
+        check(self.state)
+        return got
+
+    def borrow(self, n: int, *objs: int, gen: int = 0) -> None:
+        self.report(n, gen, borrowed=[O(o) for o in objs])
+
+    def unborrow(self, n: int, *objs: int, gen: int = 0) -> None:
+        self.report(n, gen, unborrowed=[O(o) for o in objs])
+
+    def notes(self, n: int, limit: int = 1_000_000) -> tuple[list[bytes], list[bytes]]:
+        got = self.state.take_borrow_notes(N(n), limit)
         check(self.state)
         return got
 
@@ -1140,6 +1159,200 @@ def test_take_pending_limit(env: Env) -> None:
     assert env.state.take_pending(sub, 10) == []
 
 
+# ---------------------------------------------------------------------- borrowers
+def test_first_borrower_and_last_are_told_to_the_primary(env: Env) -> None:
+    for n in (1, 2, 3):
+        env.register(n)
+    env.add(1, 1, primary=True)
+    env.borrow(2, 1)
+    assert env.notes(1) == ([O(1)], [])
+    env.borrow(3, 1)
+    assert env.notes(1) == ([], [])  # borrowed already
+    assert set(env.row(1).borrowers) == {N(2), N(3)}
+    env.unborrow(2, 1)
+    assert env.notes(1) == ([], [])  # N(3) still borrows it
+    env.unborrow(3, 1)
+    assert env.notes(1) == ([], [O(1)])
+    assert env.row(1).borrowers == () and env.row(1).state == PRESENT
+    assert env.notes(2) == env.notes(3) == ([], [])
+
+
+def test_borrow_notes_coalesce_to_the_current_state(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, 2, primary=True)
+    env.borrow(2, 1, 2)
+    env.unborrow(2, 1)
+    assert env.notes(1) == ([O(2)], [O(1)])  # O(1): unborrowed before it was sent
+    env.unborrow(2, 2)
+    env.borrow(2, 2)
+    env.unborrow(2, 2)
+    env.borrow(2, 2)
+    assert env.notes(1) == ([O(2)], [])
+
+
+def test_borrow_notes_are_taken_in_batches(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, 2, 3, primary=True)
+    env.borrow(2, 1, 2, 3)
+    assert env.notes(1, limit=2) == ([O(1), O(2)], [])
+    assert env.notes(1, limit=2) == ([O(3)], [])
+    assert not env.state.nodes[N(1)].borrow_notes
+
+
+def test_a_borrow_before_the_primary_reports_is_told_when_it_does(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.borrow(2, 1)
+    assert env.notes(1) == ([], [])
+    env.add(1, 1, primary=True)
+    assert env.notes(1) == ([O(1)], [])
+    env.add(2, 1, primary=False)  # a secondary copy on the borrower: no note
+    assert env.notes(2) == ([], [])
+
+
+def test_borrows_and_adds_of_one_report_apply_adds_first(env: Env) -> None:
+    env.register(1)
+    env.report(1, added=[(O(1), 10, True)], borrowed=[O(2)])
+    env.register(2)
+    env.report(2, added=[(O(2), 10, True)], borrowed=[O(1)])
+    assert env.notes(1) == ([O(1)], []) and env.notes(2) == ([O(2)], [])
+
+
+def test_a_dead_borrowers_borrows_end(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, primary=True)
+    env.borrow(2, 1)
+    env.notes(1)
+    env.now += TIMEOUT / 2
+    env.heartbeat(1)
+    env.advance(TIMEOUT / 2 + 1)  # N(2) silent for longer than the timeout
+    assert not env.state.nodes[N(2)].alive
+    assert env.notes(1) == ([], [O(1)])
+    assert env.row(1).state == PRESENT and not env.state.borrowers
+
+
+def test_last_borrower_gone_after_the_primary_deletes_the_object(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.register(3)
+    env.add(1, 1, 2, primary=True)
+    env.add(2, 1, 2)  # secondary copies on the borrower
+    env.borrow(2, 1, 2)
+    env.report(1, spilled=[(O(1), "s3://b/1")])
+    env.state.declare_dead(N(1))
+    check(env.state)
+    assert env.row(1).state == PRESENT  # borrowed: kept while N(2) holds refs
+    env.unborrow(2, 1)
+    assert env.row(1).state == DELETED
+    assert env.state.spilled_objects == 0 and env.state.n_orphans_deleted == 1
+    assert env.frees(2) == [O(1)]  # the copy left on the borrower is freed
+    # The borrower's own death ends the other borrow the same way.
+    env.state.declare_dead(N(2))
+    check(env.state)
+    assert env.row(2).state == DELETED and env.state.n_orphans_deleted == 2
+
+
+def test_a_named_orphan_and_one_with_no_primary_are_kept(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.report(1, added=[(O(1), 10, True)], names={0: "kept"})
+    env.add(2, 1, 2)
+    env.borrow(2, 1, 2)
+    env.state.declare_dead(N(1))
+    check(env.state)
+    env.unborrow(2, 1, 2)
+    assert env.row(1).state == PRESENT and env.row(1).name == "kept"
+    # O(2) has no primary on record (its primary has not reported it): kept.
+    assert env.row(2).state == PRESENT and env.row(2).primary is None
+
+
+def test_a_spilled_primary_without_its_memory_copy_is_still_told(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, primary=True)
+    env.report(1, spilled=[(O(1), "s3://b/1")])
+    env.report(1, removed=[O(1)])
+    env.borrow(2, 1)
+    env.unborrow(2, 1)
+    assert env.notes(1) == ([], [O(1)])
+    assert env.row(1).state == PRESENT
+
+
+def test_a_new_process_of_the_primary_is_not_told_of_the_old_ones_objects(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, primary=True)
+    env.add(2, 1)
+    env.borrow(2, 1)
+    env.notes(1)
+    env.state.declare_dead(N(1))
+    env.register(1, gen=1)  # the same id, a new process: it does not hold O(1)
+    env.unborrow(2, 1)
+    assert env.notes(1) == ([], [])
+    assert env.row(1).state == DELETED and env.frees(2) == [O(1)]
+
+
+def test_a_delete_forgets_the_borrowers_and_their_notes(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, primary=True)
+    env.borrow(2, 1)
+    env.delete(1, by=1)
+    assert env.notes(1) == ([], [])  # deleted meanwhile: nothing to tell
+    assert not env.state.borrowers and env.row(1).borrowers == ()
+    env.unborrow(2, 1)  # the borrower's late end of it: nothing happens
+    assert env.notes(1) == ([], [])
+
+
+def test_a_full_report_replaces_the_borrow_set(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, 2, 3, primary=True)
+    env.borrow(2, 1, 3)
+    env.notes(1)
+    env.register(2)  # the same process again (a lost connection): a full report
+    env.report(2, borrowed=[O(1)], sync_begin=True)
+    assert env.state.borrowers.borrowed_by(N(2)) == {O(1), O(3)}  # until the sync ends
+    env.report(2, borrowed=[O(2)], sync_end=True)
+    assert env.state.borrowers.borrowed_by(N(2)) == {O(1), O(2)}
+    assert env.notes(1) == ([O(2)], [O(3)])
+
+
+def test_a_primarys_full_report_is_told_of_its_borrowed_objects(env: Env) -> None:
+    # After a directory restart, a borrower reports in full before the primary.
+    env.register(2)
+    env.report(2, borrowed=[O(1)], sync_begin=True, sync_end=True)
+    env.register(1)
+    env.report(1, added=[(O(1), 10, True), (O(2), 10, True)], sync_begin=True, sync_end=True)
+    assert env.notes(1) == ([O(1)], [])
+
+
+def test_borrow_notes_wake_the_primarys_stream(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, 2, primary=True)
+    waker = Waker()
+    env.state.attach(Subscriber(N(1), waker))
+    env.borrow(2, 1)
+    env.borrow(2, 2)
+    assert waker.calls == 1  # once, when the first note came
+    waker2 = Waker()
+    env.state.attach(Subscriber(N(1), waker2))  # a new stream: notes wait
+    assert waker2.calls == 1
+
+
+def test_borrowers_are_not_persisted(env: Env) -> None:
+    env.register(1)
+    env.register(2)
+    env.add(1, 1, primary=True)
+    env.borrow(2, 1)
+    fresh = reload(env.state, env.now)
+    assert fresh.row(O(1)).borrowers == () and not fresh.borrowers
+
+
 # ---------------------------------------------------------------------- persistence
 def persist(state: DirectoryState) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
     nodes = {}
@@ -1484,6 +1697,30 @@ class DirectoryMachine(RuleBasedStateMachine):
                 assert O(o) in self.state.nodes[nid].frees
             if rec.name:
                 assert rec.name not in self.state.names
+
+    # -- borrowers
+    @rule(n=st.sampled_from(NODES), oids=st.sets(st.sampled_from(OBJECTS), max_size=3))
+    def borrow(self, n: int, oids: set[int]) -> None:
+        if self._report(n, borrowed=[O(o) for o in oids]):
+            node = self.state.nodes[N(n)]
+            if node.borrow_sync is None:
+                assert {O(o) for o in oids} <= self.state.borrowers.borrowed_by(N(n))
+
+    @rule(n=st.sampled_from(NODES), oids=st.sets(st.sampled_from(OBJECTS), max_size=3))
+    def unborrow(self, n: int, oids: set[int]) -> None:
+        if self._report(n, unborrowed=[O(o) for o in oids]):
+            node = self.state.nodes[N(n)]
+            if node.borrow_sync is None:
+                assert not {O(o) for o in oids} & self.state.borrowers.borrowed_by(N(n))
+
+    @rule(n=st.sampled_from(NODES), limit=st.integers(1, 3))
+    def take_borrow_notes(self, n: int, limit: int) -> None:
+        borrowed, unborrowed = self.state.take_borrow_notes(N(n), limit)
+        assert len(borrowed) + len(unborrowed) <= limit
+        assert not set(borrowed) & set(unborrowed)
+        for oid in borrowed + unborrowed:
+            assert self.state.objects[oid].primary == N(n)
+            assert (oid in self.state.borrowers) == (oid in borrowed)
 
     @rule(n=st.sampled_from(NODES), limit=st.integers(1, 3))
     def take_frees(self, n: int, limit: int) -> None:

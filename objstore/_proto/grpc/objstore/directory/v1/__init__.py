@@ -229,6 +229,17 @@ class LocationReport(betterproto2.Message):
 
     sync_end: "bool" = betterproto2.field(13, betterproto2.TYPE_BOOL)
 
+    borrowed_ids: "bytes" = betterproto2.field(14, betterproto2.TYPE_BYTES)
+    """
+    Reference counting: this node's processes now hold refs to objects put
+    on another node (borrowed), or no longer do (unborrowed).  The directory
+    keeps each object's set of borrower nodes and tells its primary node.
+    A full report lists every object the node borrows (in `borrowed_ids`);
+    the directory replaces the node's set with it at `sync_end`.
+    """
+
+    unborrowed_ids: "bytes" = betterproto2.field(15, betterproto2.TYPE_BYTES)
+
 
 default_message_pool.register_message("objstore.directory.v1", "LocationReport", LocationReport)
 
@@ -285,6 +296,14 @@ class LocationTable(betterproto2.Message):
     """
     The data plane address (host:port) of each node in `nodes`, in order.
     """
+
+    borrower_counts: "list[int]" = betterproto2.field(15, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    Nodes borrowing each row's object (holding refs to it), like
+    location_counts / location_nodes.  Empty when no row is borrowed.
+    """
+
+    borrower_nodes: "list[int]" = betterproto2.field(16, betterproto2.TYPE_UINT32, repeated=True)
 
 
 default_message_pool.register_message("objstore.directory.v1", "LocationTable", LocationTable)
@@ -368,6 +387,15 @@ class Notification(betterproto2.Message):
     Nodes just declared dead (16-byte ids back to back): a node stops serving
     their transfers.
     """
+
+    borrowed_ids: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
+    """
+    To an object's primary node: objects that gained their first borrower
+    node, or lost their last one.  Each id is in at most one of the two
+    lists (its state when the notification was made); borrowed_ids first.
+    """
+
+    unborrowed_ids: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
 
 
 default_message_pool.register_message("objstore.directory.v1", "Notification", Notification)

@@ -22,17 +22,22 @@ that splitting would turn into attribute hops across modules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import mmap
 import os
+import random
+import socket
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self, cast
 
 import numpy as np
+import structlog
 
+from objstore.backoff import Backoff
 from objstore.config import default_socket_path
 from objstore.errors import (
     GetTimeoutError,
@@ -59,6 +64,29 @@ __all__ = ["Client", "ObjectRef", "connect"]
 # a copy of a few KiB costs less than the bookkeeping of a pinned view.
 _COPY_BELOW = 16 * 1024
 _CONNECT_TIMEOUT = 10.0
+# Reconnect backoff after the connection to the node is lost.
+_RECONNECT_FIRST_S = 0.05
+_RECONNECT_MAX_S = 2.0
+
+log = structlog.get_logger("objstore.client")
+
+
+# Requests sent again to the next session when the connection dies under them.
+_RETRIED = frozenset({"get", "wait"})
+
+
+def _own_timeout(req: pb.Request, kind: str | None, bounded: bool) -> float | None:
+    """A get's or wait's own timeout in seconds (None: none, or another request)."""
+    if bounded or kind not in _RETRIED:
+        return None
+    ms = req.get.timeout_ms if kind == "get" else req.wait.timeout_ms
+    return ms / 1000.0 if ms >= 0 else None
+
+
+def _shorten(req: pb.Request, kind: str | None, timeout: float, elapsed: float) -> None:
+    """A get or wait sent after waiting for the connection: what is left of its timeout."""
+    body = req.get if kind == "get" else req.wait
+    body.timeout_ms = max(0, int((timeout - elapsed) * 1000))
 
 
 class _Cached:
@@ -114,19 +142,27 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client._fail(
-            NodeUnavailableError(
-                f"connection to the node at {self.client.socket_path} was lost"
-                + (f": {exc}" if exc else "")
-            )
-        )
+        self.client._connection_lost(self, exc)
+
+
+class _Lost(NodeUnavailableError):
+    """The connection died under a request (its outcome is unknown); gets and waits retry."""
+
+
+def reconnect_delays(rng: random.Random | None = None) -> Backoff:
+    """The reconnect schedule: 50 ms doubling to 2 s, each delay with jitter (+-50%)."""
+    return Backoff(_RECONNECT_FIRST_S, _RECONNECT_MAX_S, rng=rng)
 
 
 class Client:
     """A connection to the local node.  Make one with :func:`connect`."""
 
     def __init__(
-        self, socket_path: str, warm: bool = True, request_timeout: float | None = 60.0
+        self,
+        socket_path: str,
+        warm: bool = True,
+        request_timeout: float | None = 60.0,
+        reconnect: bool = True,
     ) -> None:
         if request_timeout is not None and request_timeout <= 0:
             raise ValueError(f"request_timeout must be None or > 0, got {request_timeout}")
@@ -161,12 +197,32 @@ class Client:
         self._map_lock: asyncio.Lock | None = None
         # Ids the node counts this connection as holding (docs/lifecycle.md).
         self._held: set[bytes] = set()
+        self._reconnect = reconnect
+        # The session's protocol; a loss reported by an older one is ignored.
+        self._protocol: _Protocol | None = None
+        # Counts sessions: a mapping or reply of an earlier one is never used in a later one.
+        self._session = 0
+        # While the connection is lost (reconnecting): when it was lost, the future
+        # calls wait on (its result: back; its exception: closed), the reconnect task.
+        self._lost_at: float | None = None
+        self._back: asyncio.Future[None] | None = None
+        self._reconnector: asyncio.Task[None] | None = None
+        # Ids this client had in earlier sessions -> the node id of that session: a
+        # get of one carries it (Get.earlier_ids), so the node says ObjectLostError
+        # at once when no copy is left instead of waiting for it.
+        self._earlier: dict[bytes, bytes] = {}
 
     # ------------------------------------------------------------------ connection
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._map_lock = asyncio.Lock()
+        sock, reply, mm = await self._open_session()
+        await self._start_session(sock, reply, mm)
+
+    async def _open_session(self) -> tuple[socket.socket, pb.HelloReply, mmap.mmap]:
+        """Handshake and map the arena (and start the copy threads, warm the pages)."""
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
                 sock, reply, fd = await handshake(loop, self.socket_path, 0)
@@ -175,20 +231,21 @@ class Client:
                 f"the node at {self.socket_path} did not answer within {_CONNECT_TIMEOUT}s"
             ) from exc
         try:
-            self.node_id = reply.node_id
             self._inline_max = reply.inline_max_bytes
             self._parallel_min = reply.parallel_copy_min_bytes
             self._threads = max(1, reply.copy_threads)
             self._max_frame = reply.max_frame_bytes or self._max_frame
-            self._segments[0] = map_segment(fd, reply.segment_size)
+            mm0 = map_segment(fd, reply.segment_size)
             # Start the copy threads now: creating a thread maps its stack, which
             # would wait behind a running populate (it holds the mmap lock).
+            if self._executor is None:
+                pool = self._pool()
+                barrier = threading.Barrier(self._threads)
+                started = [pool.submit(barrier.wait, 5.0) for _ in range(self._threads)]
+                await asyncio.gather(*(asyncio.wrap_future(f) for f in started))
             pool = self._pool()
-            barrier = threading.Barrier(self._threads)
-            started = [pool.submit(barrier.wait, 5.0) for _ in range(self._threads)]
-            await asyncio.gather(*(asyncio.wrap_future(f) for f in started))
+            mark = Mark()
             if self._warm and reply.warm_bytes:
-                mm0 = self._segments[0]
                 # What the node faulted in before it was ready: now, split over
                 # the copy threads; the rest of its prefault in the background.
                 now = reply.warm_now_bytes
@@ -200,24 +257,47 @@ class Client:
                         for s in range(0, now, share)
                     ]
                     await asyncio.gather(*(asyncio.wrap_future(f) for f in warming))
-                    self._warm_mark.upto = now
+                    mark.upto = now
                 threading.Thread(
                     target=warm,
-                    args=(mm0, reply.warm_bytes, self._warm_mark, now),
+                    args=(mm0, reply.warm_bytes, mark, now),
                     name="objstore-warm",
                     daemon=True,
                 ).start()
+            self._warm_mark = mark
         except BaseException:
             sock.close()
-            if self._executor is not None:
+            if self._executor is not None and self._session == 0:
                 self._executor.shutdown(wait=False)
                 self._executor = None
             raise
         finally:
             os.close(fd)
-        transport, _ = await loop.create_unix_connection(lambda: _Protocol(self), sock=sock)
+        return sock, reply, mm0
+
+    async def _start_session(
+        self, sock: socket.socket, reply: pb.HelloReply, mm0: mmap.mmap
+    ) -> None:
+        """Make a handshaken socket this client's session, then let waiting calls go."""
+        loop = asyncio.get_running_loop()
+        self._drop_session_state()
+        self._session += 1
+        self._segments = {0: mm0}
+        self.node_id = reply.node_id
+        self._decoder = FrameDecoder(1 << 30)
+        protocol = _Protocol(self)
+        self._protocol = protocol
+        try:
+            transport, _ = await loop.create_unix_connection(lambda: protocol, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
         self._transport = transport
         self._session_opened()
+        back, self._back = self._back, None
+        self._lost_at = None
+        if back is not None and not back.done():
+            back.set_result(None)
 
     def _session_opened(self) -> None:
         """A session with the node began (first connect or reconnect): tell the
@@ -261,6 +341,84 @@ class Client:
             body.pickled_ids = b"".join(pickled)
         self._send_oneway(req)
 
+    def _drop_session_state(self) -> None:
+        """Forget what belonged to the session that ended: cached locations, pins, orphans.
+
+        Views handed out stay valid (their mmaps stay alive with them); their
+        pins died with the old connection, so they are never released to a
+        later session's node.  The ids are remembered (``_earlier``).
+        """
+        old = self.node_id
+        for oid, entry in self._cache.items():
+            entry.valid = False
+            entry.released = True
+            self._earlier[oid] = old
+        self._cache.clear()
+        self._release_batch.clear()
+        self._orphans.clear()
+
+    def _connection_lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        """The session's connection closed: reconnect, or fail for good (``reconnect=False``)."""
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        self._transport = None
+        why = f"connection to the node at {self.socket_path} was lost" + (f": {exc}" if exc else "")
+        if not self._reconnect or self._closed_exc is not None or self._loop is None:
+            self._fail(NodeUnavailableError(why))
+            return
+        loop = self._loop
+        self._lost_at = loop.time()
+        self._back = loop.create_future()
+        log.warning(
+            "connection to the node lost; reconnecting",
+            socket=self.socket_path,
+            node_id=self.node_id.hex(),
+            error=str(exc) if exc else None,
+        )
+        lost = _Lost(why)
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(lost)
+        # Nothing of the old session is served any more (gets wait for the next one).
+        self._drop_session_state()
+        self._reconnector = loop.create_task(self._reconnect_loop(), name="objstore-reconnect")
+
+    async def _reconnect_loop(
+        self, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    ) -> None:
+        """Try the socket again with backoff until a node serves it (or the client closes)."""
+        delays = reconnect_delays()
+        assert self._loop is not None
+        old = self.node_id
+        lost_at = self._lost_at if self._lost_at is not None else self._loop.time()
+        while self._closed_exc is None:
+            await sleep(delays.failed())
+            try:
+                sock, reply, mm = await self._open_session()
+            except (ObjectStoreError, OSError) as exc:
+                log.debug("reconnect failed", socket=self.socket_path, error=str(exc))
+                continue
+            if self._closed_exc is not None:
+                sock.close()
+                return
+            try:
+                await self._start_session(sock, reply, mm)
+            except (ObjectStoreError, OSError) as exc:
+                log.debug("reconnect failed", socket=self.socket_path, error=str(exc))
+                continue
+            gap = self._loop.time() - lost_at
+            log.info(
+                "connection to the node is back",
+                socket=self.socket_path,
+                gap_s=round(gap, 3),
+                node_id=self.node_id.hex(),
+                restarted=self.node_id != old,
+                attempts=delays.failures,
+            )
+            return
+
     async def close(self) -> None:
         """Close the client.  Views already handed out stay valid.
 
@@ -270,6 +428,11 @@ class Client:
         """
         self._fail(NodeUnavailableError("the client was closed"))
         tracker.detach(self)
+        reconnector, self._reconnector = self._reconnector, None
+        if reconnector is not None and reconnector is not asyncio.current_task():
+            reconnector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconnector
         self._flush_releases()
         if self._live_views <= 0:
             self._close_transport()
@@ -299,21 +462,47 @@ class Client:
         await self.close()
 
     def _fail(self, exc: BaseException) -> None:
+        """Fail for good: every call in flight, calls waiting for a reconnect, and later ones."""
         if self._closed_exc is None:
             self._closed_exc = exc
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(exc)
+        back, self._back = self._back, None
+        if back is not None and not back.done():
+            back.set_exception(exc)
+            back.exception()  # retrieved: waiters may have gone
 
-    def _check_open(self) -> asyncio.Transport:
-        if self._transport is None or self._closed_exc is not None:
-            raise self._closed_exc or NodeUnavailableError("the client is not connected")
-        return self._transport
+    def _check_open(self) -> None:
+        """Raise unless calls may go on: connected, or reconnecting (they wait in ``_call``)."""
+        if self._closed_exc is not None:
+            raise self._closed_exc
+        if self._transport is None and self._back is None:
+            raise NodeUnavailableError("the client is not connected")
+
+    async def _wait_back(self, deadline: float | None, what: str) -> None:
+        """Wait for the connection to come back, until ``deadline`` (loop time)."""
+        assert self._loop is not None
+        while (back := self._back) is not None:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(back)
+            except TimeoutError:
+                lost_at = self._lost_at if self._lost_at is not None else self._loop.time()
+                raise NodeUnavailableError(
+                    f"the node at {self.socket_path} has been gone for "
+                    f"{self._loop.time() - lost_at:.2f}s (connection lost; reconnecting): "
+                    f"gave up on a {what} request"
+                ) from None
+        self._check_open()
 
     # ------------------------------------------------------------------ requests
     def _send_request(self, req: pb.Request) -> asyncio.Future[pb.Reply]:
-        transport = self._check_open()
+        self._check_open()
+        transport = self._transport
+        if transport is None:
+            raise NodeUnavailableError(f"the node at {self.socket_path} is not connected")
         assert self._loop is not None
         req_id = self._next_id
         self._next_id = req_id + 1
@@ -344,7 +533,63 @@ class Client:
         ``bounded`` requests fail with :class:`NodeUnavailableError` when the
         node does not answer within the client's ``request_timeout``; gets and
         waits bound themselves by their own ``timeout``.
+
+        While the connection is lost, a call waits for it within the same
+        bound (a get or wait without a timeout: ``request_timeout``).  A request
+        in flight when it is lost fails at once (its outcome is unknown), but a
+        get or wait is sent again to the next session, with what is left of its
+        timeout.
         """
+        assert self._loop is not None
+        loop = self._loop
+        kind = req.WhichOneof("body")
+        start = loop.time()
+        own = _own_timeout(req, kind, bounded)
+        while True:
+            if self._back is not None:
+                # One deadline for the call; a get or wait without a timeout may
+                # wait request_timeout for the connection, from now.
+                if own is not None:
+                    deadline: float | None = start + own
+                elif self._request_timeout is None:
+                    deadline = None
+                else:
+                    now = loop.time()
+                    deadline = (now if kind in _RETRIED else start) + self._request_timeout
+                await self._wait_back(deadline, kind or "")
+            if own is not None:
+                _shorten(req, kind, own, loop.time() - start)
+            self._mark_earlier(req, kind)
+            try:
+                return await self._call_once(req, on_orphan, bounded)
+            except _Lost as lost:
+                if kind not in _RETRIED:
+                    raise NodeUnavailableError(
+                        f"{lost} while a {kind} request was in flight (its outcome is unknown)"
+                    ) from None
+
+    def _mark_earlier(self, req: pb.Request, kind: str | None) -> None:
+        """Flag a get's ids that this client had in an earlier session (see ``_earlier``)."""
+        if kind != "get" or not self._earlier:
+            return
+        body = req.get
+        del body.earlier_ids[:]
+        del body.earlier_node_ids[:]
+        earlier = self._earlier
+        nodes: dict[bytes, None] = {}
+        for oid in body.object_ids:
+            node = earlier.get(oid)
+            if node is not None:
+                body.earlier_ids.append(oid)
+                nodes[node] = None
+        body.earlier_node_ids.extend(n for n in nodes if n)
+
+    async def _call_once(
+        self,
+        req: pb.Request,
+        on_orphan: Callable[[pb.Reply], None] | None,
+        bounded: bool,
+    ) -> pb.Reply:
         fut = self._send_request(req)
         try:
             if bounded and self._request_timeout is not None:
@@ -388,14 +633,21 @@ class Client:
         if mm is not None:
             return mm
         assert self._map_lock is not None and self._loop is not None
+        # A location from this session is mapped from this session's node only.
+        session, node_id = self._session, self.node_id
         async with self._map_lock:
             mm = self._segments.get(segment)
-            if mm is not None:
+            if mm is not None and self._session == session:
                 return mm
             async with asyncio.timeout(_CONNECT_TIMEOUT):
                 sock, reply, fd = await handshake(self._loop, self.socket_path, segment)
             sock.close()
             try:
+                if self._session != session or reply.node_id != node_id:
+                    raise NodeUnavailableError(
+                        f"the connection to the node at {self.socket_path} was lost "
+                        f"while mapping segment {segment}"
+                    )
                 mm = map_segment(fd, reply.segment_size)
             finally:
                 os.close(fd)
@@ -833,17 +1085,24 @@ def _call_site() -> str:
 class _Connector:
     """What :func:`connect` returns: ``await`` it, or use it with ``async with``."""
 
-    def __init__(self, socket_path: str | None, warm: bool, request_timeout: float | None) -> None:
+    def __init__(
+        self,
+        socket_path: str | None,
+        warm: bool,
+        request_timeout: float | None,
+        reconnect: bool = True,
+    ) -> None:
         self._path = socket_path or os.environ.get("OBJSTORE_SOCKET") or default_socket_path()
         self._warm = warm
         self._request_timeout = request_timeout
+        self._reconnect = reconnect
         self._client: Client | None = None
 
     def __await__(self) -> Any:
         return self._open().__await__()
 
     async def _open(self) -> Client:
-        client = Client(self._path, self._warm, self._request_timeout)
+        client = Client(self._path, self._warm, self._request_timeout, self._reconnect)
         await client._connect()
         return client
 
@@ -857,7 +1116,11 @@ class _Connector:
 
 
 def connect(
-    socket: str | None = None, *, warm: bool = True, request_timeout: float | None = 60.0
+    socket: str | None = None,
+    *,
+    reconnect: bool = True,
+    warm: bool = True,
+    request_timeout: float | None = 60.0,
 ) -> _Connector:
     """Connect to the local node.
 
@@ -870,5 +1133,10 @@ def connect(
     ``request_timeout`` bounds every request but gets and waits (those take
     their own ``timeout``): a node that does not answer within it raises
     :class:`~objstore.errors.NodeUnavailableError`.
+    ``reconnect``: when the connection to the node is lost (it was killed or
+    restarted), reconnect with backoff (50 ms doubling to 2 s, with jitter)
+    once a node serves the socket again; calls meanwhile wait within their own
+    timeouts, then raise ``NodeUnavailableError`` (see docs/lifecycle.md).
+    ``reconnect=False``: every call after the loss raises ``NodeUnavailableError``.
     """
-    return _Connector(socket, warm, request_timeout)
+    return _Connector(socket, warm, request_timeout, reconnect)

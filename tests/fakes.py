@@ -394,6 +394,10 @@ class FakeDirectory:
         self.deleted_remote.extend(oids)
         return len(oids)
 
+    async def lookup(self, oids: list[bytes]) -> list[ObjectRow]:
+        await asyncio.sleep(0)
+        return [ObjectRow(oid, LocationState.UNKNOWN) for oid in oids]
+
 
 @dataclass
 class FakePuller:

@@ -493,6 +493,36 @@ class ObjectService:
             for oid in held:
                 store.unpin(oid, client)
 
+    async def check_earlier(
+        self, ids: list[bytes], gone_nodes: list[bytes], timeout: float | None
+    ) -> None:
+        """Raise :class:`ObjectLostError` for the first of ``ids`` (objects a client had
+        in a session with an earlier node process on this socket) of which no copy is
+        left: none here (in any state) and, in a cluster, no live copy on a node other
+        than ``gone_nodes`` and this one, nor a spill copy.  Returns when every one may
+        still come (the get then waits, pulls or restores as usual)."""
+        store = self.store
+        absent = [oid for oid in dict.fromkeys(ids) if store.entry(oid) is None]
+        if not absent:
+            return
+        directory = self.parts.directory
+        if directory is None:
+            raise _lost_with_node(absent[0])
+        gone = {*gone_nodes, self.node_id}
+        try:
+            async with asyncio.timeout(timeout):
+                rows = await directory.lookup(absent)
+        except TimeoutError:
+            raise GetTimeoutError(
+                f"get timed out after {timeout}s asking the directory about "
+                f"{len(absent)} object(s) of an earlier session"
+            ) from None
+        for row in rows:
+            live = any(n not in gone for n in row.nodes)
+            if row.state == LocationState.PRESENT and (live or row.spilled_url):
+                continue
+            raise _lost_with_node(row.object_id)
+
     async def _resolve(self, name: str, timeout: float | None) -> bytes:
         """The id of a named object, asking the directory when this node does not know it."""
         store = self.store
@@ -864,3 +894,10 @@ class ObjectService:
                 }
             )
         return len(store), rows
+
+
+def _lost_with_node(oid: bytes) -> ObjectLostError:
+    return ObjectLostError(
+        f"object {oid.hex()} is lost: the node restarted (or the client's connection to "
+        "it was lost) and no copy of it is left, in memory, on another node or spilled"
+    )

@@ -526,11 +526,25 @@ class _Connection(asyncio.Protocol):
         if got is not None:
             self._send(self._get_reply(req.id, *got))
             return
-        self._spawn(req.id, self._get_slow(req.id, ids, body.name, timeout))
+        earlier = (list(body.earlier_ids), list(body.earlier_node_ids))
+        self._spawn(req.id, self._get_slow(req.id, ids, body.name, timeout, earlier))
 
     async def _get_slow(
-        self, req_id: int, ids: list[bytes], name: str, timeout: float | None
+        self,
+        req_id: int,
+        ids: list[bytes],
+        name: str,
+        timeout: float | None,
+        earlier: tuple[list[bytes], list[bytes]] = ([], []),
     ) -> pb.Reply | None:
+        if earlier[0]:
+            # Objects of the client's session with an earlier node process: lost
+            # at once when no copy is left, rather than waited for.
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await self.objects.check_earlier(earlier[0], earlier[1], timeout)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (loop.time() - start))
         all_ids, entries = await self.objects.get(self.client, ids, name, timeout)
         reply = pb.Reply(id=req_id)
         for start in range(0, len(all_ids), _BATCH):

@@ -358,7 +358,9 @@ async def test_connect_where_no_node_listens(tmp_path, short_tmp) -> None:
 
 
 async def test_client_after_node_stopped(node) -> None:
-    async with objstore.connect(node.socket) as a:
+    # reconnect=False: every call after the loss fails (with reconnect, calls wait
+    # for a node on the socket again: tests/integration/test_reconnect.py).
+    async with objstore.connect(node.socket, reconnect=False) as a:
         ref = await a.put(np.arange(100_000, dtype=np.int64))
         view = await a.get(ref)
         pending_get = asyncio.create_task(a.get(ObjectRef(os.urandom(20))))

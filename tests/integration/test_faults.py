@@ -544,8 +544,9 @@ async def test_sigterm_with_connected_clients(node_factory) -> None:
     """Clients in every state: holding a view, waiting in a get, mid-handshake
     (silent), and with an unsealed object (another process)."""
     node = node_factory()
-    c1 = await objstore.connect(node.socket)
-    c2 = await objstore.connect(node.socket)
+    # reconnect=False: calls after the node stops fail (they would wait for a new node).
+    c1 = await objstore.connect(node.socket, reconnect=False)
+    c2 = await objstore.connect(node.socket, reconnect=False)
     silent = await asyncio.to_thread(raw_connect, node.socket)
     creator = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -598,7 +599,7 @@ async def test_sigterm_with_connected_clients(node_factory) -> None:
 
 async def test_sigint_exits_zero(node_factory) -> None:
     node = node_factory()
-    async with objstore.connect(node.socket) as client:
+    async with objstore.connect(node.socket, reconnect=False) as client:
         await client.put(np.arange(100_000))
         node.proc.send_signal(signal.SIGINT)
         code = await asyncio.to_thread(_wait_exit, node, 5.0)
@@ -612,7 +613,7 @@ async def test_sigint_exits_zero(node_factory) -> None:
 @pytest.mark.slow
 async def test_node_killed_clients_fail_cleanly_and_socket_is_reusable(node_factory) -> None:
     node = node_factory()
-    async with objstore.connect(node.socket) as client:
+    async with objstore.connect(node.socket, reconnect=False) as client:
         ref = await client.put(np.arange(1_000_000))
         view = await client.get(ref)
         node.kill()

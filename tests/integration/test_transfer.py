@@ -310,7 +310,7 @@ async def test_sends_to_a_node_declared_dead_are_cancelled(cluster_factory) -> N
         async with objstore.connect(a.socket) as ca:
             warm = await ca.put(b"w" * 1000)
             ref = await ca.put(pattern(64 * MiB, 3))
-            async with objstore.connect(b.socket) as cb:
+            async with objstore.connect(b.socket, reconnect=False) as cb:
                 # B's connection to A proves the token while replies flow; the
                 # stalled pull's first chunk below reuses it (a new connection
                 # would stall in its handshake, before any send). The warm-up

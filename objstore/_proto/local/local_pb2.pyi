@@ -143,14 +143,18 @@ class Abort(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ...) -> None: ...
 
 class Get(_message.Message):
-    __slots__ = ("object_ids", "name", "timeout_ms")
+    __slots__ = ("object_ids", "name", "timeout_ms", "earlier_ids", "earlier_node_ids")
     OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    EARLIER_IDS_FIELD_NUMBER: _ClassVar[int]
+    EARLIER_NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     object_ids: _containers.RepeatedScalarFieldContainer[bytes]
     name: str
     timeout_ms: int
-    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ..., name: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    earlier_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    earlier_node_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ..., name: _Optional[str] = ..., timeout_ms: _Optional[int] = ..., earlier_ids: _Optional[_Iterable[bytes]] = ..., earlier_node_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Release(_message.Message):
     __slots__ = ("object_ids",)

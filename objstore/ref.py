@@ -95,8 +95,10 @@ class RefTracker:
 
     # ------------------------------------------------------------ the loop
     def count(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """Apply the queued events: (ids now held, ids no longer held, ids pickled)."""
-        touched: dict[bytes, bool] = {}
+        """Apply the queued events: (ids held now that were made or dropped in this
+        batch, ids no longer held, ids pickled).  An id made and dropped within
+        one batch is reported dropped: a put's connection holds it already."""
+        touched: dict[bytes, None] = {}
         pickled: list[bytes] = []
         counts = self.counts
         events = self._events
@@ -109,16 +111,14 @@ class RefTracker:
                 if what == _PICKLE:
                     pickled.append(oid)
                     continue
-                before = counts.get(oid, 0)
-                n = before + what
+                n = counts.get(oid, 0) + what
                 if n > 0:
                     counts[oid] = n
                 else:
                     counts.pop(oid, None)
-                if (before > 0) != (n > 0) and oid not in touched:
-                    touched[oid] = before > 0
-            held = [o for o, was in touched.items() if not was and o in counts]
-            dropped = [o for o, was in touched.items() if was and o not in counts]
+                touched[oid] = None
+            held = [o for o in touched if o in counts]
+            dropped = [o for o in touched if o not in counts]
             if self.record_sites:
                 pend, self._pending_sites = self._pending_sites, {}
                 for o in held:

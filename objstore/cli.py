@@ -57,6 +57,7 @@ def _row_json(r: ObjectRow) -> dict[str, Any]:
         "pinned": r.primary is not None and r.primary in r.nodes,
         "name": r.name,
         "spilled_url": r.spilled_url or None,
+        "borrowers": sorted(n.hex() for n in r.borrowers),
     }
 
 
@@ -150,6 +151,7 @@ async def _memory(socket: str | None, limit: int, creds: CredentialsFor) -> dict
         for o, r in zip(objects, rows):
             o["locations"] = sorted(n.hex() for n in r.nodes)
             o["primary_node"] = r.primary.hex() if r.primary else None
+            o["borrowers"] = sorted(n.hex() for n in r.borrowers)
     return out
 
 
@@ -233,7 +235,48 @@ def _print_status(s: dict[str, Any]) -> None:
         _print_cluster(s["cluster"])
 
 
+def _holders(o: dict[str, Any]) -> str:
+    """Who keeps an object: local processes, borrowing nodes, values, a grace."""
+    parts = [f"pid {p}" for p in o.get("holder_pids", ())]
+    parts += [f"node {n[:12]}" for n in o.get("borrowers", ())]
+    if o.get("borrowed") and not o.get("borrowers"):
+        parts.append("other nodes")
+    parts += [f"in {c[:12]}" for c in o.get("contained_in", ())]
+    if o.get("grace"):
+        parts.append("pickled (grace)")
+    return ", ".join(parts) or "-"
+
+
+def group_by_owner(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """``--group-by owner``: objects, bytes and holders summed per putting process."""
+    groups: dict[str, dict[str, Any]] = {}
+    for o in m["objects"]:
+        pid = o.get("owner_pid") or 0
+        key = f"pid {pid}" if pid else "gone, or another node"
+        g = groups.setdefault(
+            key, {"owner": key, "objects": 0, "bytes": 0, "local_refs": 0, "borrowed": 0}
+        )
+        g["objects"] += 1
+        g["bytes"] += o["size"]
+        g["local_refs"] += len(o.get("holder_pids", ()))
+        g["borrowed"] += 1 if (o.get("borrowers") or o.get("borrowed")) else 0
+    return sorted(groups.values(), key=lambda g: -g["bytes"])
+
+
 def _print_memory(m: dict[str, Any]) -> None:
+    if "groups" in m:
+        rows = [
+            [
+                g["owner"],
+                str(g["objects"]),
+                format_size(g["bytes"]),
+                str(g["local_refs"]),
+                str(g["borrowed"]),
+            ]
+            for g in m["groups"]
+        ]
+        print(_table(rows, ["owner", "objects", "size", "local refs", "borrowed"]))
+        return
     if "node_id" in m:
         rows = [
             [
@@ -246,6 +289,10 @@ def _print_memory(m: dict[str, Any]) -> None:
                 " ".join(n[:12] for n in o.get("locations", ())),
                 o["name"],
                 o.get("spill_url", ""),
+                f"pid {o['owner_pid']}" if o.get("owner_pid") else "-",
+                str(len(o.get("holder_pids", ()))),
+                _holders(o),
+                " ".join(o.get("call_sites", ())),
             ]
             for o in m["objects"]
         ]
@@ -259,6 +306,10 @@ def _print_memory(m: dict[str, Any]) -> None:
             "copies on",
             "name",
             "spilled",
+            "owner",
+            "local refs",
+            "held by",
+            "made at",
         ]
     else:
         rows = [
@@ -271,10 +322,21 @@ def _print_memory(m: dict[str, Any]) -> None:
                 "yes" if o["pinned"] else "no",
                 o["name"],
                 o["spilled_url"] or "",
+                " ".join(n[:12] for n in o.get("borrowers", ())) or "-",
             ]
             for o in m["objects"]
         ]
-        headers = ["object", "size", "state", "primary", "copies on", "pinned", "name", "spilled"]
+        headers = [
+            "object",
+            "size",
+            "state",
+            "primary",
+            "copies on",
+            "pinned",
+            "name",
+            "spilled",
+            "borrowed by",
+        ]
     print(_table(rows, headers))
     shown = len(m["objects"])
     if shown < m["total"]:
@@ -300,6 +362,11 @@ def main(argv: list[str] | None = None) -> None:
         sp.add_argument("--json", action="store_true", help="print JSON")
         if name == "memory":
             sp.add_argument("--limit", type=int, default=1000, help="most objects to list (0: all)")
+            sp.add_argument(
+                "--group-by",
+                choices=["owner"],
+                help="sum objects, bytes and refs per owner (the process that put them)",
+            )
         add_credential_flags(
             sp,
             "tool",
@@ -320,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     except ObjectStoreError as exc:
         print(f"python -m objstore: {exc}", file=sys.stderr)
         sys.exit(1)
+    if getattr(args, "group_by", None) == "owner":
+        result = {**result, "groups": group_by_owner(result)}
     try:
         if args.json:
             print(json.dumps(result, indent=2))

@@ -1066,6 +1066,12 @@ class Client:
                 "segment": o.segment,
                 "format": o.metadata.decode(errors="replace"),
                 "spill_url": o.spill_url,
+                "owner_pid": o.owner_pid,
+                "holder_pids": list(o.holder_pids),
+                "contained_in": [c.hex() for c in o.contained_in],
+                "grace": o.grace,
+                "borrowed": o.borrowed,
+                "call_sites": list(o.call_sites),
             }
             for o in lst.objects
         ]

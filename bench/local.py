@@ -6,7 +6,7 @@ as their reference (numpy's single-threaded copy) because the machine is
 shared and noisy.
 
     python bench/local.py                 # everything (about a minute)
-    python bench/local.py --only small    # small | large | footprint
+    python bench/local.py --only small    # small | large | footprint | free
     python bench/local.py --objects 200000  # fewer objects for the footprint
 
 Client loops: figures are given with the client on asyncio's default loop and
@@ -154,6 +154,40 @@ async def _small(socket: str, n: int) -> dict[str, float]:
         "gets_per_s_other_process": round(gets_other),
         "batch_get_objects_per_s_own": round(batch_own),
         "batch_get_objects_per_s_other_process": round(batch_other),
+    }
+
+
+async def _free_latency(socket: str, n: int, nbytes: int) -> dict[str, Any]:
+    """Last ref dropped -> the node's memory back where it was, per object.
+
+    The drop leaves the process at the next turn of the event loop (refs are
+    counted in batches); the end is seen by polling ``stats()``, whose own
+    round trip is measured alongside (``stats_round_trip_us``)."""
+    payload = np.ones(nbytes, np.uint8) if nbytes > 1024 else b"x" * nbytes
+    async with objstore.connect(socket) as c:
+        await _settle(c)
+        base = (await c.stats())["used"]
+        rtt = []
+        for _ in range(200):
+            t = time.perf_counter()
+            await c.stats()
+            rtt.append(time.perf_counter() - t)
+        lat = []
+        polls = 0
+        for _ in range(n):
+            ref = await c.put(payload)
+            t = time.perf_counter()
+            del ref
+            while (await c.stats())["used"] != base:
+                polls += 1
+            lat.append(time.perf_counter() - t)
+    lat.sort()
+    return {
+        "objects": n,
+        "free_p50_us": round(lat[len(lat) // 2] * 1e6),
+        "free_p99_us": round(lat[int(len(lat) * 0.99)] * 1e6),
+        "stats_round_trip_us": round(statistics.median(rtt) * 1e6),
+        "extra_polls_per_free": round(polls / n, 2),
     }
 
 
@@ -339,7 +373,7 @@ def footprint(n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["small", "large", "footprint"])
+    p.add_argument("--only", choices=["small", "large", "footprint", "free"])
     p.add_argument("--small", type=int, default=10_000, help="small objects per figure")
     p.add_argument("--large", default="256MiB", help="large payload size")
     p.add_argument("--objects", type=int, default=1_000_000, help="objects for the footprint")
@@ -402,6 +436,13 @@ def main() -> None:
         out["large_put"] = large
         node = Node("2GiB", prefault="0")
         out["zero_copy_get_1GiB"] = _loop_runner("uvloop")(_zero_copy_get(node.socket, GiB, 21))
+        node.stop()
+    if args.only in (None, "free"):
+        node = Node("1GiB")
+        out["free_latency"] = {
+            label: _loop_runner("uvloop")(_free_latency(node.socket, 2000, size))
+            for label, size in (("100B", 100), ("1MiB", MiB))
+        }
         node.stop()
     if args.only in (None, "footprint"):
         out["footprint"] = footprint(args.objects)

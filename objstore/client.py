@@ -509,6 +509,8 @@ class Client:
         req.id = req_id
         fut: asyncio.Future[pb.Reply] = self._loop.create_future()
         self._pending[req_id] = fut
+        if tracker.pending:
+            tracker.flush()  # refs made or dropped before this request go first
         if self._release_batch:
             self._flush_releases()
         data = req.SerializeToString()

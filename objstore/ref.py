@@ -93,6 +93,11 @@ class RefTracker:
         if f is not None:
             self._pending_sites.setdefault(oid, f"{f.f_code.co_filename}:{f.f_lineno}")
 
+    @property
+    def pending(self) -> bool:
+        """Events not counted yet."""
+        return bool(self._events)
+
     # ------------------------------------------------------------ the loop
     def count(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """Apply the queued events: (ids held now that were made or dropped in this

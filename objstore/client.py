@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import mmap
 import os
 import random
@@ -42,6 +43,7 @@ from objstore.config import default_socket_path
 from objstore.errors import (
     GetTimeoutError,
     NodeUnavailableError,
+    ObjectReconstructionFailedError,
     ObjectStoreError,
     ProtocolError,
 )
@@ -197,6 +199,13 @@ class Client:
         self._map_lock: asyncio.Lock | None = None
         # Ids the node counts this connection as holding (docs/lifecycle.md).
         self._held: set[bytes] = set()
+        # put(recreate=fn): the callables, recreations running, and failures.
+        self._recreators: dict[bytes, Callable[[], Any]] = {}
+        self._recreating: dict[bytes, asyncio.Future[None]] = {}
+        self._recreate_failed: dict[bytes, ObjectReconstructionFailedError] = {}
+        self._recreate_tasks: set[asyncio.Task[None]] = set()
+        self._max_recreations = 3
+        self._session_node = b""
         self._reconnect = reconnect
         # The session's protocol; a loss reported by an older one is ignored.
         self._protocol: _Protocol | None = None
@@ -235,6 +244,7 @@ class Client:
             self._parallel_min = reply.parallel_copy_min_bytes
             self._threads = max(1, reply.copy_threads)
             self._max_frame = reply.max_frame_bytes or self._max_frame
+            self._max_recreations = reply.max_recreations or self._max_recreations
             mm0 = map_segment(fd, reply.segment_size)
             # Start the copy threads now: creating a thread maps its stack, which
             # would wait behind a running populate (it holds the mmap lock).
@@ -306,12 +316,23 @@ class Client:
         ids = tracker.attach(self, self._loop)
         if ids:
             self._refs_changed(ids, [], [])
+        restarted = bool(self._session_node) and self._session_node != self.node_id
+        self._session_node = self.node_id
+        if restarted:
+            # The node's objects went with it: make again what this process
+            # can and still refers to.
+            counts = tracker.counts
+            for oid in list(self._recreators):
+                if oid in counts:
+                    self._start_recreate(oid)
 
     def _refs_loop(self) -> asyncio.AbstractEventLoop | None:
         return self._loop
 
     def _refs_changed(self, held: list[bytes], dropped: list[bytes], pickled: list[bytes]) -> None:
         """This process's refs changed (from :data:`objstore.ref.tracker`): tell the node."""
+        if self._transport is None:
+            return  # between sessions: the next one announces what is held then
         mine = self._held
         add = [o for o in held if o not in mine]
         mine.update(add)
@@ -319,6 +340,8 @@ class Client:
         cache = self._cache
         for oid in gone:
             mine.discard(oid)
+            self._recreators.pop(oid, None)
+            self._recreate_failed.pop(oid, None)
             entry = cache.get(oid)
             if entry is not None and entry.owned and entry.views <= 0:
                 # Nothing here can read it any more: give the mapping back with
@@ -353,6 +376,8 @@ class Client:
             entry.valid = False
             entry.released = True
             self._earlier[oid] = old
+        for oid in self._held:  # refs alive in this process, read here or not
+            self._earlier.setdefault(oid, old)
         self._cache.clear()
         self._release_batch.clear()
         self._orphans.clear()
@@ -618,6 +643,9 @@ class Client:
         if reply.id == 0:
             if reply.HasField("invalidate"):
                 self._on_invalidate(reply.invalidate.object_ids)
+            elif reply.HasField("recreate"):
+                for oid in reply.recreate.object_ids:
+                    self._start_recreate(oid)
             return
         fut = self._pending.pop(reply.id, None)
         if fut is not None:
@@ -763,19 +791,40 @@ class Client:
             view.release()
 
     # ------------------------------------------------------------------ put
-    async def put(self, value: Any, name: str | None = None) -> ObjectRef:
+    async def put(
+        self,
+        value: Any,
+        name: str | None = None,
+        *,
+        recreate: Callable[[], Any] | None = None,
+    ) -> ObjectRef:
         """Store a value; returns its :class:`ObjectRef`.
 
-        ``name`` makes the object findable by name and keeps it alive after this
-        client disconnects, until it is deleted; a taken name raises
-        :class:`~objstore.errors.ObjectExistsError`.
+        ``name`` makes the object findable by name and keeps it alive until it
+        is deleted; a taken name raises :class:`~objstore.errors.ObjectExistsError`.
+        An unnamed object lives while a ref to it is alive anywhere (see
+        docs/lifecycle.md).  ``recreate``: a callable (sync or async, no
+        arguments) that returns the value again; when every copy of the object
+        is lost while this client is alive, it is run and the result stored
+        under the same id (at most ``lifecycle.max_recreations`` attempts).
         """
         self._check_open()
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"a name is a non-empty str, got {name!r}")
+        if recreate is not None and not callable(recreate):
+            raise TypeError(f"recreate must be a callable, got {type(recreate).__name__}")
+        oid = new_object_id()
+        await self._store(oid, value, name, recreate is not None, False)
+        self._held.add(oid)  # the node counts the put's connection as holding it
+        if recreate is not None:
+            self._recreators[oid] = recreate
+        return ObjectRef._of_put(oid)
+
+    async def _store(
+        self, oid: bytes, value: Any, name: str | None, recreatable: bool, recreated: bool
+    ) -> None:
         with collecting() as contained:
             ser = serialize(value)
-        oid = new_object_id()
         site = _call_site() if tracker.record_sites else ""
         if ser.size <= self._inline_max:
             req = pb.Request()
@@ -789,12 +838,15 @@ class Client:
                 body.contained_ids = b"".join(contained)
             if site:
                 body.call_site = site
+            if recreatable:
+                body.recreatable = True
+            if recreated:
+                body.recreated = True
             reply = await self._call(req, lambda _r: self._delete_orphan(oid))
             self._cache[oid] = _Cached(
                 reply.put.segment, reply.put.offset, ser.size, ser.meta, True, 0
             )
-            self._held.add(oid)  # the node counts the put's connection as holding it
-            return ObjectRef(oid)
+            return
         req = pb.Request()
         body2 = req.create
         body2.object_id = oid
@@ -806,6 +858,10 @@ class Client:
             body2.contained_ids = b"".join(contained)
         if site:
             body2.call_site = site
+        if recreatable:
+            body2.recreatable = True
+        if recreated:
+            body2.recreated = True
         reply = await self._call(req, lambda _r: self._abort(oid))
         segment, offset = reply.put.segment, reply.put.offset
         try:
@@ -818,8 +874,81 @@ class Client:
             self._abort(oid)
             raise
         self._cache[oid] = _Cached(segment, offset, ser.size, ser.meta, True, 0)
-        self._held.add(oid)
-        return ObjectRef(oid)
+
+    # ------------------------------------------------------------------ recreation
+    def _start_recreate(self, oid: bytes) -> None:
+        """Every copy of an object this client put with ``recreate=`` is lost: make it again."""
+        if oid not in self._recreators or oid in self._recreating or self._loop is None:
+            return
+        self._earlier.pop(oid, None)  # not lost for gets: it is being made again
+        self._recreate_failed.pop(oid, None)
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._recreating[oid] = fut
+        task = self._loop.create_task(self._recreate(oid, fut), name="objstore-recreate")
+        self._recreate_tasks.add(task)
+        task.add_done_callback(self._recreate_tasks.discard)
+
+    async def _recreate(self, oid: bytes, fut: asyncio.Future[None]) -> None:
+        fn = self._recreators[oid]
+        errors: list[str] = []
+        try:
+            for attempt in range(1, self._max_recreations + 1):
+                try:
+                    value = fn()
+                    if inspect.isawaitable(value):
+                        value = await value
+                    # The entry cached for the lost copy is replaced by the new one.
+                    old = self._cache.pop(oid, None)
+                    if old is not None:
+                        old.valid = False
+                    await self._store(oid, value, None, True, True)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the user's callable; reported below
+                    errors.append(f"attempt {attempt}: {type(exc).__name__}: {exc}")
+                    log.warning(
+                        "recreating a lost object failed",
+                        object_id=oid.hex(),
+                        attempt=attempt,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    continue
+                log.info("lost object recreated", object_id=oid.hex(), attempt=attempt)
+                fut.set_result(None)
+                return
+            message = "; ".join(errors)
+            err = ObjectReconstructionFailedError(
+                f"object {oid.hex()} is lost and recreating it failed "
+                f"{len(errors)} time(s): {message}"
+            )
+            self._recreate_failed[oid] = err
+            req = pb.Request()
+            req.recreate_failed.object_id = oid
+            req.recreate_failed.message = message[:4000]
+            self._send_oneway(req)
+            fut.set_exception(err)
+            fut.exception()  # retrieved: gets raise it themselves
+        finally:
+            self._recreating.pop(oid, None)
+            if not fut.done():
+                fut.cancel()
+
+    async def _wait_recreations(self, ids: Iterable[bytes], timeout: float | None) -> None:
+        """Gets of objects being recreated here wait for them (within ``timeout``)."""
+        for oid in ids:
+            err = self._recreate_failed.get(oid)
+            if err is not None:
+                raise err
+        futs = [f for oid in ids if (f := self._recreating.get(oid)) is not None]
+        if not futs:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*(asyncio.shield(f) for f in futs))
+        except TimeoutError:
+            raise GetTimeoutError(
+                f"get timed out after {timeout}s waiting for a recreation"
+            ) from None
 
     def _delete_orphan(self, oid: bytes) -> None:
         """An inline put whose caller was cancelled landed: delete it (nobody has its ref)."""
@@ -910,6 +1039,8 @@ class Client:
         self._check_open()
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be None or >= 0, got {timeout}")
+        if self._recreating or self._recreate_failed:
+            await self._wait_recreations(ids, timeout)
         cache = self._cache
         results: list[Any] = [None] * len(ids)
         missing: list[int] = []

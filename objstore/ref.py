@@ -93,6 +93,12 @@ class RefTracker:
         if f is not None:
             self._pending_sites.setdefault(oid, f"{f.f_code.co_filename}:{f.f_lineno}")
 
+    def made(self, oid: bytes) -> None:
+        """A put on the event loop made the first ref to a new object: counted at
+        once, with no event (its connection holds the object already)."""
+        with self._lock:
+            self.counts[oid] = self.counts.get(oid, 0) + 1
+
     @property
     def pending(self) -> bool:
         """Events not counted yet."""
@@ -151,10 +157,18 @@ class RefTracker:
         return list(self.counts)
 
     def detach(self, sink: Any) -> None:
+        """A client closed: the others announce what this process still holds
+        (refs of objects put through the closed one were held by it alone)."""
         self._sinks.discard(sink)
         if not self._sinks:
             self.flush()
             self._loop = None
+            return
+        self.flush()
+        held = list(self.counts)
+        if held:
+            for other in list(self._sinks):
+                other._refs_changed(held, [], [])
 
     def _after_fork(self) -> None:
         # The parent's clients are not ours: their sockets are shared with it.
@@ -203,6 +217,17 @@ class ObjectRef:
         tracker.note(object_id, _ADD)
         if tracker.record_sites:
             tracker.site(object_id)
+
+    @classmethod
+    def _of_put(cls, object_id: bytes) -> ObjectRef:
+        """The ref a put returns (counted by :meth:`RefTracker.made`)."""
+        ref = object.__new__(cls)
+        ref._id = object_id
+        tracker.made(object_id)
+        if tracker.record_sites:
+            tracker.site(object_id)
+            tracker.sites.setdefault(object_id, tracker._pending_sites.pop(object_id, ""))
+        return ref
 
     def __del__(self) -> None:
         try:

@@ -46,7 +46,9 @@ from objstore.errors import (
     ObjectFreedError,
     ObjectLostError,
     ObjectNotFoundError,
+    ObjectReconstructionFailedError,
     ObjectStoreError,
+    OwnerDiedError,
 )
 from objstore.ids import OBJECT_ID_SIZE
 from objstore.locations import LocationState, ObjectRow, Usage
@@ -124,6 +126,13 @@ class ObjectService:
         # oid -> client id -> where the ref was made (OBJSTORE_RECORD_CALL_SITES).
         self.sites: dict[bytes, dict[int, str]] = {}
         self.freed_by_refs = 0
+        # Recreation: objects whose putter can recreate them, attempts asked so
+        # far, and the ones that could not be (id -> why), for later gets.
+        self._recreatable: set[bytes] = set()
+        self._recreations: dict[bytes, int] = {}
+        self._unrecoverable: dict[bytes, str] = {}
+        self._replacing: bytes | None = None
+        self.recreations_asked = 0
 
     # ------------------------------------------------------------ wiring
     def bind(self, parts: Parts) -> None:
@@ -160,10 +169,18 @@ class ObjectService:
         )
 
     def put_held(
-        self, client: ClientState, oid: bytes, name: str, contained: bytes, site: str
+        self,
+        client: ClientState,
+        oid: bytes,
+        name: str,
+        contained: bytes,
+        site: str,
+        recreatable: bool = False,
     ) -> None:
         """A put by ``client`` succeeded: its connection holds the object, and the
         object holds the refs its value contains."""
+        if recreatable:
+            self._recreatable.add(oid)
         out = self._todo
         self.refs.put(client.client_id, oid, bool(name), _ids(contained), time.monotonic(), out)
         if site:
@@ -208,6 +225,68 @@ class ObjectService:
                             del self.sites[oid]
         if out:
             self._apply_refs()
+
+    # ------------------------------------------------------------ recreation
+    def object_lost(self, oid: bytes, exc: ObjectStoreError) -> ObjectStoreError | None:
+        """A primary's last copy is gone: ask its owner to recreate it, if it can."""
+        if oid not in self._recreatable:
+            return exc
+        h = self.refs.holds(oid)
+        owner = self._by_id.get(h.owner) if h is not None and h.owner else None
+        if owner is None or owner.closed:
+            return OwnerDiedError(
+                f"object {oid.hex()} is lost ({exc}) and the process that put it, which "
+                "could have recreated it, is gone"
+            )
+        tried = self._recreations.get(oid, 0)
+        limit = self.config.lifecycle.max_recreations
+        if tried >= limit:
+            why = self._unrecoverable.get(oid, str(exc))
+            return ObjectReconstructionFailedError(
+                f"object {oid.hex()} is lost and was recreated {tried} time(s) already "
+                f"(lifecycle.max_recreations={limit}): {why}"
+            )
+        self._recreations[oid] = tried + 1
+        self.recreations_asked += 1
+        log.warning(
+            "object lost; asking its owner to recreate it",
+            object_id=oid.hex(),
+            owner_pid=owner.pid,
+            attempt=tried + 1,
+            error=str(exc),
+        )
+        owner.recreate([oid])
+        return None
+
+    def replace_lost(self, oid: bytes) -> None:
+        """A recreated put is coming for ``oid``: drop its lost entry here (its
+        damaged spill copy goes with it); its holders keep holding it."""
+        entry = self.store.entry(oid)
+        if entry is None or entry.state is not _SPILLED:
+            return
+        self._replacing = oid
+        try:
+            self.store.delete_many([oid], by_directory=True)
+        finally:
+            self._replacing = None
+
+    def recreate_failed(self, client: ClientState, oid: bytes, message: str) -> None:
+        """The owner could not recreate ``oid``: fail its gets, here and later."""
+        self._unrecoverable[oid] = message
+        self._recreations[oid] = self.config.lifecycle.max_recreations
+        err = ObjectReconstructionFailedError(
+            f"object {oid.hex()} is lost and its owner (pid {client.pid}) could not "
+            f"recreate it: {message}"
+        )
+        n = self.store.fail_waiters(oid, err)
+        log.error(
+            "recreation failed", object_id=oid.hex(), owner_pid=client.pid, error=message, gets=n
+        )
+
+    def _forget_recreation(self, oid: bytes) -> None:
+        self._recreatable.discard(oid)
+        self._recreations.pop(oid, None)
+        self._unrecoverable.pop(oid, None)
 
     def _apply_refs(self) -> None:
         """Do what the ref table asked: free primaries nothing holds (here and
@@ -782,6 +861,9 @@ class ObjectService:
             spill.unheld(oid, entry)
 
     def object_deleted(self, oid: bytes, entry: Entry, by_directory: bool) -> None:
+        if oid == self._replacing:  # a recreated value takes its place
+            return
+        self._forget_recreation(oid)
         self.refs.forget(oid, time.monotonic(), self._todo)
         if self._todo:
             self._apply_refs()

@@ -180,6 +180,11 @@ class Store(Protocol):
         """A SPILLED object's bytes are back in ``space``: readable again; waiting gets wake."""
         ...
 
+    def lost(self, oid: bytes, exc: ObjectStoreError) -> int:
+        """A primary's last copy is gone: recreated by its owner if it can be
+        (waiting gets carry on), else the waiting gets fail; how many failed."""
+        ...
+
     def fail_waiters(self, oid: bytes, exc: ObjectStoreError) -> int:
         """Fail the gets waiting for an object (lost, deleted elsewhere, unrestorable)."""
         ...
@@ -214,6 +219,12 @@ class StoreEvents(Protocol):
 
     def object_aborted(self, oid: bytes, name: str) -> None:
         """An unsealed object was aborted (its creator gave up or went away)."""
+        ...
+
+    def object_lost(self, oid: bytes, exc: ObjectStoreError) -> ObjectStoreError | None:
+        """A primary's last copy is gone (its spill copy is damaged or missing):
+        None if its owner was asked to recreate it (waiting gets carry on), else
+        the error to fail the waiting gets with."""
         ...
 
     def space_freed(self) -> None:
@@ -256,8 +267,16 @@ class LocalObjects(Protocol):
     def abort(self, client: ClientState, oid: bytes) -> None: ...
     def release(self, client: ClientState, oids: list[bytes]) -> None: ...
     def put_held(
-        self, client: ClientState, oid: bytes, name: str, contained: bytes, site: str
+        self,
+        client: ClientState,
+        oid: bytes,
+        name: str,
+        contained: bytes,
+        site: str,
+        recreatable: bool = False,
     ) -> None: ...
+    def replace_lost(self, oid: bytes) -> None: ...
+    def recreate_failed(self, client: ClientState, oid: bytes, message: str) -> None: ...
     def refs_changed(
         self,
         client: ClientState,

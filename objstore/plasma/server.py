@@ -278,6 +278,7 @@ class PlasmaServer:
                     reply.parallel_copy_min_bytes = pc.parallel_copy_min_bytes
                     reply.copy_threads = pc.copy_threads or (os.cpu_count() or 1)
                     reply.max_frame_bytes = pc.max_frame_bytes
+                    reply.max_recreations = self.config.lifecycle.max_recreations
                     if msg.segment == 0:
                         reply.warm_bytes = min(pc.prefault_bytes, size)
                         reply.warm_now_bytes = min(pc.prefault_before_ready_bytes, reply.warm_bytes)
@@ -334,6 +335,7 @@ class _Connection(asyncio.Protocol):
         self.objects = server.objects
         self.client = client
         client.invalidate = self._invalidate
+        client.recreate = self._recreate
         self.decoder = FrameDecoder(server.config.plasma.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         # Requests that wait (a get of an object not sealed yet, a create making room).
@@ -425,6 +427,11 @@ class _Connection(asyncio.Protocol):
         reply.invalidate.object_ids.extend(ids)
         self._send(reply)
 
+    def _recreate(self, ids: list[bytes]) -> None:
+        reply = pb.Reply(id=0)
+        reply.recreate.object_ids.extend(ids)
+        self._send(reply)
+
     def _spawn(self, req_id: int, coro: Coroutine[Any, Any, pb.Reply | None]) -> None:
         """Serve a request that waits: its reply (or error) is sent when it is done."""
         self.tasks.spawn(self._answer(req_id, coro))
@@ -470,16 +477,27 @@ class _Connection(asyncio.Protocol):
         self, req_id: int, made: Awaitable[Entry], oid: bytes, body: Any
     ) -> pb.Reply:
         entry = await made
-        self.objects.put_held(self.client, oid, body.name, body.contained_ids, body.call_site)
+        self.objects.put_held(
+            self.client, oid, body.name, body.contained_ids, body.call_site, body.recreatable
+        )
         return self._put_reply(req_id, entry)
 
     def _on_put_inline(self, req: pb.Request) -> None:
         body = req.put_inline
         objects, client = self.objects, self.client
         objects.note_owned(client, _OWNED_COMPACT_EVERY)
+        if body.recreated:
+            objects.replace_lost(body.object_id)
         entry = objects.put_inline_now(client, body.object_id, body.data, body.metadata, body.name)
         if entry is not None:
-            objects.put_held(client, body.object_id, body.name, body.contained_ids, body.call_site)
+            objects.put_held(
+                client,
+                body.object_id,
+                body.name,
+                body.contained_ids,
+                body.call_site,
+                body.recreatable,
+            )
             if req.id:
                 self._send(self._put_reply(req.id, entry))
             return
@@ -491,9 +509,18 @@ class _Connection(asyncio.Protocol):
         objects, client = self.objects, self.client
         objects.note_owned(client, _OWNED_COMPACT_EVERY)
         args = (client, body.object_id, body.data_size, body.metadata, body.name)
+        if body.recreated:
+            objects.replace_lost(body.object_id)
         entry = objects.create_now(*args)
         if entry is not None:
-            objects.put_held(client, body.object_id, body.name, body.contained_ids, body.call_site)
+            objects.put_held(
+                client,
+                body.object_id,
+                body.name,
+                body.contained_ids,
+                body.call_site,
+                body.recreatable,
+            )
             if req.id:
                 self._send(self._put_reply(req.id, entry))
             return
@@ -511,6 +538,10 @@ class _Connection(asyncio.Protocol):
 
     def _on_release(self, req: pb.Request) -> None:
         self.objects.release(self.client, list(req.release.object_ids))
+
+    def _on_recreate_failed(self, req: pb.Request) -> None:
+        body = req.recreate_failed
+        self.objects.recreate_failed(self.client, body.object_id, body.message)
 
     def _on_refs(self, req: pb.Request) -> None:
         body = req.refs
@@ -651,4 +682,5 @@ _HANDLERS = {
     "stats": _Connection._on_stats,
     "list_objects": _Connection._on_list,
     "refs": _Connection._on_refs,
+    "recreate_failed": _Connection._on_recreate_failed,
 }

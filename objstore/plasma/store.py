@@ -50,6 +50,9 @@ class NullEvents:
     def object_evicted(self, oid: bytes) -> None: ...
     def object_dropped(self, oid: bytes, entry: Entry) -> None: ...
     def object_aborted(self, oid: bytes, name: str) -> None: ...
+    def object_lost(self, oid: bytes, exc: ObjectStoreError) -> ObjectStoreError | None:
+        return exc
+
     def space_freed(self) -> None: ...
 
     async def make_room(self, nbytes: int) -> int:
@@ -361,6 +364,10 @@ class PlasmaStore:
         out = Actions()
         if self.table.discard_partial(oid, out) is not None:
             self._apply(out)
+
+    def lost(self, oid: bytes, exc: ObjectStoreError) -> int:
+        err = self.events.object_lost(oid, exc)
+        return 0 if err is None else self.fail_waiters(oid, err)
 
     def fail_waiters(self, oid: bytes, exc: ObjectStoreError) -> int:
         """Fail the gets waiting for an object; returns how many."""

@@ -72,10 +72,23 @@ META_INTERN_MAX = 64
 _META_INTERN_COUNT = 1024
 
 
+def _no_recreate(_ids: list[bytes]) -> None:
+    pass
+
+
 class ClientState:
     """What the node knows about one connected client."""
 
-    __slots__ = ("client_id", "pid", "owned", "stale", "pinned", "invalidate", "closed")
+    __slots__ = (
+        "client_id",
+        "pid",
+        "owned",
+        "stale",
+        "pinned",
+        "invalidate",
+        "recreate",
+        "closed",
+    )
 
     def __init__(
         self, client_id: int, invalidate: Callable[[list[bytes]], None], pid: int = 0
@@ -92,6 +105,8 @@ class ClientState:
         self.pinned: dict[bytes, int] = {}
         # Called with ids of deleted or spilled objects this client holds.
         self.invalidate = invalidate
+        # Called with ids of lost objects this client put with recreate=.
+        self.recreate: Callable[[list[bytes]], None] = _no_recreate
         self.closed = False
 
     def __repr__(self) -> str:

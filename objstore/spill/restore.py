@@ -277,7 +277,7 @@ class Restorer:
             )
         else:
             err = exc
-        n = self.store.fail_waiters(oid, err)
+        n = self.store.lost(oid, err)
         log.error("restore failed", object_id=oid.hex(), file=base, error=str(exc), gets=n)
 
 

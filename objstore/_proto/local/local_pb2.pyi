@@ -51,7 +51,7 @@ class Hello(_message.Message):
     def __init__(self, version: _Optional[int] = ..., segment: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class HelloReply(_message.Message):
-    __slots__ = ("version", "node_id", "segment", "segment_size", "inline_max_bytes", "parallel_copy_min_bytes", "copy_threads", "error", "max_frame_bytes", "warm_bytes", "warm_now_bytes")
+    __slots__ = ("version", "node_id", "segment", "segment_size", "inline_max_bytes", "parallel_copy_min_bytes", "copy_threads", "error", "max_frame_bytes", "warm_bytes", "warm_now_bytes", "max_recreations")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class HelloReply(_message.Message):
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     WARM_BYTES_FIELD_NUMBER: _ClassVar[int]
     WARM_NOW_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECREATIONS_FIELD_NUMBER: _ClassVar[int]
     version: int
     node_id: bytes
     segment: int
@@ -74,7 +75,8 @@ class HelloReply(_message.Message):
     max_frame_bytes: int
     warm_bytes: int
     warm_now_bytes: int
-    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[bytes] = ..., segment: _Optional[int] = ..., segment_size: _Optional[int] = ..., inline_max_bytes: _Optional[int] = ..., parallel_copy_min_bytes: _Optional[int] = ..., copy_threads: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., max_frame_bytes: _Optional[int] = ..., warm_bytes: _Optional[int] = ..., warm_now_bytes: _Optional[int] = ...) -> None: ...
+    max_recreations: int
+    def __init__(self, version: _Optional[int] = ..., node_id: _Optional[bytes] = ..., segment: _Optional[int] = ..., segment_size: _Optional[int] = ..., inline_max_bytes: _Optional[int] = ..., parallel_copy_min_bytes: _Optional[int] = ..., copy_threads: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., max_frame_bytes: _Optional[int] = ..., warm_bytes: _Optional[int] = ..., warm_now_bytes: _Optional[int] = ..., max_recreations: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -99,36 +101,44 @@ class ObjectInfo(_message.Message):
     def __init__(self, object_id: _Optional[bytes] = ..., segment: _Optional[int] = ..., offset: _Optional[int] = ..., data_size: _Optional[int] = ..., metadata: _Optional[bytes] = ...) -> None: ...
 
 class PutInline(_message.Message):
-    __slots__ = ("object_id", "data", "metadata", "name", "contained_ids", "call_site")
+    __slots__ = ("object_id", "data", "metadata", "name", "contained_ids", "call_site", "recreatable", "recreated")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
     CALL_SITE_FIELD_NUMBER: _ClassVar[int]
+    RECREATABLE_FIELD_NUMBER: _ClassVar[int]
+    RECREATED_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     data: bytes
     metadata: bytes
     name: str
     contained_ids: bytes
     call_site: str
-    def __init__(self, object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ..., contained_ids: _Optional[bytes] = ..., call_site: _Optional[str] = ...) -> None: ...
+    recreatable: bool
+    recreated: bool
+    def __init__(self, object_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ..., contained_ids: _Optional[bytes] = ..., call_site: _Optional[str] = ..., recreatable: _Optional[bool] = ..., recreated: _Optional[bool] = ...) -> None: ...
 
 class Create(_message.Message):
-    __slots__ = ("object_id", "data_size", "metadata", "name", "contained_ids", "call_site")
+    __slots__ = ("object_id", "data_size", "metadata", "name", "contained_ids", "call_site", "recreatable", "recreated")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_SIZE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTAINED_IDS_FIELD_NUMBER: _ClassVar[int]
     CALL_SITE_FIELD_NUMBER: _ClassVar[int]
+    RECREATABLE_FIELD_NUMBER: _ClassVar[int]
+    RECREATED_FIELD_NUMBER: _ClassVar[int]
     object_id: bytes
     data_size: int
     metadata: bytes
     name: str
     contained_ids: bytes
     call_site: str
-    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ..., contained_ids: _Optional[bytes] = ..., call_site: _Optional[str] = ...) -> None: ...
+    recreatable: bool
+    recreated: bool
+    def __init__(self, object_id: _Optional[bytes] = ..., data_size: _Optional[int] = ..., metadata: _Optional[bytes] = ..., name: _Optional[str] = ..., contained_ids: _Optional[bytes] = ..., call_site: _Optional[str] = ..., recreatable: _Optional[bool] = ..., recreated: _Optional[bool] = ...) -> None: ...
 
 class Seal(_message.Message):
     __slots__ = ("object_id",)
@@ -198,6 +208,14 @@ class Refs(_message.Message):
     added_sites: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, added_ids: _Optional[bytes] = ..., dropped_ids: _Optional[bytes] = ..., pickled_ids: _Optional[bytes] = ..., added_sites: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class RecreateFailed(_message.Message):
+    __slots__ = ("object_id", "message")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    message: str
+    def __init__(self, object_id: _Optional[bytes] = ..., message: _Optional[str] = ...) -> None: ...
+
 class Stats(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -209,7 +227,7 @@ class ListObjects(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "put_inline", "create", "seal", "abort", "get", "release", "delete", "wait", "contains", "stats", "list_objects", "refs")
+    __slots__ = ("id", "put_inline", "create", "seal", "abort", "get", "release", "delete", "wait", "contains", "stats", "list_objects", "refs", "recreate_failed")
     ID_FIELD_NUMBER: _ClassVar[int]
     PUT_INLINE_FIELD_NUMBER: _ClassVar[int]
     CREATE_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +241,7 @@ class Request(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     LIST_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
+    RECREATE_FAILED_FIELD_NUMBER: _ClassVar[int]
     id: int
     put_inline: PutInline
     create: Create
@@ -236,7 +255,8 @@ class Request(_message.Message):
     stats: Stats
     list_objects: ListObjects
     refs: Refs
-    def __init__(self, id: _Optional[int] = ..., put_inline: _Optional[_Union[PutInline, _Mapping]] = ..., create: _Optional[_Union[Create, _Mapping]] = ..., seal: _Optional[_Union[Seal, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., contains: _Optional[_Union[Contains, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., list_objects: _Optional[_Union[ListObjects, _Mapping]] = ..., refs: _Optional[_Union[Refs, _Mapping]] = ...) -> None: ...
+    recreate_failed: RecreateFailed
+    def __init__(self, id: _Optional[int] = ..., put_inline: _Optional[_Union[PutInline, _Mapping]] = ..., create: _Optional[_Union[Create, _Mapping]] = ..., seal: _Optional[_Union[Seal, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., contains: _Optional[_Union[Contains, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., list_objects: _Optional[_Union[ListObjects, _Mapping]] = ..., refs: _Optional[_Union[Refs, _Mapping]] = ..., recreate_failed: _Optional[_Union[RecreateFailed, _Mapping]] = ...) -> None: ...
 
 class PutReply(_message.Message):
     __slots__ = ("segment", "offset")
@@ -388,8 +408,14 @@ class Invalidate(_message.Message):
     object_ids: _containers.RepeatedScalarFieldContainer[bytes]
     def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
+class Recreate(_message.Message):
+    __slots__ = ("object_ids",)
+    OBJECT_IDS_FIELD_NUMBER: _ClassVar[int]
+    object_ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, object_ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class Reply(_message.Message):
-    __slots__ = ("id", "error", "put", "get", "delete", "wait", "contains", "stats", "list_objects", "invalidate")
+    __slots__ = ("id", "error", "put", "get", "delete", "wait", "contains", "stats", "list_objects", "invalidate", "recreate")
     ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +426,7 @@ class Reply(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     LIST_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     INVALIDATE_FIELD_NUMBER: _ClassVar[int]
+    RECREATE_FIELD_NUMBER: _ClassVar[int]
     id: int
     error: Error
     put: PutReply
@@ -410,4 +437,5 @@ class Reply(_message.Message):
     stats: StatsReply
     list_objects: ListReply
     invalidate: Invalidate
-    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., put: _Optional[_Union[PutReply, _Mapping]] = ..., get: _Optional[_Union[GetReply, _Mapping]] = ..., delete: _Optional[_Union[DeleteReply, _Mapping]] = ..., wait: _Optional[_Union[WaitReply, _Mapping]] = ..., contains: _Optional[_Union[ContainsReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., list_objects: _Optional[_Union[ListReply, _Mapping]] = ..., invalidate: _Optional[_Union[Invalidate, _Mapping]] = ...) -> None: ...
+    recreate: Recreate
+    def __init__(self, id: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., put: _Optional[_Union[PutReply, _Mapping]] = ..., get: _Optional[_Union[GetReply, _Mapping]] = ..., delete: _Optional[_Union[DeleteReply, _Mapping]] = ..., wait: _Optional[_Union[WaitReply, _Mapping]] = ..., contains: _Optional[_Union[ContainsReply, _Mapping]] = ..., stats: _Optional[_Union[StatsReply, _Mapping]] = ..., list_objects: _Optional[_Union[ListReply, _Mapping]] = ..., invalidate: _Optional[_Union[Invalidate, _Mapping]] = ..., recreate: _Optional[_Union[Recreate, _Mapping]] = ...) -> None: ...

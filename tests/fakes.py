@@ -308,6 +308,10 @@ class FakeStore:
         self.log.append(("restored", oid))
         self._wake(oid)
 
+    def lost(self, oid: bytes, exc: ObjectStoreError) -> int:
+        """No owner to recreate anything here: the gets fail."""
+        return self.fail_waiters(oid, exc)
+
     def fail_waiters(self, oid: bytes, exc: ObjectStoreError) -> int:
         n = 0
         for fut in self._waiters.pop(oid, []):

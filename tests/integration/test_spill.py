@@ -143,9 +143,9 @@ async def test_clean_shutdown_deletes_spill_files(node_factory, tmp_path) -> Non
     root = tmp_path / "spill"
     node = node_factory("--spill", str(root), memory="16MiB", env=SPILL_ENV)
     async with objstore.connect(node.socket) as c:
-        for i in range(12):
-            await c.put(payload(i, 2 * MiB))
+        refs = [await c.put(payload(i, 2 * MiB)) for i in range(12)]  # held: they spill
         assert spill_files(root)
+        del refs
     assert node.stop() == 0
     assert spill_files(root) == []
 

@@ -122,11 +122,11 @@ async def test_spill_files_of_an_earlier_run_are_removed_at_start(node_factory, 
     root = tmp_path / "spill"
     sock = str(tmp_path / "n.sock")
     node = node_factory("--spill", str(root), memory="16MiB", env=SPILL_ENV, socket_path=sock)
-    async with objstore.connect(node.socket) as c:
-        for i in range(12):
-            await c.put(payload(i, 2 * MiB))
+    async with objstore.connect(node.socket, reconnect=False) as c:
+        refs = [await c.put(payload(i, 2 * MiB)) for i in range(12)]  # held: they spill
         assert spill_files(root)
-    node.kill()  # no clean shutdown: the files stay
+        node.kill()  # no clean shutdown: the files stay
+        del refs
     left = spill_files(root)
     assert left
     # Another node's files in the same target are not touched.

@@ -56,12 +56,12 @@ HOP = 1.0  # the longest a message (or a process's unsent batch) waits
 WINDOW = GRACE - 4 * HOP  # how long after pickling a ref may be unpickled
 FREE_NOW = 1  # frees per apply; the rest later (the service's budget, small)
 MAX_PROCS = 6
-# Client.put counts the new ref at once (tracker.flush() after ObjectRef(oid)).
-# objstore/client.py does not yet: a put whose ref dies within the same loop turn
-# (`await client.put(x)`, result unused) is never reported dropped, and its node
-# holds it for the whole connection (confirmed against a real node).
-# False reproduces that leak in the machine.
-PUT_COUNTS_AT_ONCE = True
+# Whether a put's new ref is counted before the next event (True) or in the
+# process's next batch (False).  Both must hold: RefTracker.count() reports an id
+# made and dropped within one batch as dropped (a put's connection holds it
+# already), which is what once leaked `await client.put(x)` with the result
+# unused; the real client counts a put's ref at once (ObjectRef._of_put).
+PUT_COUNTS_AT_ONCE = False
 # A pickled ref's grace starts when the process's batch reaches its node, once a
 # loop turn; the pickled bytes may leave the process before that.  A process that
 # crashes in between loses the grace, and the receiver's ref may outlive its

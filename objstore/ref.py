@@ -99,6 +99,15 @@ class RefTracker:
         with self._lock:
             self.counts[oid] = self.counts.get(oid, 0) + 1
 
+    def urgent(self) -> None:
+        """A ref is being pickled: on the event loop's thread, tell the node now,
+        so that its grace starts before the pickled bytes can leave the process
+        (the node reads them before it sees the connection close, even if the
+        process dies right after)."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() == getattr(loop, "_thread_id", None):
+            self.flush()
+
     @property
     def pending(self) -> bool:
         """Events not counted yet."""
@@ -269,6 +278,7 @@ class ObjectRef:
             found.append(self._id)
         else:
             tracker.note(self._id, _PICKLE)
+            tracker.urgent()
         return (ObjectRef, (self._id,))
 
     def __copy__(self) -> ObjectRef:

@@ -62,10 +62,11 @@ MAX_PROCS = 6
 # already), which is what once leaked `await client.put(x)` with the result
 # unused; the real client counts a put's ref at once (ObjectRef._of_put).
 PUT_COUNTS_AT_ONCE = False
-# A pickled ref's grace starts when the process's batch reaches its node, once a
-# loop turn; the pickled bytes may leave the process before that.  A process that
-# crashes in between loses the grace, and the receiver's ref may outlive its
-# object.  The machine assumes the batch goes first (a handed-over ref is flushed
+# A pickled ref's grace starts when the process's batch reaches its node.  On the
+# event loop's thread the client sends it from __reduce__ itself (RefTracker.urgent),
+# before the pickled bytes can leave; a ref pickled on another thread waits for the
+# next loop turn, and a process that crashes in between loses the grace (the
+# receiver's ref may outlive its object).  The machine assumes the batch goes first (a handed-over ref is flushed
 # before the receiver has it; a crash takes unsent pickled refs out of flight);
 # True lets hand_over find that race.
 CRASH_LOSES_GRACE = False

@@ -176,8 +176,7 @@ async def test_nodes_register_and_show_in_status(cluster) -> None:
 async def test_heartbeats_carry_usage(cluster) -> None:
     a = cluster.nodes[0]
     async with objstore.connect(a.socket) as c:
-        await c.put(b"u" * (2 * MiB))
-        await c.put(b"v")
+        held = [await c.put(b"u" * (2 * MiB)), await c.put(b"v")]  # noqa: F841 - alive
 
         async def usage_seen() -> bool:
             for n in (await _status(cluster.directory)).nodes:

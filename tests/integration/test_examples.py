@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from loop_lag import LoopLag
 
+import objstore
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
@@ -78,6 +80,13 @@ async def test_web_backend(node) -> None:
                 assert r.status == 200 and await r.read() == blob
             async with http.get(f"{base}/blobs/not-hex") as r:
                 assert r.status == 400
+            async with objstore.connect(node.socket) as c:
+                assert (await c.stats())["objects"] == 1
+                async with http.delete(f"{base}/blobs/{ref}") as r:
+                    assert r.status == 200
+                async with http.get(f"{base}/blobs/{ref}") as r:
+                    assert r.status == 404  # freed with its last ref
+                assert (await c.stats())["objects"] == 0
     finally:
         proc.terminate()
         await proc.wait()

@@ -56,7 +56,7 @@ from objstore.protocol import (
     pb,
 )
 from objstore.protocol.handshake import handshake
-from objstore.ref import ObjectRef, collecting, current_client, tracker
+from objstore.ref import ObjectRef, collect_while, current_client, tracker
 from objstore.serialization import Serialized, deserialize, has_views, serialize
 from objstore.shm import Mark, copy_all, copy_ranges, map_segment, split, warm
 
@@ -823,8 +823,7 @@ class Client:
     async def _store(
         self, oid: bytes, value: Any, name: str | None, recreatable: bool, recreated: bool
     ) -> None:
-        with collecting() as contained:
-            ser = serialize(value)
+        ser, contained = collect_while(serialize, value)
         site = _call_site() if tracker.record_sites else ""
         if ser.size <= self._inline_max:
             req = pb.Request()
@@ -835,7 +834,7 @@ class Client:
             if name:
                 body.name = name
             if contained:
-                body.contained_ids = b"".join(contained)
+                body.contained_ids = contained
             if site:
                 body.call_site = site
             if recreatable:
@@ -855,7 +854,7 @@ class Client:
         if name:
             body2.name = name
         if contained:
-            body2.contained_ids = b"".join(contained)
+            body2.contained_ids = contained
         if site:
             body2.call_site = site
         if recreatable:

@@ -20,13 +20,15 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from objstore.errors import ObjectStoreError
 from objstore.ids import OBJECT_ID_SIZE, object_id_from_hex
 
-__all__ = ["ObjectRef", "current_client", "tracker", "RefTracker", "collecting"]
+__all__ = ["ObjectRef", "current_client", "tracker", "RefTracker", "collecting", "collect_while"]
+
+T = TypeVar("T")
 
 # The client of the enclosing `async with objstore.connect()` block, for `await ref`.
 current_client: contextvars.ContextVar[Any] = contextvars.ContextVar(
@@ -205,6 +207,29 @@ def collecting() -> Iterator[list[bytes]]:
         yield found
     finally:
         _collector.ids = prev
+
+
+def collect_while(fn: Callable[[Any], T], value: Any) -> tuple[T, bytes]:
+    """``fn(value)`` (a put's serialization), and the ids of the refs it pickled
+    (contained in the value), concatenated.  Allocates nothing when there are
+    none: the put path runs this for every value."""
+    local = _collector
+    buf: list[bytes] | None = getattr(local, "buf", None)
+    if buf is None:
+        buf = local.buf = []
+    prev = getattr(local, "ids", None)
+    if prev is buf:  # nested (a value whose pickling puts): a fresh list
+        buf = []
+    local.ids = buf
+    try:
+        out = fn(value)
+    finally:
+        local.ids = prev
+    if not buf:
+        return out, b""
+    ids = b"".join(buf)
+    buf.clear()
+    return out, ids
 
 
 class ObjectRef:

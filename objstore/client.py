@@ -56,7 +56,7 @@ from objstore.protocol import (
     pb,
 )
 from objstore.protocol.handshake import handshake
-from objstore.ref import ObjectRef, collect_while, current_client, tracker
+from objstore.ref import ObjectRef, call_site, collect_while, current_client, tracker
 from objstore.serialization import Serialized, deserialize, has_views, serialize
 from objstore.shm import Mark, copy_all, copy_ranges, map_segment, split, warm
 
@@ -824,23 +824,13 @@ class Client:
         self, oid: bytes, value: Any, name: str | None, recreatable: bool, recreated: bool
     ) -> None:
         ser, contained = collect_while(serialize, value)
-        site = _call_site() if tracker.record_sites else ""
+        site = call_site() if tracker.record_sites else ""
         if ser.size <= self._inline_max:
             req = pb.Request()
             body = req.put_inline
             body.object_id = oid
             body.data = ser.to_bytes()
-            body.metadata = ser.meta
-            if name:
-                body.name = name
-            if contained:
-                body.contained_ids = contained
-            if site:
-                body.call_site = site
-            if recreatable:
-                body.recreatable = True
-            if recreated:
-                body.recreated = True
+            _describe(body, ser.meta, name, contained, site, recreatable, recreated)
             reply = await self._call(req, lambda _r: self._delete_orphan(oid))
             self._cache[oid] = _Cached(
                 reply.put.segment, reply.put.offset, ser.size, ser.meta, True, 0
@@ -850,17 +840,7 @@ class Client:
         body2 = req.create
         body2.object_id = oid
         body2.data_size = ser.size
-        body2.metadata = ser.meta
-        if name:
-            body2.name = name
-        if contained:
-            body2.contained_ids = contained
-        if site:
-            body2.call_site = site
-        if recreatable:
-            body2.recreatable = True
-        if recreated:
-            body2.recreated = True
+        _describe(body2, ser.meta, name, contained, site, recreatable, recreated)
         reply = await self._call(req, lambda _r: self._abort(oid))
         segment, offset = reply.put.segment, reply.put.offset
         try:
@@ -1210,14 +1190,27 @@ class Client:
         return out, lst.total
 
 
-def _call_site() -> str:
-    """file:line of the first frame outside objstore (OBJSTORE_RECORD_CALL_SITES=1)."""
-    import sys
-
-    f = sys._getframe(1)
-    while f is not None and f.f_globals.get("__name__", "").startswith("objstore"):
-        f = f.f_back  # type: ignore[assignment]
-    return f"{f.f_code.co_filename}:{f.f_lineno}" if f is not None else ""
+def _describe(
+    body: Any,
+    meta: bytes,
+    name: str | None,
+    contained: bytes,
+    site: str,
+    recreatable: bool,
+    recreated: bool,
+) -> None:
+    """The fields a PutInline and a Create share (protobuf sets only those given)."""
+    body.metadata = meta
+    if name:
+        body.name = name
+    if contained:
+        body.contained_ids = contained
+    if site:
+        body.call_site = site
+    if recreatable:
+        body.recreatable = True
+    if recreated:
+        body.recreated = True
 
 
 class _Connector:

@@ -88,12 +88,10 @@ class RefTracker:
             self._loop = None
 
     def site(self, oid: bytes) -> None:
-        """Remember where a ref was made: the first frame outside objstore."""
-        f = sys._getframe(2)
-        while f is not None and f.f_globals.get("__name__", "").startswith("objstore"):
-            f = f.f_back  # type: ignore[assignment]
-        if f is not None:
-            self._pending_sites.setdefault(oid, f"{f.f_code.co_filename}:{f.f_lineno}")
+        """Remember where a ref was made (:func:`call_site`)."""
+        where = call_site()
+        if where:
+            self._pending_sites.setdefault(oid, where)
 
     def made(self, oid: bytes) -> None:
         """A put on the event loop made the first ref to a new object: counted at
@@ -187,6 +185,14 @@ class RefTracker:
         self._loop = None
         self._scheduled = False
         self._lock = threading.Lock()
+
+
+def call_site() -> str:
+    """file:line of the innermost frame outside objstore (OBJSTORE_RECORD_CALL_SITES=1)."""
+    f = sys._getframe(1)
+    while f is not None and f.f_globals.get("__name__", "").startswith("objstore"):
+        f = f.f_back  # type: ignore[assignment]
+    return f"{f.f_code.co_filename}:{f.f_lineno}" if f is not None else ""
 
 
 tracker = RefTracker()

@@ -47,3 +47,17 @@ async def until(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout}s: {what} (last: {last!r})")
         await asyncio.sleep(0.02)
+
+
+async def poll(
+    fn: Callable[[], Awaitable[Any]], pred: Callable[[Any], bool], deadline: float = 10.0
+) -> Any:
+    """Call ``fn`` until ``pred`` holds for its result; fail after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while True:
+        value = await fn()
+        if pred(value):
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not reached within {deadline}s; last value {value!r}")
+        await asyncio.sleep(0.02)

@@ -473,14 +473,21 @@ class _Connection(asyncio.Protocol):
         put.offset = entry.offset
         return reply
 
-    async def _created(
-        self, req_id: int, made: Awaitable[Entry], oid: bytes, body: Any
-    ) -> pb.Reply:
+    async def _created(self, req_id: int, made: Awaitable[Entry], body: Any) -> pb.Reply:
         entry = await made
-        self.objects.put_held(
-            self.client, oid, body.name, body.contained_ids, body.call_site, body.recreatable
-        )
+        self._held(body)
         return self._put_reply(req_id, entry)
+
+    def _held(self, body: Any) -> None:
+        """A put (PutInline or Create) succeeded: the object service counts its holds."""
+        self.objects.put_held(
+            self.client,
+            body.object_id,
+            body.name,
+            body.contained_ids,
+            body.call_site,
+            body.recreatable,
+        )
 
     def _on_put_inline(self, req: pb.Request) -> None:
         body = req.put_inline
@@ -490,19 +497,12 @@ class _Connection(asyncio.Protocol):
             objects.replace_lost(body.object_id)
         entry = objects.put_inline_now(client, body.object_id, body.data, body.metadata, body.name)
         if entry is not None:
-            objects.put_held(
-                client,
-                body.object_id,
-                body.name,
-                body.contained_ids,
-                body.call_site,
-                body.recreatable,
-            )
+            self._held(body)
             if req.id:
                 self._send(self._put_reply(req.id, entry))
             return
         made = objects.put_inline(client, body.object_id, body.data, body.metadata, body.name)
-        self._spawn(req.id, self._created(req.id, made, body.object_id, body))
+        self._spawn(req.id, self._created(req.id, made, body))
 
     def _on_create(self, req: pb.Request) -> None:
         body = req.create
@@ -513,18 +513,11 @@ class _Connection(asyncio.Protocol):
             objects.replace_lost(body.object_id)
         entry = objects.create_now(*args)
         if entry is not None:
-            objects.put_held(
-                client,
-                body.object_id,
-                body.name,
-                body.contained_ids,
-                body.call_site,
-                body.recreatable,
-            )
+            self._held(body)
             if req.id:
                 self._send(self._put_reply(req.id, entry))
             return
-        self._spawn(req.id, self._created(req.id, objects.create(*args), body.object_id, body))
+        self._spawn(req.id, self._created(req.id, objects.create(*args), body))
 
     def _on_seal(self, req: pb.Request) -> None:
         self.objects.seal(self.client, req.seal.object_id)

@@ -14,13 +14,12 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import run_cli
-from waits import round_trip
+from waits import poll, round_trip
 
 import objstore
 import objstore.client
@@ -36,18 +35,6 @@ MiB = 1024 * KiB
 
 
 # ---------------------------------------------------------------------- helpers
-async def poll(
-    fn: Callable[[], Awaitable[Any]], pred: Callable[[Any], bool], deadline: float = 10.0
-) -> Any:
-    """Call ``fn`` until ``pred`` holds for its result; fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while True:
-        value = await fn()
-        if pred(value):
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not reached within {deadline}s; last value {value!r}")
-        await asyncio.sleep(0.02)
 
 
 async def wait_clients(client: objstore.Client, n: int) -> None:

@@ -8,31 +8,18 @@ import asyncio
 import gc
 import multiprocessing
 import pickle
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import lifecycle_procs
 import numpy as np
 import pytest
+from waits import poll
 
 import objstore
 from objstore import ObjectRef
 from objstore.errors import ObjectFreedError, ObjectNotFoundError
 
 MiB = 1 << 20
-
-
-async def poll(
-    fn: Callable[[], Awaitable[Any]], pred: Callable[[Any], bool], deadline: float = 15.0
-) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        value = await fn()
-        if pred(value):
-            return value
-        assert time.monotonic() < end, f"condition not met within {deadline}s: {value}"
-        await asyncio.sleep(0.02)
 
 
 def _empty(st: dict[str, Any]) -> bool:
@@ -52,7 +39,7 @@ async def test_the_last_ref_dropped_frees_the_object(node) -> None:
         assert bytes(await client.get(copy)) == b"x" * 100  # still referred to
         del copy, big
         gc.collect()
-        await poll(client.stats, _empty)
+        await poll(client.stats, _empty, deadline=15.0)
         for h in (small_hex, big_hex):
             with pytest.raises(ObjectFreedError, match="freed") as info:
                 await client.get(ObjectRef.from_hex(h), timeout=5)
@@ -73,7 +60,7 @@ async def test_a_zero_copy_view_keeps_the_memory_after_the_last_ref(node) -> Non
         assert np.array_equal(view, value)
         del view
         gc.collect()
-        await poll(client.stats, _empty)
+        await poll(client.stats, _empty, deadline=15.0)
 
 
 async def test_refs_inside_a_stored_value_live_while_it_does(node) -> None:
@@ -92,7 +79,7 @@ async def test_refs_inside_a_stored_value_live_while_it_does(node) -> None:
         gc.collect()
         del outer
         gc.collect()
-        await poll(client.stats, _empty)
+        await poll(client.stats, _empty, deadline=15.0)
 
 
 async def test_a_pickled_ref_keeps_its_object_for_the_grace(node_factory) -> None:
@@ -109,7 +96,7 @@ async def test_a_pickled_ref_keeps_its_object_for_the_grace(node_factory) -> Non
         assert bytes(await client.get(back)) == b"in an http body"
         del back
         gc.collect()
-        await poll(client.stats, _empty)
+        await poll(client.stats, _empty, deadline=15.0)
         # Nobody unpickled this one: it goes when the grace ends.
         ref = await client.put(b"sent and never read")
         pickle.dumps(ref)
@@ -151,8 +138,8 @@ async def test_a_ref_through_a_pipe_to_another_node_outlives_its_owner(
             owner_end.send("drop")
             assert await loop.run_in_executor(None, owner_end.recv) == "dropped"
             # Memory comes back on both nodes.
-            await poll(ca.stats, _empty)
-            await poll(cb.stats, _empty)
+            await poll(ca.stats, _empty, deadline=15.0)
+            await poll(cb.stats, _empty, deadline=15.0)
             owner_end.send("exit")
     finally:
         for p in (owner, borrower):
@@ -206,11 +193,11 @@ async def test_100000_put_and_drop_cycles_leave_nothing_behind(node) -> None:
 
         for i in range(110_000):  # warm up (see above)
             await handle(i)
-        await poll(client.stats, _empty)
+        await poll(client.stats, _empty, deadline=15.0)
         start = rss_kib()
         for i in range(100_000):
             await handle(i)
-        st = await poll(client.stats, _empty)
+        st = await poll(client.stats, _empty, deadline=15.0)
         assert st["pinned_bytes"] == 0
         end = rss_kib()
         assert end <= start * 1.10, (start, end)

@@ -797,6 +797,7 @@ class Client:
         name: str | None = None,
         *,
         recreate: Callable[[], Any] | None = None,
+        replicas: int = 1,
     ) -> ObjectRef:
         """Store a value; returns its :class:`ObjectRef`.
 
@@ -807,14 +808,25 @@ class Client:
         arguments) that returns the value again; when every copy of the object
         is lost while this client is alive, it is run and the result stored
         under the same id (at most ``lifecycle.max_recreations`` attempts).
+        ``replicas``: keep copies on this many distinct live nodes of the
+        cluster (chosen by free memory, never evicted while the object lives,
+        made again elsewhere when a node holding one dies); the put returns
+        once they are all sealed, or raises
+        :class:`~objstore.errors.NodeUnavailableError` (the object is deleted
+        then) when the cluster cannot make them within ``request_timeout``
+        (and ``lifecycle.replica_timeout_s``).
         """
         self._check_open()
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"replicas is an int >= 1, got {replicas!r}")
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError(f"a name is a non-empty str, got {name!r}")
         if recreate is not None and not callable(recreate):
             raise TypeError(f"recreate must be a callable, got {type(recreate).__name__}")
         oid = new_object_id()
         await self._store(oid, value, name, recreate is not None, False)
+        if replicas > 1:
+            await self._replicate(oid, replicas)
         self._held.add(oid)  # the node counts the put's connection as holding it
         if recreate is not None:
             self._recreators[oid] = recreate
@@ -853,6 +865,22 @@ class Client:
             self._abort(oid)
             raise
         self._cache[oid] = _Cached(segment, offset, ser.size, ser.meta, True, 0)
+
+    async def _replicate(self, oid: bytes, replicas: int) -> None:
+        """Wait until ``replicas`` nodes keep the object; delete it if they cannot."""
+        req = pb.Request()
+        body = req.replicate
+        body.object_id = oid
+        body.replicas = replicas
+        if self._request_timeout is not None:
+            # The node gives up first, so its error (which says why) comes back.
+            body.timeout_ms = max(1, int(self._request_timeout * 900))
+        try:
+            await self._call(req)
+        except BaseException:
+            self._cache.pop(oid, None)
+            self._delete_orphan(oid)
+            raise
 
     # ------------------------------------------------------------------ recreation
     def _start_recreate(self, oid: bytes) -> None:

@@ -354,6 +354,9 @@ class LifecycleConfig:
     borrow_grace_s: float = _setting(30.0, _non_negative, "seconds a pickled ref holds its object")
     # Attempts at recreating a lost object with its put's recreate= callable.
     max_recreations: int = _setting(3, _positive_int, "recreation attempts per lost object")
+    # A node asked to keep a replica has this long to report its copy before
+    # another node is asked; a put with replicas=N waits at most this long too.
+    replica_timeout_s: float = _setting(30.0, _positive, "seconds to make one replica")
 
 
 _SECTIONS: dict[str, type] = {

@@ -42,6 +42,12 @@ class ObjectRow:
     spilled_node: bytes | None = None
     #: Nodes whose processes hold refs to it, other than its primary node (borrowers).
     borrowers: tuple[bytes, ...] = ()
+    #: Put with ``replicas=N``: N (0 for an object without replicas).
+    replicas: int = 0
+    #: Live nodes holding a copy kept for the replica count (the primary's included).
+    replica_nodes: tuple[bytes, ...] = ()
+    #: Nodes asked to make a copy that have not reported one yet.
+    replicas_asked: int = 0
 
 
 @dataclass(slots=True)

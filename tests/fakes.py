@@ -940,6 +940,9 @@ class FakeNode:
     borrows: set[bytes] = field(default_factory=set)
     borrow_notes: list[tuple[str, bytes]] = field(default_factory=list)
     lent: set[bytes] = field(default_factory=set)
+    # Replicas: counts of objects put here, and ids the directory asked this node to keep.
+    replicated: dict[bytes, int] = field(default_factory=dict)
+    replicate_asks: list[bytes] = field(default_factory=list)
     # How often each was read (full reports, heartbeats).
     snapshots: int = 0
     usage_reads: int = 0
@@ -956,6 +959,9 @@ class FakeNode:
 
     def borrowed_snapshot(self) -> list[bytes]:
         return list(self.borrows)
+
+    def replicas_snapshot(self) -> list[tuple[bytes, int]]:
+        return list(self.replicated.items())
 
     def usage(self) -> Usage:
         self.usage_reads += 1
@@ -985,6 +991,10 @@ class FakeNode:
     def on_unborrowed(self, ids: list[bytes]) -> None:
         self.borrow_notes.extend(("unborrowed", oid) for oid in ids)
         self.lent.difference_update(ids)
+        self._wake()
+
+    def on_replicate(self, ids: list[bytes]) -> None:
+        self.replicate_asks.extend(ids)
         self._wake()
 
     def _wake(self) -> None:

@@ -43,6 +43,10 @@ class NodeView(Protocol):
         """Every object put on another node that this node's processes hold refs to."""
         ...
 
+    def replicas_snapshot(self) -> list[tuple[bytes, int]]:
+        """(id, replicas wanted) of every object put here with replicas=N, N > 1."""
+        ...
+
     def usage(self) -> Usage:
         """How full the node is, for registration and heartbeats."""
         ...
@@ -70,6 +74,11 @@ class DirectoryListener(Protocol):
     def on_unborrowed(self, ids: list[bytes]) -> None:
         """Objects put here that no other node holds refs to any more (called after
         :meth:`on_borrowed` of the same notification; an id is in one of the two)."""
+        ...
+
+    def on_replicate(self, ids: list[bytes]) -> None:
+        """The directory chose this node to keep a copy of these objects (pull
+        them, keep them unevictable while they live, report the copies)."""
         ...
 
 

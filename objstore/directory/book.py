@@ -29,10 +29,12 @@ class ReportBatch:
     spilled: list[tuple[bytes, str]] = field(default_factory=list)
     borrowed: list[bytes] = field(default_factory=list)
     unborrowed: list[bytes] = field(default_factory=list)
+    replicas: list[tuple[bytes, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
-            len(self.added)
+            len(self.replicas)
+            + len(self.added)
             + len(self.removed)
             + len(self.deleted)
             + len(self.spilled)
@@ -44,7 +46,7 @@ class ReportBatch:
 class ReportBook:
     """Location changes waiting to be reported, coalesced per object."""
 
-    __slots__ = ("ops", "spills", "borrows")
+    __slots__ = ("ops", "spills", "borrows", "replicas")
 
     def __init__(self) -> None:
         # object id -> (kind, size, primary, name); the latest change wins.
@@ -52,9 +54,11 @@ class ReportBook:
         self.spills: dict[bytes, str] = {}
         # object id -> borrowed (True) or unborrowed (False); the latest wins.
         self.borrows: dict[bytes, bool] = {}
+        # object id -> replicas wanted (objects put here with replicas=N).
+        self.replicas: dict[bytes, int] = {}
 
     def __len__(self) -> int:
-        return len(self.ops) + len(self.spills) + len(self.borrows)
+        return len(self.ops) + len(self.spills) + len(self.borrows) + len(self.replicas)
 
     def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
         self.ops.pop(oid, None)
@@ -116,6 +120,18 @@ class ReportBook:
                 (batch.borrowed if on else batch.unborrowed).append(oid)
             for oid in taken:
                 del self.borrows[oid]
+            room -= len(taken)
+        if room > 0 and self.replicas:
+            # After the copy's own report: an id whose add is still waiting stays.
+            reps: list[tuple[bytes, int]] = []
+            for oid, count in self.replicas.items():
+                if len(reps) >= room:
+                    break
+                if oid not in ops:
+                    reps.append((oid, count))
+            for oid, _ in reps:
+                del self.replicas[oid]
+            batch.replicas = reps
         return batch
 
     def requeue(self, batch: ReportBatch) -> None:
@@ -141,12 +157,15 @@ class ReportBook:
             self.borrows.setdefault(oid, True)  # a newer change of it stays
         for oid in batch.unborrowed:
             self.borrows.setdefault(oid, False)
+        for oid, count in batch.replicas:
+            self.replicas.setdefault(oid, count)
 
     def clear(self) -> None:
         """Forget everything (a full report replaces it)."""
         self.ops.clear()
         self.spills.clear()
         self.borrows.clear()
+        self.replicas.clear()
 
 
 class WatchBook:

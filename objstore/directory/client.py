@@ -232,6 +232,11 @@ class DirectoryClient:
         self.book.borrows[oid] = False
         self._report_evt.set()
 
+    def replicas(self, oid: bytes, count: int) -> None:
+        """``oid``, put here, must be kept on ``count`` distinct live nodes."""
+        self.book.replicas[oid] = count
+        self._report_evt.set()
+
     def watch(self, oid: bytes) -> None:
         """One more local interest in a remote object (subscribed on the first)."""
         if self.watches.watch(oid):
@@ -336,7 +341,8 @@ class DirectoryClient:
             objects = self._node.snapshot()
             spilled = self._node.spilled_snapshot()
             borrowed = self._node.borrowed_snapshot()
-            await self._full_report(stub, objects, spilled, borrowed)
+            replicated = self._node.replicas_snapshot()
+            await self._full_report(stub, objects, spilled, borrowed, replicated)
             self._wake_flushers()  # the full report carried every change made before it
             self.registrations += 1
             self._refusal_logged = False
@@ -362,22 +368,28 @@ class DirectoryClient:
         objects: list[SnapshotEntry],
         spilled: Sequence[tuple[bytes, str]] = (),
         borrowed: Sequence[bytes] = (),
+        replicated: Sequence[tuple[bytes, int]] = (),
     ) -> None:
         step = self.max_report
         # The copies first, then the spill URLs of those that have one, then
-        # the borrows (the directory replaces this node's borrow set with them).
+        # the borrows (the directory replaces this node's borrow set with
+        # them), then the replica counts of primaries here.
         nc = -(-len(objects) // step)
         ns = nc + -(-len(spilled) // step)
-        n = max(1, ns + -(-len(borrowed) // step))
+        nb = ns + -(-len(borrowed) // step)
+        n = max(1, nb + -(-len(replicated) // step))
         for i in range(n):
             if i < nc:
                 batch = ReportBatch(added=objects[i * step : (i + 1) * step])
             elif i < ns:
                 j = i - nc
                 batch = ReportBatch(spilled=list(spilled[j * step : (j + 1) * step]))
-            else:
+            elif i < nb:
                 j = i - ns
                 batch = ReportBatch(borrowed=list(borrowed[j * step : (j + 1) * step]))
+            else:
+                j = i - nb
+                batch = ReportBatch(replicas=list(replicated[j * step : (j + 1) * step]))
             await stub.report(
                 self._report_msg(batch, sync_begin=i == 0, sync_end=i == n - 1),
                 timeout=self.timeout,
@@ -406,6 +418,8 @@ class DirectoryClient:
             spilled_urls=[s[1] for s in batch.spilled],
             borrowed_ids=join_ids(batch.borrowed),
             unborrowed_ids=join_ids(batch.unborrowed),
+            replicas_ids=join_ids(r[0] for r in batch.replicas),
+            replicas_counts=[r[1] for r in batch.replicas],
             sync_begin=sync_begin,
             sync_end=sync_end,
         )
@@ -528,6 +542,8 @@ class DirectoryClient:
                         self._listener.on_borrowed(split_ids(note.borrowed_ids))
                     if note.unborrowed_ids:
                         self._listener.on_unborrowed(split_ids(note.unborrowed_ids))
+                    if note.replicate_ids:
+                        self._listener.on_replicate(split_ids(note.replicate_ids))
                     if note.updates is not None and note.updates.object_ids:
                         self.addresses.update(table_addresses(note.updates))
                         self._listener.on_update(table_to_rows(note.updates))

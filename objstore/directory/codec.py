@@ -28,6 +28,9 @@ def join_ids(ids: Iterable[bytes]) -> bytes:
     return b"".join(ids)
 
 
+_NO_REPLICAS: tuple[int, tuple[bytes, ...], int] = (0, (), 0)
+
+
 def rows_to_table(
     rows: Sequence[ObjectRow],
     total: int = 0,
@@ -57,7 +60,18 @@ def rows_to_table(
     # Borrower columns only when some row is borrowed (most tables have none).
     bcounts: list[int] = []
     bnodes: list[int] = []
+    rep_rows: list[int] = []
+    rep_wanted: list[int] = []
+    rep_counts: list[int] = []
+    rep_nodes: list[int] = []
+    rep_asked: list[int] = []
     for i, r in enumerate(rows):
+        if r.replicas:
+            rep_rows.append(i)
+            rep_wanted.append(r.replicas)
+            rep_counts.append(len(r.replica_nodes))
+            rep_nodes.extend(index(nid) for nid in r.replica_nodes)
+            rep_asked.append(r.replicas_asked)
         states.append(_STATES[r.state])
         sizes.append(r.size)
         primary.append(index(r.primary) + 1 if r.primary else 0)
@@ -96,6 +110,11 @@ def rows_to_table(
         node_addresses=[address_of(n) for n in nodes] if address_of is not None else [],
         borrower_counts=bcounts,
         borrower_nodes=bnodes,
+        replicated_rows=rep_rows,
+        replicas_wanted=rep_wanted,
+        replica_counts=rep_counts,
+        replica_nodes=rep_nodes,
+        replicas_asked=rep_asked,
     )
 
 
@@ -129,6 +148,11 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
         raise InvalidRequestError("location table: sparse columns of different lengths")
     if any(r >= n for r in t.spilled_rows) or any(r >= n for r in t.named_rows):
         raise InvalidRequestError("location table: a sparse row index is out of range")
+    k = len(t.replicated_rows)
+    if not (len(t.replicas_wanted) == len(t.replica_counts) == len(t.replicas_asked) == k):
+        raise InvalidRequestError("location table: replica columns of different lengths")
+    if sum(t.replica_counts) != len(t.replica_nodes) or any(r >= n for r in t.replicated_rows):
+        raise InvalidRequestError("location table: replica columns do not add up")
     out = []
     pos = 0
     try:
@@ -137,6 +161,14 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
             for row, url, ni in zip(t.spilled_rows, t.spilled_urls, t.spilled_nodes)
         }
         named = dict(zip(t.named_rows, t.names))
+        replicated: dict[int, tuple[int, tuple[bytes, ...], int]] = {}
+        rpos = 0
+        for row, wanted, c, asked in zip(
+            t.replicated_rows, t.replicas_wanted, t.replica_counts, t.replicas_asked
+        ):
+            held = tuple(nodes[j] for j in t.replica_nodes[rpos : rpos + c])
+            rpos += c
+            replicated[row] = (wanted, held, asked)
         bcounts = t.borrower_counts
         bpos = 0
         for i in range(n):
@@ -150,6 +182,7 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
                 bpos += c
             p = t.primary[i]
             url, snode = spilled.get(i, ("", None))
+            wanted, held, asked = replicated.get(i, _NO_REPLICAS)
             out.append(
                 ObjectRow(
                     oids[i],
@@ -161,6 +194,9 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
                     url,
                     snode,
                     borrowers,
+                    wanted,
+                    held,
+                    asked,
                 )
             )
     except IndexError as exc:

@@ -237,6 +237,9 @@ class _Service:
         spilled = split_ids(req.spilled_ids)
         borrowed = split_ids(req.borrowed_ids)
         unborrowed = split_ids(req.unborrowed_ids)
+        replicated = split_ids(req.replicas_ids)
+        if len(req.replicas_counts) != len(replicated):
+            raise InvalidRequestError("report: replicated ids and counts differ in length")
         n = len(added)
         if len(req.added_sizes) != n or (req.added_primary and len(req.added_primary) != n):
             raise InvalidRequestError("report: added ids, sizes and primary flags differ in length")
@@ -244,7 +247,15 @@ class _Service:
             raise InvalidRequestError("report: names do not match the added ids")
         if len(req.spilled_urls) != len(spilled):
             raise InvalidRequestError("report: spilled ids and URLs differ in length")
-        total = n + len(removed) + len(deleted) + len(spilled) + len(borrowed) + len(unborrowed)
+        total = (
+            n
+            + len(removed)
+            + len(deleted)
+            + len(spilled)
+            + len(borrowed)
+            + len(unborrowed)
+            + len(replicated)
+        )
         if total > self.cfg.max_report:
             raise InvalidRequestError(
                 f"report: {total} entries in one report; at most {self.cfg.max_report}"
@@ -261,6 +272,7 @@ class _Service:
             spilled=zip(spilled, req.spilled_urls),
             borrowed=borrowed,
             unborrowed=unborrowed,
+            replicas=zip(replicated, req.replicas_counts),
             sync_begin=req.sync_begin,
             sync_end=req.sync_end,
         )
@@ -384,10 +396,12 @@ class _Service:
                     rows = state.take_pending(sub, _NOTIFY_ROWS)
                     frees = state.take_frees(sub.node_id, _NOTIFY_FREES)
                     borrowed, unborrowed = state.take_borrow_notes(sub.node_id, _NOTIFY_FREES)
+                    replicate = state.take_replications(sub.node_id, _NOTIFY_FREES)
                     dead, sub.dead_nodes = sub.dead_nodes, []
-                    if not rows and not frees and not dead and not borrowed and not unborrowed:
+                    if not (rows or frees or dead or borrowed or unborrowed or replicate):
                         break
                     note = pb.Notification(
+                        replicate_ids=b"".join(replicate),
                         free_ids=b"".join(frees),
                         dead_nodes=b"".join(dead),
                         borrowed_ids=b"".join(borrowed),
@@ -435,6 +449,7 @@ class DirectoryServer:
             node_timeout=dc.node_timeout_s,
             deleted_memory=dc.deleted_memory,
             max_subscriptions=dc.max_subscriptions,
+            replica_timeout=config.lifecycle.replica_timeout_s,
         )
         self.store = store or open_store(dc.store, dc.state_dir)
         self.persist = WriteBehind(
@@ -527,6 +542,10 @@ class DirectoryServer:
                 node = self.state.nodes[nid]
                 if node.alive:
                     await self._declare_dead(nid)
+            if self.state.replicas.wants:
+                late = self.state.check_replicas(loop.time())
+                if late:
+                    log.warning("replica copies not made in time; other nodes asked", objects=late)
 
     async def _declare_dead(self, node_id: bytes) -> None:
         """Remove a dead node's copies a slice at a time, letting the loop serve others."""

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from objstore.directory.borrowers import Borrowers
+from objstore.directory.replicas import Candidate, Replicas
 from objstore.errors import (
     InvalidRequestError,
     NotRegisteredError,
@@ -124,6 +125,8 @@ class NodeRecord:
     borrow_notes: dict[bytes, None] = field(default_factory=dict)
     # During a full report: the borrows reported so far (replace the node's set at the end).
     borrow_sync: set[bytes] | None = None
+    # Objects this node was chosen to keep a replica of, not sent yet.
+    replicate: dict[bytes, None] = field(default_factory=dict)
 
 
 class ObjectRecord:
@@ -169,6 +172,7 @@ class DirectoryState:
         node_timeout: float = 10.0,
         deleted_memory: int = 100_000,
         max_subscriptions: int = 1_000_000,
+        replica_timeout: float = 30.0,
     ) -> None:
         self.node_timeout = node_timeout
         self.nodes: dict[bytes, NodeRecord] = {}
@@ -196,6 +200,11 @@ class DirectoryState:
         self.borrowers = Borrowers()
         # Objects deleted because their last borrower left after their primary node.
         self.n_orphans_deleted = 0
+        # Objects put with replicas=N: who keeps their copies (not persisted:
+        # primaries report their counts again in full reports).
+        self.replicas = Replicas(replica_timeout)
+        # The latest time a caller gave (deadlines of replica asks made without one).
+        self.now = 0.0
 
     # ------------------------------------------------------------------ nodes
     def register(
@@ -245,6 +254,10 @@ class DirectoryState:
         if usage is not None:
             node.usage = usage
         self.on_dirty_node(node_id)
+        self.now = max(self.now, now)
+        # A node joined: objects short of replicas may have a place now.
+        for oid in list(self.replicas.short):
+            self._replicate(oid)
         return node
 
     def live_node(self, node_id: bytes, session: bytes, now: float | None = None) -> NodeRecord:
@@ -260,6 +273,7 @@ class DirectoryState:
             )
         if now is not None:
             node.last_seen = now
+            self.now = max(self.now, now)
         return node
 
     def heartbeat(self, node_id: bytes, session: bytes, usage: Usage, now: float) -> None:
@@ -300,6 +314,7 @@ class DirectoryState:
         node.alive = False
         node.frees.clear()
         node.borrow_notes.clear()
+        node.replicate.clear()
         node.unconfirmed = None
         node.borrow_sync = None
         objects, node.objects = node.objects, set()
@@ -351,6 +366,9 @@ class DirectoryState:
             # Its borrows end: primaries hear of the objects nobody borrows now
             # (and those whose primary is gone too are deleted).
             self._unborrowed(self.borrowers.drop_node(node_id))
+            # Replicated objects it held or was making copies of get new places.
+            for oid in self.replicas.drop_node(node_id):
+                self._replicate(oid)
         finally:
             self.dying.discard(node_id)
         yield lost
@@ -418,6 +436,9 @@ class DirectoryState:
         if primary and rec.primary == nid and oid in self.borrowers:
             # Borrowed before (or while) its primary reported it: tell the primary.
             self._note_borrow(node, oid)
+        if oid in self.replicas:
+            self.replicas.reported(oid, nid)
+            self._replicate(oid)
         self._changed(oid)
 
     def _remove_location(self, oid: bytes, rec: ObjectRecord, nid: bytes, dying: bool) -> int:
@@ -442,6 +463,8 @@ class DirectoryState:
                 lost = 1
         if dying and rec.spilled_node == nid and not self._spill_survives(rec, nid):
             self._clear_spill(rec)
+        if oid in self.replicas and self.replicas.removed(oid, nid):
+            self._replicate(oid)
         self._changed(oid)
         return lost
 
@@ -472,6 +495,7 @@ class DirectoryState:
         spilled: Iterable[tuple[bytes, str]] = (),
         borrowed: Iterable[bytes] = (),
         unborrowed: Iterable[bytes] = (),
+        replicas: Iterable[tuple[bytes, int]] = (),
         sync_begin: bool = False,
         sync_end: bool = False,
     ) -> None:
@@ -487,6 +511,8 @@ class DirectoryState:
             node.borrow_sync = set()
         for i, (oid, size, primary) in enumerate(added):
             self._add_location(oid, node, size, primary, names.get(i, "") if names else "")
+        for oid, count in replicas:
+            self.want_replicas(node_id, oid, count)
         if node.borrow_sync is not None:
             node.borrow_sync.update(borrowed)
             node.borrow_sync.difference_update(unborrowed)
@@ -570,6 +596,7 @@ class DirectoryState:
         for oid in oids:
             rec = self.objects.pop(oid, None)
             self.borrowers.forget(oid)
+            self.replicas.forget(oid)
             if rec is None:
                 # Never heard of (a put deleted before its report went out, or
                 # gone already): still remembered and told to subscribers, so a
@@ -629,6 +656,63 @@ class DirectoryState:
                 break
         for oid in out:
             del node.frees[oid]
+        return out
+
+    # ------------------------------------------------------------------ replicas
+    def want_replicas(self, node_id: bytes, oid: bytes, count: int) -> None:
+        """The object's primary node asks for ``count`` copies on distinct live nodes."""
+        rec = self.objects.get(oid)
+        if rec is None or rec.primary != node_id or count < 2:
+            return  # deleted already, not its primary, or nothing to do
+        self.replicas.want(oid, count, node_id)
+        self._replicate(oid)
+        self._changed(oid)
+
+    def _replicate(self, oid: bytes) -> None:
+        """Ask more nodes for copies while held and asked ones are fewer than wanted."""
+        rec = self.objects.get(oid)
+        if rec is None or rec.state != PRESENT or not rec.nodes:
+            return  # nothing to copy from (lost, or only spilled): a report brings it back
+        candidates = [
+            Candidate(
+                nid,
+                max(0, n.usage.memory_total - n.usage.memory_used),
+                nid in rec.nodes,
+            )
+            for nid, n in self.nodes.items()
+            if n.alive and nid not in self.dying
+        ]
+        chosen = self.replicas.plan(oid, candidates, self.now)
+        for nid in chosen:
+            node = self.nodes[nid]
+            node.replicate[oid] = None
+            stream = self.streams.get(nid)
+            if stream is not None and len(node.replicate) == 1:
+                stream.wake()
+        if chosen:
+            self._changed(oid)
+
+    def check_replicas(self, now: float) -> int:
+        """Asks past their deadline go to other nodes; returns the objects planned again."""
+        self.now = max(self.now, now)
+        late = self.replicas.expire(now)
+        for oid in late:
+            self._replicate(oid)
+            self._changed(oid)
+        return len(late)
+
+    def take_replications(self, node_id: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` ids the node was asked to keep a replica of (removed from its record)."""
+        node = self.nodes.get(node_id)
+        if node is None or not node.replicate:
+            return []
+        out = []
+        for oid in node.replicate:
+            out.append(oid)
+            if len(out) >= limit:
+                break
+        for oid in out:
+            del node.replicate[oid]
         return out
 
     # ------------------------------------------------------------------ borrowers
@@ -723,7 +807,15 @@ class DirectoryState:
             rec.spilled_url,
             rec.spilled_node,
             tuple(self.borrowers.by_object.get(oid, ())),
+            *self._replica_columns(oid, rec),
         )
+
+    def _replica_columns(self, oid: bytes, rec: ObjectRecord) -> tuple[int, tuple[bytes, ...], int]:
+        replicas = self.replicas
+        if oid not in replicas:
+            return 0, (), 0
+        held = tuple(n for n in replicas.held(oid) if n in rec.nodes)
+        return replicas.wanted(oid), held, replicas.asked(oid)
 
     def lookup(self, oids: Iterable[bytes]) -> list[ObjectRow]:
         """Current state of each object, in order."""

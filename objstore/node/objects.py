@@ -43,6 +43,7 @@ import structlog
 from objstore.config import Config
 from objstore.errors import (
     GetTimeoutError,
+    NodeUnavailableError,
     ObjectFreedError,
     ObjectLostError,
     ObjectNotFoundError,
@@ -133,6 +134,18 @@ class ObjectService:
         self._unrecoverable: dict[bytes, str] = {}
         self._replacing: bytes | None = None
         self.recreations_asked = 0
+        # Replicas: objects put here with replicas=N (id -> N); copies this
+        # node keeps for objects put elsewhere (pinned by `_replica_holder`, so
+        # never evicted, until the object is deleted); puts waiting for their
+        # copies (id -> N, future).
+        self._replicas_wanted: dict[bytes, int] = {}
+        self._replica_copies: set[bytes] = set()
+        self._replica_holder = ClientState(-1, self._replica_invalidated)
+        self._replica_waits: dict[bytes, tuple[int, asyncio.Future[ObjectRow]]] = {}
+        self._replica_held: dict[bytes, int] = {}
+        self._replicating: set[bytes] = set()
+        self._replica_tasks = TaskSet("replica")
+        self.replicas_made = 0
 
     # ------------------------------------------------------------ wiring
     def bind(self, parts: Parts) -> None:
@@ -157,6 +170,7 @@ class ObjectService:
             self._grace_timer.cancel()
             self._grace_timer = None
         await self._reapers.close()
+        await self._replica_tasks.close()
 
     # ------------------------------------------------------------ reference counting
     def _is_primary(self, oid: bytes) -> bool:
@@ -225,6 +239,128 @@ class ObjectService:
                             del self.sites[oid]
         if out:
             self._apply_refs()
+
+    # ------------------------------------------------------------ replicas
+    async def replicate(self, client: ClientState, oid: bytes, count: int, timeout: float) -> None:
+        """A put with replicas=``count``: return once ``count`` distinct live nodes
+        keep a copy (this one included), or raise :class:`NodeUnavailableError`."""
+        if count < 2:
+            return
+        entry = self.store.entry(oid)
+        if entry is None or not entry.primary or entry.owner is not client:
+            raise ObjectNotFoundError(f"object {oid.hex()} was not put by this client here")
+        directory = self.parts.directory
+        if directory is None:
+            raise NodeUnavailableError(
+                f"replicas={count} needs a cluster; this node runs alone (no directory)"
+            )
+        timeout = min(timeout, self.config.lifecycle.replica_timeout_s)
+        self._replicas_wanted[oid] = count
+        directory.replicas(oid, count)
+        fut: asyncio.Future[ObjectRow] = asyncio.get_running_loop().create_future()
+        self._replica_waits[oid] = (count, fut)
+        directory.watch(oid)
+        row: ObjectRow | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                row = await fut
+        except TimeoutError:
+            raise NodeUnavailableError(
+                f"replicas={count}: only {self._held_copies(oid)} of {count} copies of "
+                f"object {oid.hex()} were kept within {timeout:g}s "
+                "(lifecycle.replica_timeout_s; the nodes asked did not report a copy)"
+            ) from None
+        finally:
+            directory.unwatch(oid)
+            self._replica_waits.pop(oid, None)
+            self._replica_held.pop(oid, None)
+        log.debug("replicas kept", object_id=oid.hex(), nodes=[n.hex() for n in row.replica_nodes])
+
+    def _held_copies(self, oid: bytes) -> int:
+        return self._replica_held.get(oid, 1)
+
+    def _replica_row(self, row: ObjectRow) -> None:
+        """A row of an object whose put waits for its replicas."""
+        wait = self._replica_waits.get(row.object_id)
+        if wait is None:
+            return
+        count, fut = wait
+        if fut.done():
+            return
+        if row.state == LocationState.DELETED or row.state == LocationState.LOST:
+            fut.set_exception(freed_error(row.object_id))
+        elif row.replicas >= count:
+            held = len(row.replica_nodes)
+            self._replica_held[row.object_id] = held
+            if held >= count:
+                fut.set_result(row)
+            elif held + row.replicas_asked < count:
+                fut.set_exception(
+                    NodeUnavailableError(
+                        f"replicas={count}: the cluster has no node left to keep a copy of "
+                        f"object {row.object_id.hex()} on ({held} kept, "
+                        f"{row.replicas_asked} being made; a copy needs a distinct live node)"
+                    )
+                )
+
+    def replicas_snapshot(self) -> list[tuple[bytes, int]]:
+        store = self.store
+        out = []
+        for oid, count in list(self._replicas_wanted.items()):
+            if store.entry(oid) is None:
+                del self._replicas_wanted[oid]
+            else:
+                out.append((oid, count))
+        return out
+
+    def on_replicate(self, ids: list[bytes]) -> None:
+        """The directory chose this node to keep copies of these objects."""
+        for oid in ids:
+            if oid in self._replicating:
+                continue
+            self._replicating.add(oid)
+            self._replica_tasks.spawn(self._keep_replica(oid), name="replica")
+
+    async def _keep_replica(self, oid: bytes) -> None:
+        """Pull the object (if it is not here), pin it and report the copy."""
+        store = self.store
+        timeout = self.config.lifecycle.replica_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    entry = store.sealed(oid)
+                    if entry is not None and entry.segment >= 0:
+                        break
+                    await self._wait_one(oid, None, WAIT)
+            if entry.primary:
+                return  # put here: the primary copy is kept anyway
+            if oid not in self._replica_copies:
+                store.hold(oid, entry, self._replica_holder)
+                self._replica_copies.add(oid)
+                self.replicas_made += 1
+            directory = self.parts.directory
+            if directory is not None:
+                # Reported again even if it was here: the directory counts it now.
+                directory.added(oid, entry.size, False)
+            log.debug("replica kept", object_id=oid.hex(), size=entry.size)
+        except TimeoutError:
+            log.warning(
+                "a replica could not be made in time; the directory asks another node",
+                object_id=oid.hex(),
+                seconds=timeout,
+            )
+        except ObjectStoreError as exc:
+            log.info("a replica could not be made", object_id=oid.hex(), error=str(exc))
+        finally:
+            self._replicating.discard(oid)
+
+    def _replica_invalidated(self, ids: list[bytes]) -> None:
+        """Objects this node keeps replicas of were deleted: let go of them."""
+        loop = asyncio.get_running_loop()
+        for oid in ids:
+            if oid in self._replica_copies:
+                self._replica_copies.discard(oid)
+                loop.call_soon(self.store.unpin, oid, self._replica_holder)
 
     # ------------------------------------------------------------ recreation
     def object_lost(self, oid: bytes, exc: ObjectStoreError) -> ObjectStoreError | None:
@@ -781,6 +917,8 @@ class ObjectService:
         store = self.store
         puller = self.parts.puller
         for row in rows:
+            if self._replica_waits:
+                self._replica_row(row)
             if row.state == LocationState.LOST:
                 n = store.fail_waiters(
                     row.object_id,
@@ -864,6 +1002,8 @@ class ObjectService:
         if oid == self._replacing:  # a recreated value takes its place
             return
         self._forget_recreation(oid)
+        if self._replicas_wanted:
+            self._replicas_wanted.pop(oid, None)
         self.refs.forget(oid, time.monotonic(), self._todo)
         if self._todo:
             self._apply_refs()

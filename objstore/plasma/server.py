@@ -536,6 +536,15 @@ class _Connection(asyncio.Protocol):
         body = req.recreate_failed
         self.objects.recreate_failed(self.client, body.object_id, body.message)
 
+    def _on_replicate(self, req: pb.Request) -> None:
+        body = req.replicate
+        timeout = body.timeout_ms / 1000 if body.timeout_ms > 0 else float("inf")
+        self._spawn(req.id, self._replicated(req.id, body.object_id, body.replicas, timeout))
+
+    async def _replicated(self, req_id: int, oid: bytes, count: int, timeout: float) -> pb.Reply:
+        await self.objects.replicate(self.client, oid, count, timeout)
+        return pb.Reply(id=req_id)
+
     def _on_refs(self, req: pb.Request) -> None:
         body = req.refs
         self.objects.refs_changed(
@@ -676,4 +685,5 @@ _HANDLERS = {
     "list_objects": _Connection._on_list,
     "refs": _Connection._on_refs,
     "recreate_failed": _Connection._on_recreate_failed,
+    "replicate": _Connection._on_replicate,
 }

@@ -208,6 +208,16 @@ class Refs(_message.Message):
     added_sites: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, added_ids: _Optional[bytes] = ..., dropped_ids: _Optional[bytes] = ..., pickled_ids: _Optional[bytes] = ..., added_sites: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class Replicate(_message.Message):
+    __slots__ = ("object_id", "replicas", "timeout_ms")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    object_id: bytes
+    replicas: int
+    timeout_ms: int
+    def __init__(self, object_id: _Optional[bytes] = ..., replicas: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
 class RecreateFailed(_message.Message):
     __slots__ = ("object_id", "message")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -227,7 +237,7 @@ class ListObjects(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "put_inline", "create", "seal", "abort", "get", "release", "delete", "wait", "contains", "stats", "list_objects", "refs", "recreate_failed")
+    __slots__ = ("id", "put_inline", "create", "seal", "abort", "get", "release", "delete", "wait", "contains", "stats", "list_objects", "refs", "recreate_failed", "replicate")
     ID_FIELD_NUMBER: _ClassVar[int]
     PUT_INLINE_FIELD_NUMBER: _ClassVar[int]
     CREATE_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +252,7 @@ class Request(_message.Message):
     LIST_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
     RECREATE_FAILED_FIELD_NUMBER: _ClassVar[int]
+    REPLICATE_FIELD_NUMBER: _ClassVar[int]
     id: int
     put_inline: PutInline
     create: Create
@@ -256,7 +267,8 @@ class Request(_message.Message):
     list_objects: ListObjects
     refs: Refs
     recreate_failed: RecreateFailed
-    def __init__(self, id: _Optional[int] = ..., put_inline: _Optional[_Union[PutInline, _Mapping]] = ..., create: _Optional[_Union[Create, _Mapping]] = ..., seal: _Optional[_Union[Seal, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., contains: _Optional[_Union[Contains, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., list_objects: _Optional[_Union[ListObjects, _Mapping]] = ..., refs: _Optional[_Union[Refs, _Mapping]] = ..., recreate_failed: _Optional[_Union[RecreateFailed, _Mapping]] = ...) -> None: ...
+    replicate: Replicate
+    def __init__(self, id: _Optional[int] = ..., put_inline: _Optional[_Union[PutInline, _Mapping]] = ..., create: _Optional[_Union[Create, _Mapping]] = ..., seal: _Optional[_Union[Seal, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., get: _Optional[_Union[Get, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., delete: _Optional[_Union[Delete, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., contains: _Optional[_Union[Contains, _Mapping]] = ..., stats: _Optional[_Union[Stats, _Mapping]] = ..., list_objects: _Optional[_Union[ListObjects, _Mapping]] = ..., refs: _Optional[_Union[Refs, _Mapping]] = ..., recreate_failed: _Optional[_Union[RecreateFailed, _Mapping]] = ..., replicate: _Optional[_Union[Replicate, _Mapping]] = ...) -> None: ...
 
 class PutReply(_message.Message):
     __slots__ = ("segment", "offset")

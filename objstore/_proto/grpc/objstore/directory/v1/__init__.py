@@ -240,6 +240,15 @@ class LocationReport(betterproto2.Message):
 
     unborrowed_ids: "bytes" = betterproto2.field(15, betterproto2.TYPE_BYTES)
 
+    replicas_ids: "bytes" = betterproto2.field(16, betterproto2.TYPE_BYTES)
+    """
+    Replicas: objects primary here that must be kept on `replicas_counts[i]`
+    distinct live nodes (put with replicas=N).  The directory chooses the
+    other nodes and asks them (Notification.replicate_ids).
+    """
+
+    replicas_counts: "list[int]" = betterproto2.field(17, betterproto2.TYPE_UINT32, repeated=True)
+
 
 default_message_pool.register_message("objstore.directory.v1", "LocationReport", LocationReport)
 
@@ -304,6 +313,21 @@ class LocationTable(betterproto2.Message):
     """
 
     borrower_nodes: "list[int]" = betterproto2.field(16, betterproto2.TYPE_UINT32, repeated=True)
+
+    replicated_rows: "list[int]" = betterproto2.field(17, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    Sparse: rows of replicated objects, the copies wanted, the nodes that
+    hold a copy kept for it (replica_counts / replica_nodes, like the
+    borrowers), and how many more nodes were asked and have not answered.
+    """
+
+    replicas_wanted: "list[int]" = betterproto2.field(18, betterproto2.TYPE_UINT32, repeated=True)
+
+    replica_counts: "list[int]" = betterproto2.field(19, betterproto2.TYPE_UINT32, repeated=True)
+
+    replica_nodes: "list[int]" = betterproto2.field(20, betterproto2.TYPE_UINT32, repeated=True)
+
+    replicas_asked: "list[int]" = betterproto2.field(21, betterproto2.TYPE_UINT32, repeated=True)
 
 
 default_message_pool.register_message("objstore.directory.v1", "LocationTable", LocationTable)
@@ -396,6 +420,12 @@ class Notification(betterproto2.Message):
     """
 
     unborrowed_ids: "bytes" = betterproto2.field(5, betterproto2.TYPE_BYTES)
+
+    replicate_ids: "bytes" = betterproto2.field(6, betterproto2.TYPE_BYTES)
+    """
+    Make and keep a copy of these objects here (not evictable while they
+    live): the directory chose this node as one of their replicas.
+    """
 
 
 default_message_pool.register_message("objstore.directory.v1", "Notification", Notification)

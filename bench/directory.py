@@ -1759,6 +1759,11 @@ class _BorrowListener:
     def borrowed_snapshot(self) -> list[bytes]:
         return []
 
+    def replicas_snapshot(self) -> list[tuple[bytes, int]]:
+        return []
+
+    def on_replicate(self, ids: list[bytes]) -> None: ...
+
     def usage(self) -> Any:
         from objstore.locations import Usage
 

@@ -89,7 +89,7 @@ GiB = 1 << 30
 HOST = "127.0.0.1"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 GET_TIMEOUT = 120.0
-PARTS = ("raw", "pull", "small", "broadcast", "memory", "tls", "tls_nodes")
+PARTS = ("raw", "pull", "small", "broadcast", "memory", "tls", "tls_nodes", "replicas")
 # Run only when asked for by --only.
 OPT_IN = ("tls", "tls_nodes")
 
@@ -1000,6 +1000,35 @@ async def part_small(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+# --------------------------------------------------------------------------- replicas
+async def part_replicas(args: argparse.Namespace) -> dict[str, Any]:
+    """put(value, replicas=N) on three nodes: the put's latency (until N copies
+    are kept) against a plain put of the same value, alternated in one run."""
+    sizes = {"1KiB": (1024, 40), "1MiB": (MiB, 20), "16MiB": (16 * MiB, 6)}
+    out: dict[str, Any] = {}
+    async with Cluster(3, args.memory) as cl:
+        c = cl.clients[0]
+        for label, (size, n) in sizes.items():
+            value = os.urandom(size)
+            times: dict[int, list[float]] = {1: [], 2: [], 3: []}
+            for _ in range(n):
+                for replicas in (1, 2, 3):
+                    t0 = time.perf_counter()
+                    ref = await c.put(value, replicas=replicas)
+                    times[replicas].append(time.perf_counter() - t0)
+                    await c.delete(ref)
+                    del ref
+            await cl.wait_freed()
+            p50 = {k: statistics.median(v) for k, v in times.items()}
+            out[label] = {
+                "iterations": n,
+                **{f"replicas_{k}_p50_ms": round(v * 1e3, 3) for k, v in p50.items()},
+                "replicas_2_over_1": round(p50[2] / p50[1], 1),
+                "replicas_3_over_1": round(p50[3] / p50[1], 1),
+            }
+    return out
+
+
 # --------------------------------------------------------------------------- broadcast
 async def part_broadcast(args: argparse.Namespace) -> dict[str, Any]:
     size = args.broadcast
@@ -1282,6 +1311,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "memory": part_memory,
         "tls": part_tls,
         "tls_nodes": part_tls_nodes,
+        "replicas": part_replicas,
     }
     t_all = time.perf_counter()
     for name, fn in parts.items():

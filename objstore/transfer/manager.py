@@ -212,7 +212,7 @@ class ObjectManager:
         ):
             # No node holds it, but its spill copy is in storage this node reads.
             sources = [SpillSource(row.spilled_url)]
-        self.policy.located(oid, row.size, sources)
+        self.policy.located(oid, row.size, sources, asyncio.get_running_loop().time())
         self._kick()
 
     def space_freed(self) -> None:

@@ -248,7 +248,8 @@ class ObjectManager:
     def fetch_failure(self, oid: bytes) -> asyncio.Future[None]:
         """A future that fails with :class:`ObjectFetchTimedOutError` when the pull
         of ``oid`` stalls (it never succeeds).  For a get between its
-        ``want(oid, 0)`` and its ``unwant(oid, 0)``; await it, never cancel it."""
+        ``want(oid, 0)`` and its ``unwant(oid, 0)``.  Shared by the gets of one
+        object: wait on it (await it, or add a done callback), never cancel it."""
         return self._gets[oid].failure
 
     def on_locations(self, row: ObjectRow) -> None:

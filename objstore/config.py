@@ -216,6 +216,9 @@ class TransferConfig:
     max_bytes_in_flight: int = _setting(256 * MiB, _positive, "bytes in flight per node", size=True)
     # Seconds one request to a source may take, from connecting to the reply's last byte.
     pull_timeout_s: float = _setting(10.0, _positive, "timeout per request to a source")
+    # A pull that made no progress (no chunk came, no attempt succeeded) for this long, while
+    # a source was known, fails the gets waiting for it (ObjectFetchTimedOutError).
+    fetch_timeout_s: float = _setting(60.0, _positive, "seconds a pull may make no progress")
     # Requests this node has in flight to one source at once (each on its own connection).
     connections_per_peer: int = _setting(8, _positive_int, "requests in flight per source")
     # A pooled connection idle this long is closed rather than reused (below idle_timeout_s,

@@ -412,6 +412,8 @@ class FakePuller:
     wanted: dict[bytes, int] = field(default_factory=dict)
     rows: list[ObjectRow] = field(default_factory=list)
     space: int = 0
+    # Per object wanted by a get: the future a test fails to say "the pull stalled".
+    failures: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
 
     def want(self, oid: bytes, priority: int) -> None:
         self.wanted[oid] = self.wanted.get(oid, 0) + 1
@@ -422,6 +424,14 @@ class FakePuller:
             self.wanted[oid] = n
         else:
             del self.wanted[oid]
+            self.failures.pop(oid, None)
+
+    def fetch_failure(self, oid: bytes) -> asyncio.Future[None]:
+        assert oid in self.wanted, "fetch_failure() before want()"
+        fut = self.failures.get(oid)
+        if fut is None:
+            fut = self.failures[oid] = asyncio.get_running_loop().create_future()
+        return fut
 
     def on_locations(self, row: ObjectRow) -> None:
         self.rows.append(row)

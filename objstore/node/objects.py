@@ -44,6 +44,7 @@ from objstore.config import Config
 from objstore.errors import (
     GetTimeoutError,
     NodeUnavailableError,
+    ObjectFetchTimedOutError,
     ObjectFreedError,
     ObjectLostError,
     ObjectNotFoundError,
@@ -677,6 +678,8 @@ class ObjectService:
                         if i % BATCH == BATCH - 1:
                             await asyncio.sleep(0)
                     await self._wait_all(missing, client, held)
+            except ObjectFetchTimedOutError:
+                raise  # a pull stalled (a TimeoutError too, but not the get's own)
             except TimeoutError:
                 pending = [oid.hex() for oid in dict.fromkeys(ids) if store.sealed(oid) is None]
                 raise GetTimeoutError(
@@ -797,11 +800,50 @@ class ObjectService:
             puller.want(oid, priority)
         directory.watch(oid)
         try:
-            return await store.wait_sealed(oid, client)
+            if puller is None or priority != GET:
+                # A wait is not failed by a stalled pull: it ends on its own timeout.
+                return await store.wait_sealed(oid, client)
+            return await self._sealed_unless(oid, client, puller.fetch_failure(oid))
         finally:
             directory.unwatch(oid)
             if puller is not None:
                 puller.unwant(oid, priority)
+
+    async def _sealed_unless(
+        self, oid: bytes, client: ClientState | None, failure: asyncio.Future[None]
+    ) -> Entry:
+        """``store.wait_sealed(oid, client)``, unless ``failure`` (the pull stalled:
+        ``ObjectFetchTimedOutError``) comes first; that is raised then.
+
+        The wait runs in this task, so it is registered before this returns to
+        the loop (a LOST notification right after finds it).  The failure
+        cancels this task, as ``asyncio.timeout`` does, and the cancellation is
+        taken back here; a cancellation from outside (the get's timeout, its
+        client gone) stays one.  ``wait_sealed`` itself drops its waiter and a
+        pin taken at the seal when it is cancelled."""
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        waiting, fired = True, False
+
+        def stalled(_: asyncio.Future[None]) -> None:
+            nonlocal fired
+            if waiting:  # not once the wait is over (done callbacks run later)
+                fired = True
+                task.cancel()
+
+        failure.add_done_callback(stalled)
+        try:
+            return await self.store.wait_sealed(oid, client)
+        except asyncio.CancelledError:
+            if fired and task.uncancel() <= cancelling:
+                exc = failure.exception()
+                assert isinstance(exc, ObjectStoreError), exc
+                raise type(exc)(*exc.args) from None  # one per get: the future's is shared
+            raise
+        finally:
+            waiting = False
+            failure.remove_done_callback(stalled)
 
     async def restore_for_peer(self, oid: bytes, timeout: float) -> bool:
         """Make a spilled object readable here for another node (True when it is)."""

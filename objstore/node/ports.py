@@ -9,6 +9,7 @@ the node needs to know another.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from objstore.errors import ObjectStoreError
@@ -80,6 +81,11 @@ class Puller(Protocol):
 
     def unwant(self, oid: bytes, priority: int) -> None:
         """One of them stopped waiting (the object came, or it gave up)."""
+        ...
+
+    def fetch_failure(self, oid: bytes) -> asyncio.Future[None]:
+        """Fails with ``ObjectFetchTimedOutError`` when the pull of ``oid`` stalls
+        (never succeeds); for a get between its ``want(oid, 0)`` and ``unwant``."""
         ...
 
     def on_locations(self, row: ObjectRow) -> None:

@@ -32,6 +32,17 @@ one of this node's ``transfer.connections_per_peer`` slots for that source is
 free.  A source that fails, stalls or sends a bad chunk ends the attempt; the
 partial copy is discarded (never visible) and the policy picks another source,
 or backs off when every source failed, until the directory's next word.
+
+A pull that makes no progress for ``transfer.fetch_timeout_s`` while a source
+is known (the policy's stall clock: no chunk came, no attempt succeeded; time
+spent waiting for admission or for memory here does not count) fails the gets
+waiting for it with :class:`~objstore.errors.ObjectFetchTimedOutError`: each
+get races its wait against the future :meth:`ObjectManager.fetch_failure`
+gives it.  Waits are not failed (a wait returns on its own timeout).  The pull
+itself goes on: the failed gets leave it as any get that gives up, so it ends
+with the last of them, or keeps trying (backing off) for the waits and the
+gets that came after; each of those gets a full ``fetch_timeout_s`` from the
+report.
 """
 
 from __future__ import annotations
@@ -48,13 +59,13 @@ from typing import Protocol
 import structlog
 
 from objstore.config import Config
-from objstore.errors import ObjectStoreError
+from objstore.errors import ObjectFetchTimedOutError, ObjectStoreError
 from objstore.locations import LocationState, ObjectRow
 from objstore.plasma.api import Entry, Store
 from objstore.streak import FailureStreak
 from objstore.tasks import TaskSet
 from objstore.transfer.peer import PeerTransport, Small, TransferError
-from objstore.transfer.pull import Priority, PullManager, Start
+from objstore.transfer.pull import Priority, PullManager, Stall, Start
 
 __all__ = ["ObjectManager", "NodeSource", "SpillSource", "Source", "SpillFetch", "TransferError"]
 
@@ -103,6 +114,10 @@ class SpillFetch(Protocol):
         ...
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 class _SourceSlots:
     """At most ``limit`` requests in flight to one source address at once."""
 
@@ -128,6 +143,21 @@ class _SourceSlots:
 
     def __len__(self) -> int:
         return len(self._slots)
+
+
+@dataclass(eq=False, slots=True)
+class _Gets:
+    """The gets here waiting for one object.  Counted here, not in the policy: the
+    policy forgets a pull when it ends, and its gets leave after that."""
+
+    count: int
+    # Loop time the first of them started.
+    since: float
+    # Fails when the pull stalls; a new one then replaces it for later gets.
+    failure: asyncio.Future[None]
+    # The node the object was put on, when the directory's row said.
+    owner: bytes | None = None
+    last_error: str = ""
 
 
 @dataclass(eq=False)
@@ -165,6 +195,7 @@ class ObjectManager:
         tc = config.transfer
         self.chunk = tc.chunk_size
         self.timeout = tc.pull_timeout_s
+        self.fetch_timeout = tc.fetch_timeout_s
         self.small = min(self.chunk, _SMALL_BYTES)
         self.policy: PullManager[Source] = PullManager(
             NodeSource(node_id), max_bytes_in_flight=tc.max_bytes_in_flight
@@ -179,27 +210,53 @@ class ObjectManager:
         self._batched: dict[bytes, _Batch] = {}
         self._streaks: dict[Source, FailureStreak] = {}
         self._timer: asyncio.TimerHandle | None = None
+        # Gets waiting here, per object (see _Gets), and the timer of the next stall.
+        self._gets: dict[bytes, _Gets] = {}
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._kick_pending = False
         self._closed = False
         self.pulled = 0
         self.bytes_pulled = 0
         self.failures = 0
         self.pulled_from_spill = 0
+        # Stalls that failed gets (ObjectFetchTimedOutError).
+        self.fetch_timeouts = 0
 
     # -- driven by the node's object service
     def want(self, oid: bytes, priority: int) -> None:
         """A get (0) or wait (1) here started waiting for an object not here."""
         self.policy.want(oid, Priority(priority))
+        if priority == Priority.GET:
+            gets = self._gets.get(oid)
+            if gets is None:
+                loop = asyncio.get_running_loop()
+                gets = self._gets[oid] = _Gets(0, loop.time(), loop.create_future())
+            gets.count += 1
 
     def unwant(self, oid: bytes, priority: int) -> None:
         """One of them stopped waiting (the object came, or it gave up)."""
         if self.policy.unwant(oid, Priority(priority)):
             self._cancel(oid)
+        if priority == Priority.GET:
+            gets = self._gets.get(oid)
+            if gets is not None:
+                gets.count -= 1
+                if not gets.count:
+                    del self._gets[oid]  # its future, never done, goes with it
         self._kick()
+
+    def fetch_failure(self, oid: bytes) -> asyncio.Future[None]:
+        """A future that fails with :class:`ObjectFetchTimedOutError` when the pull
+        of ``oid`` stalls (it never succeeds).  For a get between its
+        ``want(oid, 0)`` and its ``unwant(oid, 0)``.  Shared by the gets of one
+        object: wait on it (await it, or add a done callback), never cancel it."""
+        return self._gets[oid].failure
 
     def on_locations(self, row: ObjectRow) -> None:
         """A subscribed object's state from the directory."""
         oid = row.object_id
+        if row.primary is not None and (gets := self._gets.get(oid)) is not None:
+            gets.owner = row.primary
         if row.state != LocationState.PRESENT or self.store.contains(oid):
             return
         sources: list[Source] = [NodeSource(n) for n in row.nodes if n != self.node_id]
@@ -212,7 +269,7 @@ class ObjectManager:
         ):
             # No node holds it, but its spill copy is in storage this node reads.
             sources = [SpillSource(row.spilled_url)]
-        self.policy.located(oid, row.size, sources)
+        self.policy.located(oid, row.size, sources, asyncio.get_running_loop().time())
         self._kick()
 
     def space_freed(self) -> None:
@@ -226,6 +283,9 @@ class ObjectManager:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         await self._tasks.close()
         self._attempts.clear()
         self._batched.clear()
@@ -270,10 +330,76 @@ class ObjectManager:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_at(wake, self._on_timer)
+        self._arm_stall_timer()
 
     def _on_timer(self) -> None:
         self._timer = None
         self._kick()
+
+    # -- stalls
+    def _progress(self, oid: bytes) -> None:
+        """An attempt of ``oid`` received bytes."""
+        self.policy.progress(oid, asyncio.get_running_loop().time())
+        self._arm_stall_timer()  # a stopped clock may have started again
+
+    def _arm_stall_timer(self) -> None:
+        """A timer for the earliest time a pull may have stalled (one timer in all)."""
+        wake = self.policy.next_stall(self.fetch_timeout)
+        timer = self._stall_timer
+        if wake is None or self._closed or (timer is not None and timer.when() <= wake):
+            return
+        if timer is not None:
+            timer.cancel()
+        self._stall_timer = asyncio.get_running_loop().call_at(wake, self._on_stall_timer)
+
+    def _on_stall_timer(self) -> None:
+        self._stall_timer = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for stall in self.policy.stalled(now, self.fetch_timeout):
+            gets = self._gets.get(stall.object_id)
+            if gets is None:
+                continue  # only waits wait for it: they end on their own timeouts
+            failure, gets.failure = gets.failure, loop.create_future()
+            failure.set_exception(ObjectFetchTimedOutError(self._stall_message(stall, gets, now)))
+            # Each get raises its own copy; nobody else is to read this one.
+            failure.exception()
+            self.fetch_timeouts += 1
+            log.info(
+                "gets failed: fetch timed out",
+                object_id=stall.object_id.hex(),
+                gets=gets.count,
+                tried=[str(s) for s in stall.tried],
+                seconds=round(stall.idle_s, 3),
+            )
+        self._arm_stall_timer()
+
+    def _stall_message(self, stall: Stall[Source], gets: _Gets, now: float) -> str:
+        head = (
+            f"node {self.node_id.hex()} made no progress pulling object "
+            f"{stall.object_id.hex()} for {stall.idle_s:.1f}s "
+            f"(transfer.fetch_timeout_s = {self.fetch_timeout:g}s)"
+        )
+        parts = [head]
+        if gets.owner is not None:
+            parts.append(f"it was put on node {gets.owner.hex()} (its owner)")
+        if stall.tried:
+            sources = ", ".join(str(s) for s in stall.tried)
+            tried = f"tried {sources} ({_n(stall.attempts, 'attempt')}"
+            if stall.rounds:
+                tried += f"; every source failed, {_n(stall.rounds, 'time')}"
+            parts.append(tried + ")")
+        else:
+            listed = ", ".join(str(s) for s in stall.sources)
+            parts.append(f"no attempt could start yet (sources: {listed})")
+        if stall.active is not None:
+            parts.append(f"an attempt from {stall.active} is still in flight")
+        if gets.last_error:
+            parts.append(f"last error: {gets.last_error}")
+        parts.append(f"the first get waiting for it started {now - gets.since:.1f}s ago")
+        return "; ".join(parts)
 
     def _cancel(self, oid: bytes) -> None:
         """The policy gave up a pull in flight: stop its work."""
@@ -327,6 +453,9 @@ class ObjectManager:
                 log, "pull from a source failed; trying the next", "pulls from a source work again"
             )
         streak.failed(exc, source=str(src), object_id=start.object_id.hex())
+        gets = self._gets.get(start.object_id)
+        if gets is not None:
+            gets.last_error = f"{src}: {exc}"
         self.policy.failed(start.object_id, src)
 
     def _succeeded(self, start: Start[Source], got: int, t0: float) -> None:
@@ -357,6 +486,7 @@ class ObjectManager:
                 deadline = loop.time() + self.timeout
                 first = await self.peers.fetch_first(address, oid, self.chunk, deadline)
                 try:
+                    self._progress(oid)
                     size, meta, n = first.size, first.meta, first.length
                     entry = store.create_secondary_now(oid, size, meta)
                     if entry is not None:
@@ -368,11 +498,15 @@ class ObjectManager:
                         # source is free while this node waits for memory.
                         buffered = bytearray(n)
                         await first.read_into(memoryview(buffered), deadline)
+                    self._progress(oid)
                 finally:
                     first.close()
             if entry is None:
-                # Bounded by the pull's life, not by the source's deadline.
+                # Bounded by the pull's life, not by the source's deadline; not a
+                # stall either (the stall clock stops until the copy has room).
+                self.policy.pause(oid)
                 entry = await store.create_secondary(oid, size, meta)
+                self._progress(oid)
                 created = True
                 view = store.view(entry)
                 view[:n] = buffered
@@ -411,6 +545,7 @@ class ObjectManager:
                     await self.peers.fetch_chunk(
                         address, oid, off, view[off : off + n], loop.time() + self.timeout
                     )
+                self._progress(oid)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -503,6 +638,7 @@ class ObjectManager:
 
     async def _place_later(self, oid: bytes, reply: Small) -> int:
         store = self.store
+        self.policy.pause(oid)  # the bytes are here: waiting for room is not a stall
         try:
             entry = await store.create_secondary(oid, reply.size, reply.meta)
         except ObjectStoreError as exc:

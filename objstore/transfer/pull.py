@@ -17,6 +17,18 @@ asks it which pulls to start now.  The rules (Ray's pull manager, simplified):
   a failed or timed-out attempt marks its source tried.  When every source was
   tried, the pull backs off (exponential, with jitter) and starts a new round.
 * The directory's word ends a pull: a copy here, or the object lost or deleted.
+* **Stalls**: each pull keeps the time of its last progress, a clock that runs
+  only while a source is known (an object that does not exist yet, or whose
+  only copy is being restored, has none: waiting for it is not a stall).
+  Progress is: the pull became located with sources, an attempt received
+  bytes (:meth:`PullManager.progress`), an attempt succeeded (the pull ends).
+  The clock stops while the pull waits for this node rather than for a
+  source: for room in memory (:meth:`PullManager.pause`, until the next
+  progress) or for admission behind pulls in flight (until its next attempt
+  starts).  :meth:`PullManager.stalled` returns the pulls whose clock is
+  ``timeout`` old, with what was tried, and restarts their clocks, so each
+  stall is reported once per ``timeout``; the pull itself goes on (the
+  caller decides what a stall means for its waiters).
 
 Sources are opaque hashable values (the object manager's ``NodeSource`` and
 ``SpillSource``; plain bytes in the tests).
@@ -33,7 +45,7 @@ from typing import Generic, NamedTuple, TypeVar
 
 from objstore.backoff import backoff_delay
 
-__all__ = ["PullManager", "Priority", "Start"]
+__all__ = ["PullManager", "Priority", "Start", "Stall"]
 
 # A source: where one attempt fetches the object from.
 S = TypeVar("S", bound=Hashable)
@@ -53,6 +65,22 @@ class Start(NamedTuple, Generic[S]):
     size: int
 
 
+class Stall(NamedTuple, Generic[S]):
+    """A pull that made no progress for ``idle_s`` seconds, and what it tried."""
+
+    object_id: bytes
+    idle_s: float
+    # Every source an attempt was started from, in the order first tried.
+    tried: tuple[S, ...]
+    # Attempts started, and rounds ended (every source failed, then a backoff).
+    attempts: int
+    rounds: int
+    # The source of the attempt in flight, if one is.
+    active: S | None
+    # The sources the directory lists now.
+    sources: tuple[S, ...]
+
+
 @dataclass(slots=True)
 class _Pull(Generic[S]):
     seq: int
@@ -63,6 +91,13 @@ class _Pull(Generic[S]):
     active: S | None = None
     rounds: int = 0
     not_before: float = 0.0
+    # The stall clock: when the pull last made progress; None while it is not
+    # running (no source known, or waiting for this node).  Never None with
+    # an entry missing from the manager's `_stalls` heap (`in_stalls`).
+    progress_at: float | None = None
+    in_stalls: bool = False
+    attempts: int = 0
+    attempted: dict[S, None] = field(default_factory=dict)
 
     @property
     def priority(self) -> int:
@@ -108,6 +143,12 @@ class PullManager(Generic[S]):
         self._queued: dict[bytes, int] = {}
         # Backing off: object id -> not before.
         self._backoff: dict[bytes, float] = {}
+        # Stall clocks: a heap of (progress time, seq, id), at most one entry per
+        # pull (`_Pull.in_stalls`); an entry may be older than its pull's clock
+        # (progress only moves the clock; the entry moves when it surfaces).
+        self._stalls: list[tuple[float, int, bytes]] = []
+        # Whether the last next_pulls() stopped at a pull that admission held back.
+        self._blocked = False
 
     # -- queues
     def _unqueue(self, oid: bytes) -> None:
@@ -176,14 +217,21 @@ class PullManager(Generic[S]):
         return active
 
     # -- what the directory says
-    def located(self, oid: bytes, size: int, nodes: tuple[S, ...] | list[S]) -> None:
-        """The object (wanted or not) is on ``nodes``; ignored if nobody wants it."""
+    def located(self, oid: bytes, size: int, nodes: tuple[S, ...] | list[S], now: float) -> None:
+        """The object (wanted or not) is on ``nodes``; ignored if nobody wants it.
+
+        The stall clock starts when the pull is located with a source (not again
+        for a new list of sources) and stops when no source is left."""
         pull = self.pulls.get(oid)
         if pull is None:
             return
         pull.size = size if pull.active is None else pull.size
         pull.sources = tuple(n for n in nodes if n != self.node_id)
         pull.tried &= set(pull.sources)
+        if not pull.sources:
+            pull.progress_at = None
+        elif pull.progress_at is None and pull.active is None:
+            self._clock(oid, pull, now)
         self._queue(oid, pull)
 
     def forget(self, oid: bytes) -> None:
@@ -193,6 +241,10 @@ class PullManager(Generic[S]):
             self._unqueue(oid)
             if pull.active is not None:
                 self.in_flight_bytes -= pull.size
+            if len(self._stalls) > 2 * len(self.pulls) + 64:
+                # Entries of ended pulls pile up: keep the current ones.
+                self._stalls = [e for e in self._stalls if self._current(e)]
+                heapq.heapify(self._stalls)
 
     # -- attempts
     def next_pulls(self, now: float, free_bytes: int) -> list[Start[S]]:
@@ -213,6 +265,8 @@ class PullManager(Generic[S]):
                 untried = [n for n in pull.sources if n not in pull.tried]
                 if not untried:
                     # Every source failed this round: back off, then try them all again.
+                    if pull.progress_at is None:
+                        self._clock(oid, pull, now)  # it waited for admission: runs again
                     pull.tried.clear()
                     pull.rounds += 1
                     pull.not_before = now + backoff_delay(
@@ -224,14 +278,21 @@ class PullManager(Generic[S]):
                     self.in_flight_bytes + pull.size > self.max_bytes_in_flight
                     or pull.size > free_bytes
                 ):
-                    return out  # the pulls behind it wait too: no starvation of big objects
+                    # The pulls behind it wait too: no starvation of big objects.
+                    self._blocked = True
+                    return out
                 heapq.heappop(self._ready[priority])
                 del self._queued[oid]
+                if pull.progress_at is None:
+                    self._clock(oid, pull, now)  # it waited for admission: runs again
                 node = self.rng.choice(untried)
                 pull.active = node
+                pull.attempts += 1
+                pull.attempted[node] = None
                 self.in_flight_bytes += pull.size
                 free_bytes -= pull.size
                 out.append(Start(oid, node, pull.size))
+        self._blocked = False
         return out
 
     def succeeded(self, oid: bytes) -> None:
@@ -250,6 +311,70 @@ class PullManager(Generic[S]):
     def next_wakeup(self, now: float) -> float | None:
         """When a pull backing off may go again (None: none is backing off)."""
         return min(self._backoff.values()) if self._backoff else None
+
+    # -- stalls
+    def progress(self, oid: bytes, now: float) -> None:
+        """An attempt received bytes (a chunk came): the pull's clock restarts."""
+        pull = self.pulls.get(oid)
+        if pull is not None and pull.sources:
+            self._clock(oid, pull, now)
+
+    def pause(self, oid: bytes) -> None:
+        """The pull waits for this node (room in memory), not for a source: its
+        clock stops until the next progress (or the next attempt)."""
+        pull = self.pulls.get(oid)
+        if pull is not None:
+            pull.progress_at = None
+
+    def stalled(self, now: float, timeout: float) -> list[Stall[S]]:
+        """The pulls that made no progress for ``timeout`` s at ``now``; their
+        clocks restart (the next report of one is ``timeout`` later)."""
+        out: list[Stall[S]] = []
+        heap = self._stalls
+        while heap and heap[0][0] + timeout <= now:
+            at, seq, oid = heapq.heappop(heap)
+            pull = self.pulls.get(oid)
+            if pull is None or pull.seq != seq:
+                continue  # the pull ended
+            if pull.progress_at is None:
+                pull.in_stalls = False  # stopped; pushed again when it runs
+                continue
+            if pull.progress_at > at:
+                heapq.heappush(heap, (pull.progress_at, seq, oid))  # it moved since
+                continue
+            if self._blocked and oid in self._queued:
+                # Held back by admission (pulls in flight take the bytes): not a stall.
+                pull.progress_at = None
+                pull.in_stalls = False
+                continue
+            out.append(
+                Stall(
+                    oid,
+                    now - at,
+                    tuple(pull.attempted),
+                    pull.attempts,
+                    pull.rounds,
+                    pull.active,
+                    pull.sources,
+                )
+            )
+            pull.progress_at = now
+            heapq.heappush(heap, (now, seq, oid))
+        return out
+
+    def next_stall(self, timeout: float) -> float | None:
+        """The earliest time a pull may be stalled (it may be earlier than one is)."""
+        return self._stalls[0][0] + timeout if self._stalls else None
+
+    def _clock(self, oid: bytes, pull: _Pull[S], now: float) -> None:
+        pull.progress_at = now
+        if not pull.in_stalls:
+            pull.in_stalls = True
+            heapq.heappush(self._stalls, (now, pull.seq, oid))
+
+    def _current(self, entry: tuple[float, int, bytes]) -> bool:
+        pull = self.pulls.get(entry[2])
+        return pull is not None and pull.seq == entry[1]
 
     def ready(self) -> list[list[bytes]]:
         """The pulls ready to start, per priority, in the order they would start."""
@@ -279,3 +404,13 @@ class PullManager(Generic[S]):
         for p in self.pulls.values():
             assert p.wanted, "a pull nobody waits for is kept"
             assert all(n >= 0 for n in p.waiters)
+        entries: dict[bytes, float] = {}
+        for at, seq, oid in self._stalls:
+            if self._current((at, seq, oid)):
+                assert oid not in entries, "a pull twice in the stall heap"
+                entries[oid] = at
+        for oid, p in self.pulls.items():
+            assert p.in_stalls == (oid in entries), (oid, p.in_stalls)
+            if p.progress_at is not None:
+                assert p.sources, "a stall clock runs with no source known"
+                assert p.in_stalls and entries[oid] <= p.progress_at

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import struct
 import time
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import pytest
 from auth_peer import prove
-from waits import round_trip
+from waits import round_trip, until
 
 import objstore
 from objstore.auth import (
@@ -129,6 +130,54 @@ async def test_a_killed_source_with_another_copy_elsewhere(cluster_factory) -> N
             t0 = time.monotonic()
             assert bytes(await cb.get(ref, timeout=30)) == data
             assert time.monotonic() - t0 < 15
+
+
+async def test_a_frozen_only_holder_fails_a_get_after_fetch_timeout(cluster_factory) -> None:
+    """The only node holding the object is SIGSTOPped: connections to it hang.  The
+    get elsewhere raises ObjectFetchTimedOutError after ``fetch_timeout_s`` (1 s),
+    long before its own timeout, the 30 s pull timeout and the node's death (20 s)."""
+    env = {
+        **ENV,
+        "OBJSTORE_TRANSFER_FETCH_TIMEOUT_S": "1",
+        "OBJSTORE_TRANSFER_PULL_TIMEOUT_S": "30",
+        "OBJSTORE_DIRECTORY_NODE_TIMEOUT_S": "20",
+    }
+    c = cluster_factory(1, env=env, memory="128MiB")
+    (a,) = c.nodes
+    data = pattern(4 * CHUNK, 4)
+    async with objstore.connect(a.socket) as ca, objstore.connect(c.head.socket) as ch:
+        ref = await ca.put(data)
+
+        async def located() -> bool:
+            from objstore.directory.client import DirectoryAdmin
+
+            async with DirectoryAdmin(c.directory) as d:
+                (row,) = await d.lookup([ref._id])
+            return bool(row.nodes)
+
+        await until(located, 15, "the object reported by its node")
+        a.allow_loop_stall = True  # it is frozen on purpose
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(objstore.errors.ObjectFetchTimedOutError) as info:
+                await ch.get(ref, timeout=15)
+            took = time.monotonic() - t0
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        assert 0.9 <= took < 8, took
+        # The client made the right class from the error code: a GetTimeoutError too.
+        assert type(info.value) is objstore.errors.ObjectFetchTimedOutError
+        assert isinstance(info.value, objstore.GetTimeoutError)
+        assert isinstance(info.value, TimeoutError)
+        message = str(info.value)
+        assert f"node {c.head.ready['node_id']} made no progress" in message
+        assert ref.hex() in message
+        assert f"tried node {a.ready['node_id']}" in message
+        assert f"put on node {a.ready['node_id']} (its owner)" in message
+        # Thawed, the holder serves again: the next get pulls it.
+        assert bytes(await ch.get(ref, timeout=30)) == data
+    assert "gets failed: fetch timed out" in c.head.stderr()
 
 
 @pytest.mark.slow

@@ -154,6 +154,18 @@ def test_env_overrides_toml_and_overrides_win(tmp_path: Path) -> None:
     assert cfg.plasma.fallback_max_bytes == GiB  # env still applies
 
 
+def test_fetch_timeout_from_defaults_toml_and_env(tmp_path: Path) -> None:
+    assert Config().transfer.fetch_timeout_s == 60.0
+    assert Config.for_test().transfer.fetch_timeout_s == 60.0
+    path = _write(tmp_path, "[transfer]\nfetch_timeout_s = 5\n")
+    cfg = Config.load(path, env={})
+    assert cfg.transfer.fetch_timeout_s == 5.0
+    cfg = Config.load(path, env={"OBJSTORE_TRANSFER_FETCH_TIMEOUT_S": "0.5"})
+    assert cfg.transfer.fetch_timeout_s == 0.5
+    with pytest.raises(ConfigError, match=r"transfer\.fetch_timeout_s"):
+        Config.load(env={"OBJSTORE_TRANSFER_FETCH_TIMEOUT_S": "0"})
+
+
 def test_load_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OBJSTORE_PLASMA_DELETED_MEMORY", "77")
     assert Config.load().plasma.deleted_memory == 77
@@ -215,6 +227,9 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         ("node", {"log_level": "loud"}, r"node\.log_level"),
         ("node", {"directory": 5}, r"node\.directory"),
         ("transfer", {"pull_timeout_s": 0}, r"transfer\.pull_timeout_s"),
+        ("transfer", {"fetch_timeout_s": 0}, r"transfer\.fetch_timeout_s"),
+        ("transfer", {"fetch_timeout_s": -1.0}, r"transfer\.fetch_timeout_s"),
+        ("transfer", {"fetch_timeout_s": "soon"}, r"transfer\.fetch_timeout_s"),
         ("transfer", {"chunk_size": 2 * GiB}, r"transfer\.chunk_size"),
         ("directory", {"heartbeat_s": -1.0}, r"directory\.heartbeat_s"),
     ],

@@ -87,7 +87,7 @@ class Harness:
         return result
 
     def located(self, oid: bytes, size: int, *nodes: bytes) -> None:
-        self.pm.located(oid, size, nodes)
+        self.pm.located(oid, size, nodes, self.now)
         self.check()
 
     def wanted_at(self, oid: bytes, size: int, *nodes: bytes, priority: Priority = GET) -> None:
@@ -986,7 +986,7 @@ class PullMachine(RuleBasedStateMachine):
     @rule(oid=objects, size=sizes, nodes=st.lists(st.sampled_from(NODES), max_size=4))
     def located(self, oid: bytes, size: int, nodes: list[bytes]) -> None:
         known = oid in self.pm.pulls
-        self.pm.located(oid, size, nodes)
+        self.pm.located(oid, size, nodes, self.now)
         if not known:
             assert oid not in self.pm.pulls
         else:
@@ -1095,6 +1095,42 @@ class PullMachine(RuleBasedStateMachine):
         assert oid not in self.pm.pulls
         self._drop(oid)
 
+    # -- the stall clock (tests/unit/test_pull_stall.py has the examples)
+    @precondition(lambda self: bool(self.active))
+    @rule(data=st.data(), dt=st.sampled_from([0.0, 0.1, 1.0]))
+    def progress(self, data: st.DataObject, dt: float) -> None:
+        oid = data.draw(st.sampled_from(sorted(self.active)))
+        self.now += dt
+        self.pm.progress(oid, self.now)
+        pull = self.pm.pulls[oid]
+        assert pull.progress_at == (self.now if pull.sources else None)
+
+    @precondition(lambda self: bool(self.active))
+    @rule(data=st.data())
+    def pause(self, data: st.DataObject) -> None:
+        oid = data.draw(st.sampled_from(sorted(self.active)))
+        self.pm.pause(oid)
+        assert self.pm.pulls[oid].progress_at is None
+
+    @rule(dt=st.sampled_from([0.0, 0.5, 1.0, 5.0]), timeout=st.sampled_from([0.5, 1.0, 3.0]))
+    def stalled(self, dt: float, timeout: float) -> None:
+        pm = self.pm
+        self.now += dt
+        stalls = pm.stalled(self.now, timeout)
+        assert len({s.object_id for s in stalls}) == len(stalls)
+        for s in stalls:
+            pull = pm.pulls[s.object_id]
+            assert s.idle_s >= timeout - 1e-9 and pull.sources
+            assert pull.progress_at == self.now  # restarted
+            assert s.active == pull.active and s.rounds == pull.rounds
+            assert set(s.tried) <= set(NODES) - {ME} and len(s.tried) <= s.attempts
+        # Nothing left behind: no running clock is ``timeout`` old any more.
+        for pull in pm.pulls.values():
+            assert pull.progress_at is None or pull.progress_at + timeout > self.now
+        wake = pm.next_stall(timeout)
+        assert (wake is None) == (not pm._stalls)
+        assert wake is None or wake > self.now
+
     @invariant()
     def consistent(self) -> None:
         pm = self.pm
@@ -1126,6 +1162,8 @@ class PullMachine(RuleBasedStateMachine):
         assert pm.next_wakeup(self.now) is None
         assert pm.next_pulls(self.now, 1 << 30) == []
         assert pm._ready == [[] for _ in Priority]
+        # Stall clock entries of ended pulls go when they surface.
+        assert pm.stalled(self.now + 1e9, 1.0) == [] and pm._stalls == []
 
 
 PullMachine.TestCase.settings = settings(
@@ -1153,7 +1191,7 @@ def test_sources_may_be_any_hashable_value() -> None:
         Node(ME), max_bytes_in_flight=100, rng=random.Random(1)
     )
     pm.want(A)
-    pm.located(A, 10, (Node(ME), Node(N1), Spill("s3://b/k")))
+    pm.located(A, 10, (Node(ME), Node(N1), Spill("s3://b/k")), 0.0)
     assert set(pm.pulls[A].sources) == {Node(N1), Spill("s3://b/k")}
     (start,) = pm.next_pulls(0.0, BIG_FREE)
     pm.failed(A, start.node)

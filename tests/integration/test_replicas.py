@@ -13,7 +13,7 @@ from objstore import ObjectRef
 from objstore.directory.client import DirectoryAdmin
 from objstore.errors import NodeUnavailableError
 from objstore.locations import LocationState, ObjectRow
-from tests.waits import poll
+from waits import poll
 
 
 def _node_id(node: Any) -> bytes:

@@ -7,13 +7,13 @@ import gc
 from typing import Any
 
 import pytest
+from waits import poll
 
 import objstore
 from objstore import ObjectRef
 from objstore.directory.client import DirectoryAdmin
 from objstore.errors import NodeUnavailableError
 from objstore.locations import LocationState, ObjectRow
-from waits import poll
 
 
 def _node_id(node: Any) -> bytes:

@@ -647,16 +647,7 @@ class DirectoryState:
     def take_frees(self, node_id: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` ids the node must free (removed from its record)."""
         node = self.nodes.get(node_id)
-        if node is None or not node.frees:
-            return []
-        out = []
-        for oid in node.frees:
-            out.append(oid)
-            if len(out) >= limit:
-                break
-        for oid in out:
-            del node.frees[oid]
-        return out
+        return _take(node.frees, limit) if node is not None else []
 
     # ------------------------------------------------------------------ replicas
     def want_replicas(self, node_id: bytes, oid: bytes, count: int) -> None:
@@ -704,16 +695,7 @@ class DirectoryState:
     def take_replications(self, node_id: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` ids the node was asked to keep a replica of (removed from its record)."""
         node = self.nodes.get(node_id)
-        if node is None or not node.replicate:
-            return []
-        out = []
-        for oid in node.replicate:
-            out.append(oid)
-            if len(out) >= limit:
-                break
-        for oid in out:
-            del node.replicate[oid]
-        return out
+        return _take(node.replicate, limit) if node is not None else []
 
     # ------------------------------------------------------------------ borrowers
     def _primary_holder(self, oid: bytes, rec: ObjectRecord) -> NodeRecord | None:
@@ -990,6 +972,18 @@ class DirectoryState:
                 rec.state = LOST
                 self.n_lost += 1
             self.objects[oid] = rec
+
+
+def _take(queue: dict[bytes, None], limit: int) -> list[bytes]:
+    """The oldest ``limit`` ids of an insertion-ordered queue, removed from it."""
+    out: list[bytes] = []
+    for oid in queue:
+        out.append(oid)
+        if len(out) >= limit:
+            break
+    for oid in out:
+        del queue[oid]
+    return out
 
 
 def _pack_strs(*values: str) -> bytes:

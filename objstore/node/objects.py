@@ -34,7 +34,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,8 @@ GET = 0
 WAIT = 1
 # Gets and deletes of more objects than this are served in slices of this many.
 BATCH = 8192
+# Waits of one get started per loop turn (see _wait_all).
+WAIT_SLICE = 256
 # Objects freed by reference counting per turn of the event loop.
 FREE_NOW = 2000
 
@@ -104,6 +106,24 @@ class Parts:
     puller: Puller | None = None
     peer_server: PeerServer | None = None
     spill_target: str = ""
+
+
+async def _spawn_sliced(
+    fn: Callable[[bytes], Coroutine[Any, Any, None]],
+    oids: list[bytes],
+    out: list[asyncio.Task[None]],
+) -> None:
+    """A task ``fn(oid)`` per id, added to ``out``, :data:`WAIT_SLICE` per loop turn.
+
+    A task's first step (subscribe, want, register its waiter) runs in the loop
+    turn after it is made: made all at once, 10,000 of them would keep the loop
+    for a third of a second.  ``out`` holds the tasks made so far if this is
+    cancelled part way (the caller cancels them)."""
+    loop = asyncio.get_running_loop()
+    for start in range(0, len(oids), WAIT_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        out.extend(loop.create_task(fn(o)) for o in oids[start : start + WAIT_SLICE])
 
 
 class ObjectService:
@@ -682,8 +702,9 @@ class ObjectService:
                 raise  # a pull stalled (a TimeoutError too, but not the get's own)
             except TimeoutError:
                 pending = [oid.hex() for oid in dict.fromkeys(ids) if store.sealed(oid) is None]
+                after = "" if timeout is None else f" after {timeout:.3f}s"
                 raise GetTimeoutError(
-                    f"get timed out after {timeout:.3f}s waiting for {len(pending)} "
+                    f"get timed out{after} waiting for {len(pending)} "
                     f"object(s): {', '.join(pending[:5])}{' ...' if len(pending) > 5 else ''}"
                 ) from None
             entries: list[ObjectEntry] = []
@@ -774,8 +795,9 @@ class ObjectService:
             await self._wait_one(oid, client, GET)
             held.append(oid)
 
-        waits = [asyncio.ensure_future(one(o)) for o in oids]
+        waits: list[asyncio.Task[None]] = []
         try:
+            await _spawn_sliced(one, oids, waits)
             await asyncio.gather(*waits)
         finally:
             for w in waits:
@@ -889,9 +911,10 @@ class ObjectService:
             with contextlib.suppress(ObjectStoreError):
                 await self._wait_one(oid, None, WAIT)
 
-        tasks = [asyncio.ensure_future(one(oid)) for oid in pending]
+        tasks: list[asyncio.Task[None]] = []
         try:
             async with asyncio.timeout(timeout):
+                await _spawn_sliced(one, pending, tasks)
                 for fut in asyncio.as_completed(tasks):
                     await fut
                     need -= 1

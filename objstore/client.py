@@ -22,6 +22,7 @@ that splitting would turn into attribute hops across modules.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import inspect
@@ -147,6 +148,10 @@ class _Protocol(asyncio.Protocol):
         self.client._connection_lost(self, exc)
 
 
+class _TimedOut(Exception):
+    """A bounded request got no reply within the client's ``request_timeout``."""
+
+
 class _Lost(NodeUnavailableError):
     """The connection died under a request (its outcome is unknown); gets and waits retry."""
 
@@ -181,6 +186,13 @@ class Client:
         self._pending: dict[int, asyncio.Future[pb.Reply]] = {}
         # request id -> what to do with the reply of a request whose caller was cancelled.
         self._orphans: dict[int, Callable[[pb.Reply], None]] = {}
+        # Replies that came for a request whose caller gave up in the same loop
+        # turn (cancelled or timed out, not resumed yet): it undoes them.
+        self._late: dict[int, pb.Reply] = {}
+        # (deadline, request id) of bounded requests in the order sent: one timer
+        # for all of them (asyncio.timeout per request costs ~4 us of a put's ~60).
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._segments: dict[int, mmap.mmap] = {}
         self._cache: dict[bytes, _Cached] = {}
         self._dead: list[tuple[bytes, _Cached]] = []
@@ -452,6 +464,10 @@ class Client:
         (and this client's unnamed objects); it closes when the last view dies.
         """
         self._fail(NodeUnavailableError("the client was closed"))
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         tracker.detach(self)
         reconnector, self._reconnector = self._reconnector, None
         if reconnector is not None and reconnector is not asyncio.current_task():
@@ -569,8 +585,30 @@ class Client:
         """
         assert self._loop is not None
         loop = self._loop
-        kind = req.WhichOneof("body")
         start = loop.time()
+        if self._back is None and not self._earlier:
+            # Connected, and no ids of an earlier session to flag: the common case.
+            try:
+                return await self._call_once(req, on_orphan, bounded)
+            except _Lost as lost:
+                kind = req.WhichOneof("body")
+                if kind not in _RETRIED:
+                    raise NodeUnavailableError(
+                        f"{lost} while a {kind} request was in flight (its outcome is unknown)"
+                    ) from None
+        return await self._call_retrying(req, on_orphan, bounded, start)
+
+    async def _call_retrying(
+        self,
+        req: pb.Request,
+        on_orphan: Callable[[pb.Reply], None] | None,
+        bounded: bool,
+        start: float,
+    ) -> pb.Reply:
+        """:meth:`_call` while the connection is lost or was (``start``: the call's)."""
+        assert self._loop is not None
+        loop = self._loop
+        kind = req.WhichOneof("body")
         own = _own_timeout(req, kind, bounded)
         while True:
             if self._back is not None:
@@ -618,26 +656,66 @@ class Client:
         bounded: bool,
     ) -> pb.Reply:
         fut = self._send_request(req)
+        rid = req.id
+        if bounded and self._request_timeout is not None:
+            self._add_deadline(rid, self._request_timeout)
         try:
-            if bounded and self._request_timeout is not None:
-                async with asyncio.timeout(self._request_timeout):
-                    reply = await fut
+            reply = await fut
+        except (asyncio.CancelledError, _TimedOut) as exc:
+            # Cancelled (an outer timeout arrives here as a cancellation), or our
+            # own timeout: the reply may still come; undo what it did then.
+            if self._pending.pop(rid, None) is not None:
+                if on_orphan is not None:
+                    self._orphans[rid] = on_orphan
             else:
-                reply = await fut
-        except (asyncio.CancelledError, TimeoutError) as exc:
-            # Cancelled, or our own timeout (an outer one arrives here as a
-            # cancellation): the reply may still come; undo what it did then.
-            if self._pending.pop(req.id, None) is not None and on_orphan is not None:
-                self._orphans[req.id] = on_orphan
-            if isinstance(exc, TimeoutError):
+                late = self._late.pop(rid, None)
+                if late is not None and on_orphan is not None and not late.HasField("error"):
+                    on_orphan(late)
+                    self._schedule_flush()
+            if isinstance(exc, _TimedOut):
                 raise NodeUnavailableError(
                     f"the node at {self.socket_path} did not answer a "
                     f"{req.WhichOneof('body')} request within {self._request_timeout}s"
-                ) from exc
+                ) from None
             raise
+        deadlines = self._deadlines
+        if deadlines:
+            pending = self._pending
+            while deadlines and deadlines[0][1] not in pending:
+                deadlines.popleft()  # answered (in order, mostly): nothing to time out
         if reply.HasField("error"):
             raise error_to_exception(reply.error)
         return reply
+
+    def _add_deadline(self, rid: int, timeout: float) -> None:
+        assert self._loop is not None
+        deadline = self._loop.time() + timeout
+        self._deadlines.append((deadline, rid))
+        if self._deadline_timer is None:
+            self._deadline_timer = self._loop.call_at(deadline, self._expire_requests)
+
+    def _expire_requests(self) -> None:
+        """The earliest bounded request's deadline came: fail those past theirs
+        (:class:`_TimedOut`, turned into NodeUnavailableError by their callers)."""
+        self._deadline_timer = None
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        deadlines, pending = self._deadlines, self._pending
+        while deadlines:
+            deadline, rid = deadlines[0]
+            fut = pending.get(rid)
+            if fut is None or fut.done():
+                deadlines.popleft()
+            elif deadline <= now:
+                deadlines.popleft()
+                # Left in _pending: a reply that comes before the caller resumes
+                # goes to _late, and the caller undoes it.
+                fut.set_exception(_TimedOut())
+            else:
+                self._deadline_timer = loop.call_at(deadline, self._expire_requests)
+                return
 
     def _on_reply(self, reply: pb.Reply) -> None:
         if reply.id == 0:
@@ -651,6 +729,8 @@ class Client:
         if fut is not None:
             if not fut.done():
                 fut.set_result(reply)
+            else:
+                self._late[reply.id] = reply  # its caller resumes next and undoes it
             return
         orphan = self._orphans.pop(reply.id, None)
         if orphan is not None and not reply.HasField("error"):
@@ -1024,7 +1104,20 @@ class Client:
         (``None``: wait as long as it takes).
         """
         if isinstance(refs, ObjectRef):
-            return (await self._get_many([refs._id], None, timeout))[0]
+            oid = refs._id
+            entry = self._cache.get(oid)
+            if (
+                entry is not None
+                and entry.valid
+                and self._closed_exc is None
+                and (self._transport is not None or self._back is not None)
+                and not self._recreating
+                and not self._recreate_failed
+                and (timeout is None or timeout >= 0)
+            ):
+                # Mapped here already: what _get_many does for it, without its lists.
+                return self._value(oid, entry)
+            return (await self._get_many([oid], None, timeout))[0]
         if isinstance(refs, str):
             if not refs:
                 raise ValueError("a name is a non-empty str")

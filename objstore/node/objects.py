@@ -217,7 +217,8 @@ class ObjectService:
         if recreatable:
             self._recreatable.add(oid)
         out = self._todo
-        self.refs.put(client.client_id, oid, bool(name), _ids(contained), time.monotonic(), out)
+        inner = _ids(contained) if contained else ()
+        self.refs.put(client.client_id, oid, bool(name), inner, time.monotonic(), out)
         if site:
             self.sites.setdefault(oid, {})[client.client_id] = site
         if out:

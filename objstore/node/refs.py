@@ -41,7 +41,7 @@ is primary; a primary entry that is freeable has been handed out as ``free``;
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = ["RefTable", "RefActions", "Holds"]
@@ -116,7 +116,7 @@ class RefTable:
         client: int,
         oid: bytes,
         named: bool,
-        contained: Iterable[bytes],
+        contained: Sequence[bytes],
         now: float,
         out: RefActions,
     ) -> None:
@@ -130,7 +130,12 @@ class RefTable:
         h.named = named
         h.owner = client
         h.clients.add(client)
-        self.by_client.setdefault(client, set()).add(oid)
+        mine = self.by_client.get(client)
+        if mine is None:
+            mine = self.by_client[client] = set()
+        mine.add(oid)
+        if not contained:
+            return
         inner = list(contained)
         if inner:
             self.contents[oid] = inner
@@ -139,7 +144,9 @@ class RefTable:
 
     def add(self, client: int, oids: Iterable[bytes], now: float, out: RefActions) -> None:
         """``client``'s process made its first ref to each of ``oids``."""
-        mine = self.by_client.setdefault(client, set())
+        mine = self.by_client.get(client)
+        if mine is None:
+            mine = self.by_client[client] = set()
         for oid in oids:
             h = self._entry(oid)
             was = h.local(now)

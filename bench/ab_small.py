@@ -5,7 +5,8 @@ next, so two checkouts measured one after the other (even alternated run by
 run) differ by more than the change between them.  This starts one node and
 one client process per checkout (each with its own ``PYTHONPATH``) and has the
 two clients take turns: a batch of puts on A, the same on B, A again, and so
-on, then the same for gets.  Each batch sees the machine as the neighbouring
+on, then the same for gets of that batch one by one (``get``) and in one
+call (``batch``).  Each batch sees the machine as the neighbouring
 batch of the other side saw it, and the median of the per-batch ratios is the
 figure.
 
@@ -55,10 +56,14 @@ def _worker(socket_path: str, loop: str) -> None:
                     batch = [await c.put(data) for _ in range(n)]
                     took = time.perf_counter() - t
                     refs.extend(batch)
-                else:  # get: the last batch put, one get each
+                elif words[0] == "get":  # the last batch put, one get each
                     t = time.perf_counter()
                     for r in batch:
                         await c.get(r)
+                    took = time.perf_counter() - t
+                else:  # batch: the last batch put, in one get
+                    t = time.perf_counter()
+                    await c.get(batch)
                     took = time.perf_counter() - t
                 print(took, flush=True)
 
@@ -140,18 +145,16 @@ def main() -> None:
     a, b = _Side(args.a, args.loop), _Side(args.b, args.loop)
     try:
         time.sleep(1.0)  # the nodes' prefault
-        runs: dict[str, dict[str, list[float]]] = {
-            "put": {"a": [], "b": []},
-            "get": {"a": [], "b": []},
-        }
+        ops = ("put", "get", "batch")
+        runs: dict[str, dict[str, list[float]]] = {op: {"a": [], "b": []} for op in ops}
         for i in range(args.batches):
             # Who goes first alternates too: a side that always follows the
             # other would always find the caches the other left.
             order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
-            for key, side in order:
-                runs["put"][key].append(side.ask(f"put {args.batch}"))
-            for key, side in order:
-                runs["get"][key].append(side.ask("get"))
+            for op in ops:
+                cmd = f"put {args.batch}" if op == "put" else op
+                for key, side in order:
+                    runs[op][key].append(side.ask(cmd))
     finally:
         a.stop()
         b.stop()

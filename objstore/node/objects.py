@@ -553,11 +553,24 @@ class ObjectService:
         self._by_id.pop(client.client_id, None)
         store = self.store
         store.disconnect(client)
-        self.refs.client_gone(client.client_id, time.monotonic(), self._todo)
-        if self._todo:
-            self._apply_refs()
+        if not self._let_go(client):
+            # A client that held more: the rest in later turns of the loop.
+            self._reapers.spawn(self._let_go_rest(client), "let-go")
         if client.owned:
             self._reapers.spawn(self._reap(client), "reap")
+
+    def _let_go(self, client: ClientState) -> bool:
+        """Up to FREE_NOW of a gone client's refs count no more; True when none is left."""
+        done = self.refs.client_gone(client.client_id, time.monotonic(), self._todo, FREE_NOW)
+        if self._todo:
+            self._apply_refs()
+        return done
+
+    async def _let_go_rest(self, client: ClientState) -> None:
+        while True:
+            await asyncio.sleep(0)
+            if self._let_go(client):
+                return
 
     def _still_referred(self, oid: bytes) -> bool:
         return self.refs.held(oid, time.monotonic())

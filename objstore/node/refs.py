@@ -167,12 +167,21 @@ class RefTable:
                 mine.discard(oid)
             self._settle(oid, h, now, out)
 
-    def client_gone(self, client: int, now: float, out: RefActions) -> None:
-        """A connection closed: its process's refs count no more."""
-        mine = self.by_client.pop(client, None)
-        if not mine:
-            return
-        for oid in mine:
+    def client_gone(
+        self, client: int, now: float, out: RefActions, limit: int | None = None
+    ) -> bool:
+        """A connection closed: its process's refs count no more.
+
+        With ``limit``, at most that many of its objects are let go now; the
+        rest stay held by it (the invariants hold in between) until the next
+        call.  True when none is left."""
+        mine = self.by_client.get(client)
+        n = 0
+        while mine:
+            if limit is not None and n >= limit:
+                return False
+            oid = mine.pop()
+            n += 1
             h = self.objects.get(oid)
             if h is None:
                 continue
@@ -180,6 +189,8 @@ class RefTable:
             if h.owner == client:
                 h.owner = 0
             self._settle(oid, h, now, out)
+        self.by_client.pop(client, None)
+        return True
 
     def pickled(self, oids: Iterable[bytes], now: float, out: RefActions) -> None:
         """Refs to ``oids`` were pickled here: hold each for ``grace_s`` from ``now``."""

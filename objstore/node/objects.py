@@ -916,14 +916,22 @@ class ObjectService:
         return None
 
     async def wait(self, ids: list[bytes], num: int, timeout: float | None) -> list[bytes]:
-        """Wait until ``num`` of the objects are ready, or ``timeout``; the ready ids."""
+        """Wait until ``num`` of the objects are ready, or ``timeout``; the ready ids.
+
+        Ready, as in Ray: a get of it would not wait.  That is an object sealed
+        here, and also one found gone while waiting (freed, deleted, lost): its
+        get raises at once, and leaving it pending would end the wait early
+        with fewer than ``num`` ready ids and no hint why."""
         store = self.store
         pending = [oid for oid in dict.fromkeys(ids) if not store.contains(oid)]
         need = num - (len(set(ids)) - len(pending))
+        gone: set[bytes] = set()
 
         async def one(oid: bytes) -> None:
-            with contextlib.suppress(ObjectStoreError):
+            try:
                 await self._wait_one(oid, None, WAIT)
+            except ObjectStoreError:
+                gone.add(oid)
 
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -939,7 +947,7 @@ class ObjectService:
         finally:
             for t in tasks:
                 t.cancel()
-        return [oid for oid in ids if store.contains(oid)]
+        return [oid for oid in ids if oid in gone or store.contains(oid)]
 
     def contains(self, oid: bytes) -> bool:
         return self.store.contains(oid)

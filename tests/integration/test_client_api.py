@@ -517,6 +517,19 @@ async def test_wait_timeout_returns_pending(node) -> None:
             assert ready == [] and pending == [never]
 
 
+async def test_wait_counts_a_freed_object_as_ready(node) -> None:
+    """Ready, as in Ray: its get would not wait (it raises).  Pending, it would
+    end a wait for one ready object early with none ready."""
+    never = ObjectRef(os.urandom(20))
+    async with objstore.connect(node.socket) as a:
+        gone = await a.put(b"soon deleted")
+        await a.delete(gone)
+        ready, pending = await a.wait([never, gone], num_returns=1, timeout=20)
+        assert ready == [gone] and pending == [never]
+        with pytest.raises(ObjectFreedError):
+            await a.get(gone, timeout=5)
+
+
 async def test_wait_num_returns_zero(node) -> None:
     never = ObjectRef(os.urandom(20))
     async with objstore.connect(node.socket) as a, objstore.connect(node.socket) as b:

@@ -1762,6 +1762,9 @@ class _BorrowListener:
     def replicas_snapshot(self) -> list[tuple[bytes, int]]:
         return []
 
+    def recreatable_snapshot(self) -> list[bytes]:
+        return []
+
     def on_replicate(self, ids: list[bytes]) -> None: ...
 
     def usage(self) -> Any:

@@ -360,6 +360,11 @@ class LifecycleConfig:
     # A node asked to keep a replica has this long to report its copy before
     # another node is asked; a put with replicas=N waits at most this long too.
     replica_timeout_s: float = _setting(30.0, _positive, "seconds to make one replica")
+    # Every copy of an object its owner can recreate is lost: gets on other
+    # nodes wait this long for the recreation before they fail (ObjectLostError).
+    recreate_wait_s: float = _setting(
+        30.0, _non_negative, "seconds gets wait for a lost object's recreation"
+    )
 
 
 _SECTIONS: dict[str, type] = {

@@ -48,6 +48,9 @@ class ObjectRow:
     replica_nodes: tuple[bytes, ...] = ()
     #: Nodes asked to make a copy that have not reported one yet.
     replicas_asked: int = 0
+    #: Its owner can make it again (put with ``recreate=fn``): when it is LOST,
+    #: gets wait ``lifecycle.recreate_wait_s`` for the recreation.
+    recreatable: bool = False
 
 
 @dataclass(slots=True)

@@ -367,6 +367,12 @@ class FakeDirectory:
     def unborrowed(self, oid: bytes) -> None:
         self.calls.append(("unborrowed", oid))
 
+    def replicas(self, oid: bytes, count: int) -> None:
+        self.calls.append(("replicas", oid))
+
+    def recreatable(self, oid: bytes) -> None:
+        self.calls.append(("recreatable", oid))
+
     def watch(self, oid: bytes) -> None:
         self.calls.append(("watch", oid))
         self.watching[oid] = self.watching.get(oid, 0) + 1
@@ -924,6 +930,10 @@ class DirectoryHooks(Protocol):
 
     def unborrowed(self, oid: bytes) -> None: ...
 
+    def replicas(self, oid: bytes, count: int) -> None: ...
+
+    def recreatable(self, oid: bytes) -> None: ...
+
 
 @dataclass(eq=False)
 class FakeNode:
@@ -972,6 +982,9 @@ class FakeNode:
 
     def replicas_snapshot(self) -> list[tuple[bytes, int]]:
         return list(self.replicated.items())
+
+    def recreatable_snapshot(self) -> list[bytes]:
+        return []
 
     def usage(self) -> Usage:
         self.usage_reads += 1

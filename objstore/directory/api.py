@@ -47,6 +47,10 @@ class NodeView(Protocol):
         """(id, replicas wanted) of every object put here with replicas=N, N > 1."""
         ...
 
+    def recreatable_snapshot(self) -> list[bytes]:
+        """Every object here whose owner can recreate it (put with recreate=fn)."""
+        ...
+
     def usage(self) -> Usage:
         """How full the node is, for registration and heartbeats."""
         ...

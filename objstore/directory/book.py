@@ -30,10 +30,12 @@ class ReportBatch:
     borrowed: list[bytes] = field(default_factory=list)
     unborrowed: list[bytes] = field(default_factory=list)
     replicas: list[tuple[bytes, int]] = field(default_factory=list)
+    recreatable: list[bytes] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
             len(self.replicas)
+            + len(self.recreatable)
             + len(self.added)
             + len(self.removed)
             + len(self.deleted)
@@ -46,7 +48,7 @@ class ReportBatch:
 class ReportBook:
     """Location changes waiting to be reported, coalesced per object."""
 
-    __slots__ = ("ops", "spills", "borrows", "replicas")
+    __slots__ = ("ops", "spills", "borrows", "replicas", "recreatable")
 
     def __init__(self) -> None:
         # object id -> (kind, size, primary, name); the latest change wins.
@@ -56,9 +58,17 @@ class ReportBook:
         self.borrows: dict[bytes, bool] = {}
         # object id -> replicas wanted (objects put here with replicas=N).
         self.replicas: dict[bytes, int] = {}
+        # Objects put here whose owner can recreate them (an ordered set).
+        self.recreatable: dict[bytes, None] = {}
 
     def __len__(self) -> int:
-        return len(self.ops) + len(self.spills) + len(self.borrows) + len(self.replicas)
+        return (
+            len(self.ops)
+            + len(self.spills)
+            + len(self.borrows)
+            + len(self.replicas)
+            + len(self.recreatable)
+        )
 
     def added(self, oid: bytes, size: int, primary: bool, name: str = "") -> None:
         self.ops.pop(oid, None)
@@ -132,6 +142,13 @@ class ReportBook:
             for oid, _ in reps:
                 del self.replicas[oid]
             batch.replicas = reps
+            room -= len(reps)
+        if room > 0 and self.recreatable:
+            # After the copy's own report too.
+            marks = [oid for oid in self.recreatable if oid not in ops][:room]
+            for oid in marks:
+                del self.recreatable[oid]
+            batch.recreatable = marks
         return batch
 
     def requeue(self, batch: ReportBatch) -> None:
@@ -159,6 +176,8 @@ class ReportBook:
             self.borrows.setdefault(oid, False)
         for oid, count in batch.replicas:
             self.replicas.setdefault(oid, count)
+        for oid in batch.recreatable:
+            self.recreatable.setdefault(oid, None)
 
     def clear(self) -> None:
         """Forget everything (a full report replaces it)."""
@@ -166,6 +185,7 @@ class ReportBook:
         self.spills.clear()
         self.borrows.clear()
         self.replicas.clear()
+        self.recreatable.clear()
 
 
 class WatchBook:

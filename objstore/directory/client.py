@@ -237,6 +237,11 @@ class DirectoryClient:
         self.book.replicas[oid] = count
         self._report_evt.set()
 
+    def recreatable(self, oid: bytes) -> None:
+        """``oid``, put here, can be recreated by its owner (put with recreate=fn)."""
+        self.book.recreatable[oid] = None
+        self._report_evt.set()
+
     def watch(self, oid: bytes) -> None:
         """One more local interest in a remote object (subscribed on the first)."""
         if self.watches.watch(oid):
@@ -342,7 +347,8 @@ class DirectoryClient:
             spilled = self._node.spilled_snapshot()
             borrowed = self._node.borrowed_snapshot()
             replicated = self._node.replicas_snapshot()
-            await self._full_report(stub, objects, spilled, borrowed, replicated)
+            recreatable = self._node.recreatable_snapshot()
+            await self._full_report(stub, objects, spilled, borrowed, replicated, recreatable)
             self._wake_flushers()  # the full report carried every change made before it
             self.registrations += 1
             self._refusal_logged = False
@@ -369,15 +375,18 @@ class DirectoryClient:
         spilled: Sequence[tuple[bytes, str]] = (),
         borrowed: Sequence[bytes] = (),
         replicated: Sequence[tuple[bytes, int]] = (),
+        recreatable: Sequence[bytes] = (),
     ) -> None:
         step = self.max_report
         # The copies first, then the spill URLs of those that have one, then
         # the borrows (the directory replaces this node's borrow set with
-        # them), then the replica counts of primaries here.
+        # them), then the replica counts of primaries here, then which of
+        # them their owners can recreate.
         nc = -(-len(objects) // step)
         ns = nc + -(-len(spilled) // step)
         nb = ns + -(-len(borrowed) // step)
-        n = max(1, nb + -(-len(replicated) // step))
+        nr = nb + -(-len(replicated) // step)
+        n = max(1, nr + -(-len(recreatable) // step))
         for i in range(n):
             if i < nc:
                 batch = ReportBatch(added=objects[i * step : (i + 1) * step])
@@ -387,9 +396,12 @@ class DirectoryClient:
             elif i < nb:
                 j = i - ns
                 batch = ReportBatch(borrowed=list(borrowed[j * step : (j + 1) * step]))
-            else:
+            elif i < nr:
                 j = i - nb
                 batch = ReportBatch(replicas=list(replicated[j * step : (j + 1) * step]))
+            else:
+                j = i - nr
+                batch = ReportBatch(recreatable=list(recreatable[j * step : (j + 1) * step]))
             await stub.report(
                 self._report_msg(batch, sync_begin=i == 0, sync_end=i == n - 1),
                 timeout=self.timeout,
@@ -420,6 +432,7 @@ class DirectoryClient:
             unborrowed_ids=join_ids(batch.unborrowed),
             replicas_ids=join_ids(r[0] for r in batch.replicas),
             replicas_counts=[r[1] for r in batch.replicas],
+            recreatable_ids=join_ids(batch.recreatable),
             sync_begin=sync_begin,
             sync_end=sync_end,
         )

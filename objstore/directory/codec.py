@@ -65,7 +65,10 @@ def rows_to_table(
     rep_counts: list[int] = []
     rep_nodes: list[int] = []
     rep_asked: list[int] = []
+    recreatable_rows: list[int] = []
     for i, r in enumerate(rows):
+        if r.recreatable:
+            recreatable_rows.append(i)
         if r.replicas:
             rep_rows.append(i)
             rep_wanted.append(r.replicas)
@@ -115,6 +118,7 @@ def rows_to_table(
         replica_counts=rep_counts,
         replica_nodes=rep_nodes,
         replicas_asked=rep_asked,
+        recreatable_rows=recreatable_rows,
     )
 
 
@@ -153,6 +157,9 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
         raise InvalidRequestError("location table: replica columns of different lengths")
     if sum(t.replica_counts) != len(t.replica_nodes) or any(r >= n for r in t.replicated_rows):
         raise InvalidRequestError("location table: replica columns do not add up")
+    if any(r >= n for r in t.recreatable_rows):
+        raise InvalidRequestError("location table: a sparse row index is out of range")
+    recreatable = set(t.recreatable_rows)
     out = []
     pos = 0
     try:
@@ -197,6 +204,7 @@ def table_to_rows(t: pb.LocationTable) -> list[ObjectRow]:
                     wanted,
                     held,
                     asked,
+                    i in recreatable,
                 )
             )
     except IndexError as exc:

@@ -238,6 +238,7 @@ class _Service:
         borrowed = split_ids(req.borrowed_ids)
         unborrowed = split_ids(req.unborrowed_ids)
         replicated = split_ids(req.replicas_ids)
+        recreatable = split_ids(req.recreatable_ids)
         if len(req.replicas_counts) != len(replicated):
             raise InvalidRequestError("report: replicated ids and counts differ in length")
         n = len(added)
@@ -255,6 +256,7 @@ class _Service:
             + len(borrowed)
             + len(unborrowed)
             + len(replicated)
+            + len(recreatable)
         )
         if total > self.cfg.max_report:
             raise InvalidRequestError(
@@ -273,6 +275,7 @@ class _Service:
             borrowed=borrowed,
             unborrowed=unborrowed,
             replicas=zip(replicated, req.replicas_counts),
+            recreatable=recreatable,
             sync_begin=req.sync_begin,
             sync_end=req.sync_end,
         )

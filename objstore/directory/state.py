@@ -203,6 +203,9 @@ class DirectoryState:
         # Objects put with replicas=N: who keeps their copies (not persisted:
         # primaries report their counts again in full reports).
         self.replicas = Replicas(replica_timeout)
+        # Objects whose owner can recreate them (not persisted either: their
+        # nodes report them again in full reports).
+        self.recreatable: set[bytes] = set()
         # The latest time a caller gave (deadlines of replica asks made without one).
         self.now = 0.0
 
@@ -496,6 +499,7 @@ class DirectoryState:
         borrowed: Iterable[bytes] = (),
         unborrowed: Iterable[bytes] = (),
         replicas: Iterable[tuple[bytes, int]] = (),
+        recreatable: Iterable[bytes] = (),
         sync_begin: bool = False,
         sync_end: bool = False,
     ) -> None:
@@ -513,6 +517,7 @@ class DirectoryState:
             self._add_location(oid, node, size, primary, names.get(i, "") if names else "")
         for oid, count in replicas:
             self.want_replicas(node_id, oid, count)
+        self.mark_recreatable(node_id, recreatable)
         if node.borrow_sync is not None:
             node.borrow_sync.update(borrowed)
             node.borrow_sync.difference_update(unborrowed)
@@ -597,6 +602,7 @@ class DirectoryState:
             rec = self.objects.pop(oid, None)
             self.borrowers.forget(oid)
             self.replicas.forget(oid)
+            self.recreatable.discard(oid)
             if rec is None:
                 # Never heard of (a put deleted before its report went out, or
                 # gone already): still remembered and told to subscribers, so a
@@ -648,6 +654,19 @@ class DirectoryState:
         """Up to ``limit`` ids the node must free (removed from its record)."""
         node = self.nodes.get(node_id)
         return _take(node.frees, limit) if node is not None else []
+
+    # ------------------------------------------------------------------ recreation
+    def mark_recreatable(self, node_id: bytes, oids: Iterable[bytes]) -> None:
+        """A node holding these objects says their owner can recreate them
+        (put with recreate=fn); their rows say so from now on."""
+        for oid in oids:
+            rec = self.objects.get(oid)
+            if rec is None or oid in self.recreatable:
+                continue
+            if rec.primary != node_id and node_id not in rec.nodes:
+                continue  # neither put there nor held there: not that node's to say
+            self.recreatable.add(oid)
+            self._changed(oid)
 
     # ------------------------------------------------------------------ replicas
     def want_replicas(self, node_id: bytes, oid: bytes, count: int) -> None:
@@ -790,6 +809,7 @@ class DirectoryState:
             rec.spilled_node,
             tuple(self.borrowers.by_object.get(oid, ())),
             *self._replica_columns(oid, rec),
+            oid in self.recreatable,
         )
 
     def _replica_columns(self, oid: bytes, rec: ObjectRecord) -> tuple[int, tuple[bytes, ...], int]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -155,6 +154,9 @@ class ObjectService:
         self._unrecoverable: dict[bytes, str] = {}
         self._replacing: bytes | None = None
         self.recreations_asked = 0
+        # Objects put elsewhere, lost, that their owner can recreate: gets here
+        # wait for that until the timer fails them (lifecycle.recreate_wait_s).
+        self._recreation_waits: dict[bytes, asyncio.TimerHandle] = {}
         # Replicas: objects put here with replicas=N (id -> N); copies this
         # node keeps for objects put elsewhere (pinned by `_replica_holder`, so
         # never evicted, until the object is deleted); puts waiting for their
@@ -190,6 +192,9 @@ class ObjectService:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
+        for timer in self._recreation_waits.values():
+            timer.cancel()
+        self._recreation_waits.clear()
         await self._reapers.close()
         await self._replica_tasks.close()
 
@@ -216,6 +221,11 @@ class ObjectService:
         object holds the refs its value contains."""
         if recreatable:
             self._recreatable.add(oid)
+            directory = self.parts.directory
+            if directory is not None:
+                # Sent after the copy's own report: gets on other nodes then
+                # wait for a recreation when every copy is lost.
+                directory.recreatable(oid)
         out = self._todo
         inner = _ids(contained) if contained else ()
         self.refs.put(client.client_id, oid, bool(name), inner, time.monotonic(), out)
@@ -440,6 +450,61 @@ class ObjectService:
         log.error(
             "recreation failed", object_id=oid.hex(), owner_pid=client.pid, error=message, gets=n
         )
+
+    def recreatable_snapshot(self) -> list[bytes]:
+        contains = self.store.contains
+        return [oid for oid in self._recreatable if contains(oid)]
+
+    def _lost_elsewhere(self, row: ObjectRow) -> None:
+        """A LOST row of an object this node waits for: fail its gets, unless its
+        owner can recreate it; then they wait up to ``recreate_wait_s`` for it."""
+        oid = row.object_id
+        wait_s = self.config.lifecycle.recreate_wait_s
+        if not row.recreatable or wait_s <= 0:
+            n = self.store.fail_waiters(
+                oid,
+                ObjectLostError(
+                    f"object {oid.hex()} is lost: every copy was on nodes that "
+                    "died, and it was never spilled"
+                ),
+            )
+            if n:
+                log.info("gets failed: object lost", object_id=oid.hex(), gets=n)
+            return
+        if oid in self._recreation_waits:
+            return
+        loop = asyncio.get_running_loop()
+        self._recreation_waits[oid] = loop.call_later(wait_s, self._recreation_overdue, oid, row)
+        log.info(
+            "object lost; its gets here wait for its owner to recreate it",
+            object_id=oid.hex(),
+            owner_node=row.primary.hex() if row.primary else None,
+            seconds=wait_s,
+        )
+
+    def _recreation_overdue(self, oid: bytes, row: ObjectRow) -> None:
+        self._recreation_waits.pop(oid, None)
+        if self.store.contains(oid):
+            return
+        wait_s = self.config.lifecycle.recreate_wait_s
+        owner = f" (put on node {row.primary.hex()})" if row.primary else ""
+        n = self.store.fail_waiters(
+            oid,
+            ObjectLostError(
+                f"object {oid.hex()}{owner} is lost: every copy was on nodes that died; "
+                f"its owner could recreate it, but it was not back within {wait_s:g}s "
+                "(lifecycle.recreate_wait_s)"
+            ),
+        )
+        log.info(
+            "gets failed: a lost object was not recreated in time", object_id=oid.hex(), gets=n
+        )
+
+    def _recreation_back(self, oid: bytes) -> None:
+        timer = self._recreation_waits.pop(oid, None)
+        if timer is not None:
+            timer.cancel()
+            log.info("a lost object is back (recreated)", object_id=oid.hex())
 
     def _forget_recreation(self, oid: bytes) -> None:
         self._recreatable.discard(oid)
@@ -1007,17 +1072,12 @@ class ObjectService:
             if self._replica_waits:
                 self._replica_row(row)
             if row.state == LocationState.LOST:
-                n = store.fail_waiters(
-                    row.object_id,
-                    ObjectLostError(
-                        f"object {row.object_id.hex()} is lost: every copy was on nodes that "
-                        "died, and it was never spilled"
-                    ),
-                )
-                if n:
-                    log.info("gets failed: object lost", object_id=row.object_id.hex(), gets=n)
-            elif row.state == LocationState.DELETED:
-                store.fail_waiters(row.object_id, freed_error(row.object_id))
+                self._lost_elsewhere(row)
+            else:
+                if self._recreation_waits:
+                    self._recreation_back(row.object_id)
+                if row.state == LocationState.DELETED:
+                    store.fail_waiters(row.object_id, freed_error(row.object_id))
             if puller is not None:
                 # PRESENT elsewhere: pull it (one pull however many gets wait).
                 puller.on_locations(row)

@@ -13,6 +13,7 @@ import pytest
 
 import objstore
 from objstore.errors import ObjectLostError, ObjectReconstructionFailedError
+from objstore.locations import LocationState
 
 MiB = 1 << 20
 ENV = {
@@ -98,3 +99,65 @@ async def test_recreate_must_be_callable(node) -> None:
     async with objstore.connect(node.socket) as c:
         with pytest.raises(TypeError, match="callable"):
             await c.put(b"x", recreate=42)  # type: ignore[arg-type]
+
+
+async def _reported(directory: str, ref: objstore.ObjectRef, *plain: objstore.ObjectRef) -> None:
+    """Wait until the directory has the objects' rows (reports are batched), the
+    recreatable one marked so: a node killed before that takes them along."""
+    from objstore.directory.client import DirectoryAdmin
+
+    async with DirectoryAdmin(directory) as d:
+        async with asyncio.timeout(15):
+            while True:
+                rows = await d.lookup([ref._id, *(p._id for p in plain)])
+                if rows[0].recreatable and all(r.state == LocationState.PRESENT for r in rows):
+                    return
+                await asyncio.sleep(0.02)
+
+
+async def test_a_get_on_another_node_waits_for_the_recreation(cluster_factory) -> None:
+    """Every copy is lost (its only node killed, then declared dead: the row says
+    LOST), and a get on the head is waiting: it carries on while the owner, back on a new
+    node on the same socket, recreates the object, and returns the new value."""
+    c = cluster_factory(1, memory="64MiB")
+    (a,) = c.nodes
+    async with objstore.connect(a.socket) as owner, objstore.connect(c.head.socket) as other:
+        ref = await owner.put(b"first" * 1000, recreate=lambda: b"again" * 1000)
+        plain = await owner.put(b"nobody can make this again")
+        await _reported(c.directory, ref, plain)
+        a.kill()
+        # Both gets wait (their pulls try the dead node until the directory says).
+        waiting = asyncio.create_task(other.get(ref, timeout=60))
+        plain_get = asyncio.create_task(other.get(plain, timeout=60))
+        from objstore.directory.client import DirectoryAdmin
+
+        async with DirectoryAdmin(c.directory) as d:
+            async with asyncio.timeout(20):
+                while (await d.lookup([ref._id]))[0].state != LocationState.LOST:
+                    await asyncio.sleep(0.05)
+        # Not recreatable: failed when the directory found every copy gone.
+        with pytest.raises(ObjectLostError):
+            await asyncio.wait_for(plain_get, 10)
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        c.add_node(socket_path=a.socket, memory="64MiB")
+        async with asyncio.timeout(20):
+            while owner._back is not None or owner._transport is None:
+                await asyncio.sleep(0.01)
+        assert bytes(await asyncio.wait_for(waiting, 30)) == b"again" * 1000
+    assert "its gets here wait for its owner to recreate it" in c.head.stderr()
+
+
+async def test_gets_elsewhere_give_up_after_recreate_wait(cluster_factory) -> None:
+    """The owner never comes back: the get fails after lifecycle.recreate_wait_s
+    with an ObjectLostError that says so, not at its own (longer) timeout."""
+    env = {"OBJSTORE_LIFECYCLE_RECREATE_WAIT_S": "1"}
+    c = cluster_factory(1, env=env, memory="64MiB")
+    (a,) = c.nodes
+    async with objstore.connect(a.socket) as owner, objstore.connect(c.head.socket) as other:
+        ref = await owner.put(b"first" * 1000, recreate=lambda: b"again" * 1000)
+        await _reported(c.directory, ref)
+        a.kill()
+        waiting = asyncio.create_task(other.get(ref, timeout=60))
+        with pytest.raises(ObjectLostError, match="recreate_wait_s"):
+            await asyncio.wait_for(waiting, 30)

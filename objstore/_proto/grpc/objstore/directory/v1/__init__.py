@@ -249,6 +249,13 @@ class LocationReport(betterproto2.Message):
 
     replicas_counts: "list[int]" = betterproto2.field(17, betterproto2.TYPE_UINT32, repeated=True)
 
+    recreatable_ids: "bytes" = betterproto2.field(18, betterproto2.TYPE_BYTES)
+    """
+    Recreation: objects primary here whose putting process registered a way
+    to make them again (put with recreate=fn).  When every copy is lost, gets
+    on other nodes wait for the recreation (lifecycle.recreate_wait_s).
+    """
+
 
 default_message_pool.register_message("objstore.directory.v1", "LocationReport", LocationReport)
 
@@ -328,6 +335,11 @@ class LocationTable(betterproto2.Message):
     replica_nodes: "list[int]" = betterproto2.field(20, betterproto2.TYPE_UINT32, repeated=True)
 
     replicas_asked: "list[int]" = betterproto2.field(21, betterproto2.TYPE_UINT32, repeated=True)
+
+    recreatable_rows: "list[int]" = betterproto2.field(22, betterproto2.TYPE_UINT32, repeated=True)
+    """
+    Sparse: rows of objects their owner can recreate (see LocationReport).
+    """
 
 
 default_message_pool.register_message("objstore.directory.v1", "LocationTable", LocationTable)

@@ -213,6 +213,8 @@ class Client:
         self._held: set[bytes] = set()
         # put(recreate=fn): the callables, recreations running, and failures.
         self._recreators: dict[bytes, Callable[[], Any]] = {}
+        # The names of named objects among them: a recreation registers it again.
+        self._recreate_names: dict[bytes, str] = {}
         self._recreating: dict[bytes, asyncio.Future[None]] = {}
         self._recreate_failed: dict[bytes, ObjectReconstructionFailedError] = {}
         self._recreate_tasks: set[asyncio.Task[None]] = set()
@@ -353,6 +355,7 @@ class Client:
         for oid in gone:
             mine.discard(oid)
             self._recreators.pop(oid, None)
+            self._recreate_names.pop(oid, None)
             self._recreate_failed.pop(oid, None)
             entry = cache.get(oid)
             if entry is not None and entry.owned and entry.views <= 0:
@@ -910,6 +913,8 @@ class Client:
         self._held.add(oid)  # the node counts the put's connection as holding it
         if recreate is not None:
             self._recreators[oid] = recreate
+            if name is not None:
+                self._recreate_names[oid] = name
         return ObjectRef._of_put(oid)
 
     async def _store(
@@ -988,7 +993,7 @@ class Client:
                     old = self._cache.pop(oid, None)
                     if old is not None:
                         old.valid = False
-                    await self._store(oid, value, None, True, True)
+                    await self._store(oid, value, self._recreate_names.get(oid), True, True)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the user's callable; reported below

@@ -47,7 +47,7 @@ async def test_a_spilled_object_whose_file_is_gone_is_recreated(node_factory, tm
         return payload(0)
 
     async with objstore.connect(node.socket) as c:
-        first = await c.put(payload(0), recreate=again)
+        first = await c.put(payload(0), name="first", recreate=again)
         rest = [await c.put(payload(i)) for i in range(1, 10)]  # spills `first`
         objects, _ = await c.list_objects()
         url = next(o["spill_url"] for o in objects if o["object_id"] == first.hex())
@@ -59,6 +59,9 @@ async def test_a_spilled_object_whose_file_is_gone_is_recreated(node_factory, tm
         got = await c.get(first, timeout=30)
         assert np.array_equal(got, payload(0))
         assert calls == [1]
+        # Named: the recreated object has its name again.
+        assert np.array_equal(await c.get("first", timeout=10), payload(0))
+        await c.delete("first")
         del got, rest
     assert "asking its owner to recreate it" in node.stderr()
 
@@ -68,8 +71,12 @@ async def test_a_node_killed_and_restarted_under_its_owner(node_factory) -> None
     async with objstore.connect(node.socket) as c:
         ref = await c.put(b"made by a function" * 1000, recreate=lambda: b"made again" * 1000)
         plain = await c.put(b"nobody can make this again")
+        named = await c.put(b"config v1", name="config", recreate=lambda: b"config v2")
         await _restart(node_factory, node, c)
         assert bytes(await c.get(ref, timeout=30)) == b"made again" * 1000
+        # The owner registers the name again with the recreated object.
+        assert bytes(await c.get(named, timeout=30)) == b"config v2"
+        assert bytes(await c.get("config", timeout=10)) == b"config v2"
         with pytest.raises(ObjectLostError):
             await c.get(plain, timeout=10)
         # Other processes on the new node read the recreated object too.

@@ -471,18 +471,41 @@ class Client:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         self._deadlines.clear()
-        tracker.detach(self)
+        told = tracker.detach(self)
         reconnector, self._reconnector = self._reconnector, None
         if reconnector is not None and reconnector is not asyncio.current_task():
             reconnector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reconnector
+        if told and self._transport is not None:
+            await self._announced_by(told)
         self._flush_releases()
         if self._live_views <= 0:
             self._close_transport()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
+
+    async def _announced_by(self, others: list[Any]) -> None:
+        """Wait (1 s at most) until the node has read what the other clients on
+        this node just announced for the process: each answers one request, and
+        a node serves a connection's messages in order.  Closed first, this
+        connection could be read before them, and the node would free what only
+        it held although the process still refers to it."""
+        same = [
+            o
+            for o in others
+            if isinstance(o, Client)
+            and o.socket_path == self.socket_path
+            and o._loop is self._loop
+            and o._transport is not None
+            and o._closed_exc is None
+        ]
+        if not same:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await asyncio.gather(*(o.stats() for o in same), return_exceptions=True)
 
     def _close_transport(self) -> None:
         if self._transport is not None:

@@ -165,19 +165,23 @@ class RefTracker:
         self.flush()
         return list(self.counts)
 
-    def detach(self, sink: Any) -> None:
+    def detach(self, sink: Any) -> list[Any]:
         """A client closed: the others announce what this process still holds
-        (refs of objects put through the closed one were held by it alone)."""
+        (refs of objects put through the closed one were held by it alone).
+        Returns the clients that announced it."""
         self._sinks.discard(sink)
         if not self._sinks:
             self.flush()
             self._loop = None
-            return
+            return []
         self.flush()
         held = list(self.counts)
-        if held:
-            for other in list(self._sinks):
-                other._refs_changed(held, [], [])
+        if not held:
+            return []
+        others = list(self._sinks)
+        for other in others:
+            other._refs_changed(held, [], [])
+        return others
 
     def _after_fork(self) -> None:
         # The parent's clients are not ours: their sockets are shared with it.

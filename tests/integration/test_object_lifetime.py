@@ -172,6 +172,20 @@ async def test_a_borrower_on_another_node_that_dies_lets_go(cluster_factory: Any
         await poll(ca.stats, _empty, deadline=20)
 
 
+async def test_closing_the_client_that_put_keeps_what_the_process_still_holds(node) -> None:
+    """The put's connection held the objects; the process still has refs and
+    another client on the node.  The close waits until that client's
+    announcement is in, so the node never frees them in between (it read the
+    closed connection before the other one's message, now and then)."""
+    async with objstore.connect(node.socket) as other:
+        for round_ in range(30):
+            async with objstore.connect(node.socket) as putter:
+                refs = [await putter.put(b"kept %d" % i) for i in range(20)]
+            got = await other.get(refs, timeout=10)
+            assert [bytes(g) for g in got] == [b"kept %d" % i for i in range(20)], round_
+            del refs, got
+
+
 @pytest.mark.slow
 async def test_100000_put_and_drop_cycles_leave_nothing_behind(node) -> None:
     """An aiohttp handler's pattern: put per request, never delete.  The warm-up

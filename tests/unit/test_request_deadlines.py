@@ -38,6 +38,14 @@ def _stats_request() -> pb.Request:
     return req
 
 
+async def _in_flight(c: Client, undo: list[pb.Reply]) -> tuple[pb.Request, asyncio.Task[pb.Reply]]:
+    """A bounded stats request sent, its reply not come yet."""
+    req = _stats_request()
+    task = asyncio.ensure_future(c._call_once(req, undo.append, bounded=True))
+    await asyncio.sleep(0)
+    return req, task
+
+
 def _reply(rid: int) -> pb.Reply:
     reply = pb.Reply(id=rid)
     reply.put.offset = 4096
@@ -91,9 +99,7 @@ async def test_a_reply_in_the_turn_of_the_timeout_is_undone() -> None:
     resumes: the caller undoes the reply (a put it no longer returns)."""
     c = _client(30.0)
     undo: list[pb.Reply] = []
-    req = _stats_request()
-    task = asyncio.ensure_future(c._call_once(req, undo.append, bounded=True))
-    await asyncio.sleep(0)  # sent
+    req, task = await _in_flight(c, undo)
     ((_, rid),) = c._deadlines
     c._deadlines[0] = (asyncio.get_running_loop().time() - 1.0, rid)  # past it now
     c._expire_requests()
@@ -104,30 +110,19 @@ async def test_a_reply_in_the_turn_of_the_timeout_is_undone() -> None:
     assert not c._late and not c._orphans
 
 
-async def test_a_reply_in_the_turn_of_a_cancellation_is_undone() -> None:
+@pytest.mark.parametrize("error", [False, True])
+async def test_a_reply_in_the_turn_of_a_cancellation_is_undone(error: bool) -> None:
+    """The caller is cancelled and its reply arrives before it resumes: a reply
+    that did something is undone; an error reply did nothing and needs no undo."""
     c = _client(30.0)
     undo: list[pb.Reply] = []
-    req = _stats_request()
-    task = asyncio.ensure_future(c._call_once(req, undo.append, bounded=True))
-    await asyncio.sleep(0)
+    req, task = await _in_flight(c, undo)
     task.cancel()
-    c._on_reply(_reply(req.id))
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert [r.id for r in undo] == [req.id]
-    assert not c._late and not c._orphans
-
-
-async def test_an_error_reply_in_that_turn_needs_no_undo() -> None:
-    c = _client(30.0)
-    undo: list[pb.Reply] = []
-    req = _stats_request()
-    task = asyncio.ensure_future(c._call_once(req, undo.append, bounded=True))
-    await asyncio.sleep(0)
-    task.cancel()
-    reply = pb.Reply(id=req.id)
-    reply.error.message = "no room"
+    reply = _reply(req.id)
+    if error:
+        reply.error.message = "no room"
     c._on_reply(reply)
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert undo == [] and not c._late
+    assert [r.id for r in undo] == ([] if error else [req.id])
+    assert not c._late and not c._orphans

@@ -226,6 +226,14 @@ class TransferConfig:
     peer_idle_s: float = _setting(60.0, _positive, "idle seconds before a pooled connection closes")
     # The serving side closes a connection that sends no request for this long.
     idle_timeout_s: float = _setting(300.0, _positive, "idle seconds before the server closes")
+    # Receivers of one large object a node serves at once while it still receives it
+    # itself (a broadcast forwards chunks down chains: see objstore/directory/relays.py);
+    # 0 turns relays off (every receiver pulls from a whole copy).
+    relay_fanout: int = _setting(2, _non_negative_int, "receivers per relaying node")
+    # Objects at least this large are relayed; smaller ones are pulled from whole copies.
+    relay_min_bytes: int = _setting(
+        16 * MiB, _positive, "smallest object pulled through relays", size=True
+    )
 
 
 @dataclass(frozen=True)

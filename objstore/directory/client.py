@@ -626,6 +626,25 @@ class DirectoryClient:
             await self._call("lookup", lambda s: s.lookup(msg, timeout=self.timeout))
         )
 
+    async def relay(self, oid: bytes, exclude: Sequence[bytes] = ()) -> tuple[bytes, str] | None:
+        """Receive ``oid`` through the relay tree: (node id, address) to pull it from,
+        or None when no copy has room for another receiver (see
+        :mod:`objstore.directory.relays`)."""
+        msg = pb.RelayRequest(
+            node_id=self.node_id, session=self.session, object_id=oid, exclude=b"".join(exclude)
+        )
+        reply = await self._call("relay", lambda s: s.relay(msg, timeout=self.timeout))
+        if not reply.source:
+            return None
+        return reply.source, reply.address
+
+    async def unrelay(self, oid: bytes) -> None:
+        """This node stopped receiving ``oid``: nobody is to be attached to it any more."""
+        msg = pb.RelayRequest(
+            node_id=self.node_id, session=self.session, object_id=oid, detach=True
+        )
+        await self._call("relay detach", lambda s: s.relay(msg, timeout=self.timeout))
+
 
 def _root(exc: BaseException | None) -> BaseException | None:
     """The error a session failed with, under the NodeUnavailableError it was wrapped in."""

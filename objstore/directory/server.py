@@ -54,7 +54,7 @@ from objstore.directory.state import (
     split_ids,
 )
 from objstore.errors import NodeUnavailableError, ObjectStoreError
-from objstore.ids import NODE_ID_SIZE
+from objstore.ids import NODE_ID_SIZE, OBJECT_ID_SIZE
 from objstore.status import error_to_grpc
 from objstore.tasks import TaskSet, race
 
@@ -140,6 +140,7 @@ class _Service:
             "Delete": (self.delete, pb.DeleteRequest, pb.DeleteReply),
             "ClusterStatus": (self.cluster_status, pb.ClusterStatusRequest, pb.ClusterStatusReply),
             "ListObjects": (self.list_objects, pb.ListObjectsRequest, pb.LocationTable),
+            "Relay": (self.relay, pb.RelayRequest, pb.RelayReply),
         }
         out = {
             _PREFIX + name: grpclib.const.Handler(
@@ -309,6 +310,26 @@ class _Service:
         n = self.state.delete(ids, requester=req.node_id or None)
         return pb.DeleteReply(deleted=n)
 
+    async def relay(self, req: pb.RelayRequest) -> pb.RelayReply:
+        oid = req.object_id
+        if len(oid) != OBJECT_ID_SIZE:
+            raise InvalidRequestError(f"relay: an object id is {OBJECT_ID_SIZE} bytes")
+        if req.detach:
+            self.state.unrelay(req.node_id, req.session, oid)
+            return pb.RelayReply()
+        exclude = split_ids(req.exclude, NODE_ID_SIZE, what="excluded node ids")
+        source = self.state.relay(req.node_id, req.session, oid, exclude, self._now())
+        if source is None:
+            return pb.RelayReply()
+        log.debug(
+            "relay attached",
+            object_id=oid.hex(),
+            node_id=req.node_id.hex(),
+            source=source.hex(),
+            excluded=len(exclude),
+        )
+        return pb.RelayReply(source=source, address=self._address(source))
+
     async def cluster_status(self, req: pb.ClusterStatusRequest) -> pb.ClusterStatusReply:
         now = self._now()
         st = self.state
@@ -453,6 +474,7 @@ class DirectoryServer:
             deleted_memory=dc.deleted_memory,
             max_subscriptions=dc.max_subscriptions,
             replica_timeout=config.lifecycle.replica_timeout_s,
+            relay_fanout=max(1, config.transfer.relay_fanout),
         )
         self.store = store or open_store(dc.store, dc.state_dir)
         self.persist = WriteBehind(

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from objstore.directory.borrowers import Borrowers
+from objstore.directory.relays import RelayTree
 from objstore.directory.replicas import Candidate, Replicas
 from objstore.errors import (
     InvalidRequestError,
@@ -173,6 +174,7 @@ class DirectoryState:
         deleted_memory: int = 100_000,
         max_subscriptions: int = 1_000_000,
         replica_timeout: float = 30.0,
+        relay_fanout: int = 2,
     ) -> None:
         self.node_timeout = node_timeout
         self.nodes: dict[bytes, NodeRecord] = {}
@@ -206,6 +208,9 @@ class DirectoryState:
         # Objects whose owner can recreate them (not persisted either: their
         # nodes report them again in full reports).
         self.recreatable: set[bytes] = set()
+        # Large objects being received, and from whom (not persisted: a pull
+        # whose attachment is forgotten goes on, and the next one attaches anew).
+        self.relays = RelayTree(relay_fanout)
         # The latest time a caller gave (deadlines of replica asks made without one).
         self.now = 0.0
 
@@ -326,6 +331,7 @@ class DirectoryState:
         if stream is not None:
             self.drop_subscriber(stream)
         self.on_dirty_node(node_id)
+        self.relays.node_dead(node_id)
         self.dying.add(node_id)
         lost = 0
         try:
@@ -442,6 +448,8 @@ class DirectoryState:
         if oid in self.replicas:
             self.replicas.reported(oid, nid)
             self._replicate(oid)
+        if oid in self.relays:
+            self.relays.completed(oid, nid)
         self._changed(oid)
 
     def _remove_location(self, oid: bytes, rec: ObjectRecord, nid: bytes, dying: bool) -> int:
@@ -603,6 +611,7 @@ class DirectoryState:
             self.borrowers.forget(oid)
             self.replicas.forget(oid)
             self.recreatable.discard(oid)
+            self.relays.object_gone(oid)
             if rec is None:
                 # Never heard of (a put deleted before its report went out, or
                 # gone already): still remembered and told to subscribers, so a
@@ -654,6 +663,33 @@ class DirectoryState:
         """Up to ``limit`` ids the node must free (removed from its record)."""
         node = self.nodes.get(node_id)
         return _take(node.frees, limit) if node is not None else []
+
+    # ------------------------------------------------------------------ relays
+    def relay(
+        self,
+        node_id: bytes,
+        session: bytes,
+        oid: bytes,
+        exclude: Iterable[bytes] = (),
+        now: float | None = None,
+    ) -> bytes | None:
+        """Attach ``node_id`` as a receiver of ``oid``: the node to pull it from.
+
+        None when no copy has room for another receiver (pull from a copy of
+        your choosing), or the object is not present.  See
+        :mod:`objstore.directory.relays`."""
+        self.live_node(node_id, session, now)
+        rec = self.objects.get(oid)
+        if rec is None or rec.state != PRESENT or node_id in rec.nodes:
+            self.relays.detach(oid, node_id)
+            return None
+        holders = [n for n in rec.nodes if (h := self.nodes.get(n)) is not None and h.alive]
+        return self.relays.attach(oid, node_id, holders, set(exclude))
+
+    def unrelay(self, node_id: bytes, session: bytes, oid: bytes) -> None:
+        """``node_id`` stopped receiving ``oid`` (it gave up, or its pull failed)."""
+        self.live_node(node_id, session)
+        self.relays.detach(oid, node_id)
 
     # ------------------------------------------------------------------ recreation
     def mark_recreatable(self, node_id: bytes, oids: Iterable[bytes]) -> None:

@@ -224,7 +224,16 @@ class Node:
         stack.push_async_callback(reader.close)
         peers = PeerClient.from_config(self.node_id, cfg, creds)
         stack.callback(peers.close)
-        puller = ObjectManager(store, cfg, self.node_id, peers, directory.addresses.get, reader)
+        puller = ObjectManager(
+            store,
+            cfg,
+            self.node_id,
+            peers,
+            directory.addresses.get,
+            reader,
+            relay=directory,
+            partials=peer_server.partials,
+        )
         stack.push_async_callback(puller.close)
         return directory, puller, peer_server
 

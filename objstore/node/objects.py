@@ -1203,10 +1203,14 @@ class ObjectService:
         if parts.puller is not None:
             out["pulled"] = parts.puller.pulled
             out["bytes_pulled"] = parts.puller.bytes_pulled
+            out["relayed_pulls"] = parts.puller.relayed
+            out["relayed_from_partial"] = parts.puller.relayed_from_partial
+            out["relay_switches"] = parts.puller.relay_switches
         if parts.peer_server is not None:
             out["chunks_served"] = parts.peer_server.chunks_sent
             out["bytes_served"] = parts.peer_server.bytes_sent
             out["refused_peers"] = parts.peer_server.refused
+            out["relayed_chunks"] = parts.peer_server.relayed_chunks
         spill = parts.spill
         if spill is not None:
             sp = spill.stats()

@@ -10,6 +10,7 @@ the node needs to know another.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Protocol
 
 from objstore.errors import ObjectStoreError
@@ -74,6 +75,10 @@ class Puller(Protocol):
 
     pulled: int
     bytes_pulled: int
+    # Relayed pulls, of them from a copy still being received, senders given up on.
+    relayed: int
+    relayed_from_partial: int
+    relay_switches: int
 
     def want(self, oid: bytes, priority: int) -> None:
         """A get (0) or wait (1) here started waiting for an object not here."""
@@ -104,6 +109,8 @@ class PeerServer(Protocol):
     bytes_sent: int
     # Connections refused for want of the cluster token (or a trusted certificate).
     refused: int
+    # Chunks sent from copies still being received here (relays).
+    relayed_chunks: int
 
     def drop_destination(self, node_id: bytes) -> None:
         """The directory declared ``node_id`` dead: stop serving it."""
@@ -136,3 +143,7 @@ class Directory(Protocol):
     async def resolve_name(self, name: str) -> ObjectRow: ...
     async def delete(self, oids: list[bytes], names: list[str] = ...) -> int: ...
     async def lookup(self, oids: list[bytes]) -> list[ObjectRow]: ...
+    async def relay(
+        self, oid: bytes, exclude: Sequence[bytes] = ...
+    ) -> tuple[bytes, str] | None: ...
+    async def unrelay(self, oid: bytes) -> None: ...

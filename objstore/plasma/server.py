@@ -75,6 +75,7 @@ _STATS_INT = (
     "pulled", "bytes_pulled", "chunks_served", "bytes_served", "spilled_objects",
     "spilled_bytes", "spill_files", "bytes_spilled", "restored", "bytes_restored",
     "spill_write_errors", "restore_errors", "spill_files_deleted", "refused_peers",
+    "relayed_pulls", "relayed_from_partial", "relay_switches", "relayed_chunks",
 )  # fmt: skip
 
 

@@ -66,6 +66,7 @@ from objstore.streak import FailureStreak
 from objstore.tasks import TaskSet
 from objstore.transfer.peer import PeerTransport, Small, TransferError
 from objstore.transfer.pull import Priority, PullManager, Stall, Start
+from objstore.transfer.relay import PartialCopy, Partials, RelayDirectory
 
 __all__ = ["ObjectManager", "NodeSource", "SpillSource", "Source", "SpillFetch", "TransferError"]
 
@@ -77,6 +78,15 @@ _SMALL_BYTES = 256 * 1024
 _BATCH = 1000
 # Sources whose failure streak is remembered (one warning per streak).
 _STREAKS = 1024
+# Chunks of one relayed pull in flight at once: a receiver attached below this
+# node waits for them in order, so a deeper window delays every hop of a chain.
+_RELAY_WINDOW = 2
+# Senders one relayed pull gives up on before the attempt fails (the pull
+# policy then backs off and tries again).
+_MAX_SENDERS = 8
+# Seconds the directory has to answer a relay request before the pull goes on
+# without it.
+_RELAY_ASK_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +195,9 @@ class ObjectManager:
         peers: PeerTransport,
         address_of: Callable[[bytes], str | None],
         spill_reader: SpillFetch | None = None,
+        *,
+        relay: RelayDirectory | None = None,
+        partials: Partials | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -197,6 +210,11 @@ class ObjectManager:
         self.timeout = tc.pull_timeout_s
         self.fetch_timeout = tc.fetch_timeout_s
         self.small = min(self.chunk, _SMALL_BYTES)
+        # Large objects are pulled through the directory's relay tree (and
+        # served on to receivers attached below this node while they arrive).
+        self.relay = relay if tc.relay_fanout > 0 else None
+        self.relay_min = max(tc.relay_min_bytes, self.small + 1)
+        self.partials = partials if partials is not None else Partials()
         self.policy: PullManager[Source] = PullManager(
             NodeSource(node_id), max_bytes_in_flight=tc.max_bytes_in_flight
         )
@@ -221,6 +239,11 @@ class ObjectManager:
         self.pulled_from_spill = 0
         # Stalls that failed gets (ObjectFetchTimedOutError).
         self.fetch_timeouts = 0
+        # Pulls through the relay tree; of them, those that pulled from a copy
+        # still being received; and senders given up on mid-pull.
+        self.relayed = 0
+        self.relayed_from_partial = 0
+        self.relay_switches = 0
 
     # -- driven by the node's object service
     def want(self, oid: bytes, priority: int) -> None:
@@ -320,6 +343,8 @@ class ObjectManager:
                 self._kick()  # another source, or the backoff's timer
             elif start.size <= self.small:
                 batches.setdefault(address, []).append(start)
+            elif self.relay is not None and start.size >= self.relay_min:
+                self._spawn(start, functools.partial(self._relayed, oid, src.node_id, address))
             else:
                 self._spawn(start, functools.partial(self._from_node, oid, address))
         for address, starts in batches.items():
@@ -476,6 +501,34 @@ class ObjectManager:
     # -- one object from one node
     async def _from_node(self, oid: bytes, address: str) -> int:
         """Fetch the whole object from ``address`` and seal it; TransferError on failure."""
+        store = self.store
+        view: memoryview | None = None
+        created = False
+        try:
+            view, n, size, _ = await self._open_copy(oid, address)
+            created = True
+            await self._rest(address, oid, view, n, size)
+            view.release()
+            view = None
+            store.seal_secondary(oid)
+            created = False
+            return size
+        except ObjectStoreError as exc:
+            if isinstance(exc, TransferError):
+                raise
+            raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if view is not None:
+                with contextlib.suppress(BufferError):
+                    view.release()
+            if created:
+                store.discard_partial(oid)
+
+    async def _open_copy(self, oid: bytes, address: str) -> tuple[memoryview, int, int, bytes]:
+        """Fetch the first chunk from ``address`` into a new secondary copy here:
+        (a view of the copy, the first chunk's length, the size, the metadata).
+
+        The caller discards the copy if it fails later; a failure here leaves none."""
         loop = asyncio.get_running_loop()
         store = self.store
         entry: Entry | None = None
@@ -511,22 +564,153 @@ class ObjectManager:
                 view = store.view(entry)
                 view[:n] = buffered
             assert view is not None
-            await self._rest(address, oid, view, n, size)
-            view.release()
+            out = view
             view = None
-            store.seal_secondary(oid)
             created = False
-            return size
-        except ObjectStoreError as exc:
-            if isinstance(exc, TransferError):
-                raise
-            raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+            return out, n, size, meta
         finally:
             if view is not None:
                 with contextlib.suppress(BufferError):
                     view.release()
             if created:
                 store.discard_partial(oid)
+
+    # -- one large object through the relay tree
+    async def _relayed(self, oid: bytes, fallback: bytes, fallback_address: str) -> int:
+        """Fetch a large object from the sender the directory attaches this node to
+        (a whole copy, or a node still receiving it), serving the chunks on to
+        receivers attached below this node as they arrive.  A sender that fails
+        is given up: the directory attaches this node to another, and the pull
+        resumes at the chunks it still misses.  Without an answer from the
+        directory (or with every sender busy) the pull goes to ``fallback``,
+        the whole copy the pull policy chose."""
+        assert self.relay is not None
+        store = self.store
+        copy = PartialCopy(oid, self.chunk)
+        self.partials.add(copy)
+        tried: list[bytes] = []
+        attached = False
+        view: memoryview | None = None
+        last: TransferError | None = None
+        self.relayed += 1
+        try:
+            while True:
+                sender = await self._attach(oid, tried)
+                attached = attached or sender is not None
+                if sender is None or sender[0] in tried:
+                    if fallback in tried:
+                        assert last is not None
+                        raise last
+                    sender = (fallback, fallback_address)
+                node, address = sender
+                if not address:
+                    address = self.address_of(node) or ""
+                try:
+                    if not address:
+                        raise TransferError(f"no data plane address known for node {node.hex()}")
+                    if view is None:
+                        view, _, size, meta = await self._open_copy(oid, address)
+                        # The copy's own view: it outlives this one while receivers read.
+                        copy.opened(size, meta, view[:])
+                        copy.mark(0)
+                    if node != fallback:
+                        self.relayed_from_partial += 1
+                    await self._chunks(address, copy, view)
+                    break
+                except TransferError as exc:
+                    last = exc
+                    tried.append(node)
+                    self.relay_switches += 1
+                    log.info(
+                        "relay sender failed; attaching to another",
+                        object_id=oid.hex(),
+                        sender=node.hex(),
+                        received=copy.received,
+                        error=str(exc),
+                    )
+                    if len(tried) > _MAX_SENDERS:
+                        raise
+            view.release()
+            view = None
+            try:
+                store.seal_secondary(oid)
+            except BaseException:
+                copy.end("aborted", functools.partial(store.discard_partial, oid))
+                raise
+            if copy.readers:
+                # Receivers below still read from this memory: keep it from
+                # delete, spill and eviction until they are done.
+                lease = store.lease(oid)
+                copy.end("sealed", lease.release)
+            else:
+                copy.end("sealed")
+            attached = False  # the location report tells the directory
+            return copy.size
+        except ObjectStoreError as exc:
+            if isinstance(exc, TransferError):
+                raise
+            raise TransferError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self.partials.remove(copy)
+            if copy.state == "receiving":
+                if view is not None:
+                    with contextlib.suppress(BufferError):
+                        view.release()
+                    # Discarded once no receiver below reads from it any more.
+                    copy.end("aborted", functools.partial(store.discard_partial, oid))
+                else:
+                    copy.end("aborted")
+            elif view is not None:
+                with contextlib.suppress(BufferError):
+                    view.release()
+            if attached and not self._closed:
+                self._tasks.spawn(self._unrelay(oid), name="unrelay")
+
+    async def _attach(self, oid: bytes, tried: list[bytes]) -> tuple[bytes, str] | None:
+        """The directory's sender for ``oid`` (None: no answer in time, or none has room)."""
+        assert self.relay is not None
+        try:
+            async with asyncio.timeout(_RELAY_ASK_S):
+                return await self.relay.relay(oid, tried)
+        except (TimeoutError, ObjectStoreError) as exc:
+            log.debug("relay: no sender from the directory", object_id=oid.hex(), error=str(exc))
+            return None
+
+    async def _unrelay(self, oid: bytes) -> None:
+        assert self.relay is not None
+        try:
+            async with asyncio.timeout(_RELAY_ASK_S):
+                await self.relay.unrelay(oid)
+        except (TimeoutError, ObjectStoreError) as exc:
+            log.debug("relay: detach not told", object_id=oid.hex(), error=str(exc))
+
+    async def _chunks(self, address: str, copy: PartialCopy, view: memoryview) -> None:
+        """The chunks ``copy`` still misses, from ``address``, in order, a few at a
+        time (few: a receiver below waits for them in order); the first failure
+        cancels the rest."""
+        offsets = deque(copy.missing())
+        if not offsets:
+            return
+        loop = asyncio.get_running_loop()
+        oid, size = copy.oid, copy.size
+
+        async def worker() -> None:
+            while offsets:
+                off = offsets.popleft()
+                n = min(self.chunk, size - off)
+                async with self.slots.hold(address):
+                    await self.peers.fetch_chunk(
+                        address, oid, off, view[off : off + n], loop.time() + self.timeout
+                    )
+                copy.mark(off)
+                self._progress(oid)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(len(offsets), self.slots.limit, _RELAY_WINDOW)):
+                    group.create_task(worker())
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
 
     async def _rest(
         self, address: str, oid: bytes, view: memoryview, start: int, size: int

@@ -60,6 +60,7 @@ from objstore.transfer.handshake import (
     looks_like_handshake,
 )
 from objstore.transfer.push import PushManager
+from objstore.transfer.relay import PartialCopy, Partials
 
 __all__ = ["TransferServer", "Restore", "MAX_HANDSHAKES"]
 
@@ -71,6 +72,11 @@ _CRC_CACHE = 4096
 
 # Connections proving themselves at once (TLS and token handshakes, refusal delays).
 MAX_HANDSHAKES = 256
+
+# A request for offset 0 of an object not here waits this long for a partial copy:
+# the directory may attach a receiver below this node before this node's own
+# first chunk came.
+PARTIAL_GRACE_S = 0.25
 
 # Make a spilled object readable here within this many seconds; True once it is sealed.
 Restore = Callable[[bytes, float], Awaitable[bool]]
@@ -86,6 +92,9 @@ class TransferServer:
         self.config = config
         self.credentials = credentials
         self.restore = restore
+        # Copies being received here, served on as they arrive (the node gives the
+        # object manager's; see objstore.transfer.relay).
+        self.partials = Partials()
         tc = config.transfer
         self.max_chunk = tc.chunk_size
         self.idle_timeout = tc.idle_timeout_s
@@ -114,6 +123,8 @@ class TransferServer:
         self.bytes_sent = 0
         self.bad_requests = 0
         self.aborted = 0
+        # Chunks sent from partial copies (relayed while this node received them).
+        self.relayed_chunks = 0
         # Connections refused (no handshake, wrong token, bad certificate, timeout, flood).
         self.refused = 0
 
@@ -450,6 +461,14 @@ class TransferServer:
         if entry is None and store.state_of(oid) is _SPILLED and await self._restored(oid):
             entry = store.sealed(oid)
         if entry is None:
+            copy = self.partials.get(oid)
+            if copy is None and offset == 0:
+                # Attached below this node before its own first chunk came.
+                copy = await self.partials.wait(oid, PARTIAL_GRACE_S)
+                entry = store.sealed(oid)
+            if copy is not None and entry is None:
+                return await self._send_partial(conn, peer, copy, offset, length)
+        if entry is None:
             await conn.sendall(wire.encode_reply(wire.NOT_FOUND))
             return True
         size = entry.size
@@ -481,6 +500,47 @@ class TransferServer:
                 whole.release()
         self.chunks_sent += 1
         self.bytes_sent += n
+        return True
+
+    async def _send_partial(
+        self, conn: Conn, peer: str, copy: PartialCopy, offset: int, length: int
+    ) -> bool:
+        """Answer a FETCH from a copy still being received here, once the chunk is in."""
+        loop = asyncio.get_running_loop()
+        with copy.reading():
+            deadline = loop.time() + self.config.transfer.pull_timeout_s
+            if not await copy.wait_for(offset, length, deadline):
+                # Given up here (or this node's own source is too slow): the
+                # receiver is attached to another sender.
+                await conn.sendall(wire.encode_reply(wire.NOT_FOUND))
+                return True
+            size = copy.size
+            if offset > size or length > self.max_chunk or (length == 0 and offset < size):
+                self.bad_requests += 1
+                log.warning(
+                    "data plane: chunk outside the object; connection closed",
+                    peer=peer,
+                    object_id=copy.oid.hex(),
+                    offset=offset,
+                    length=length,
+                    size=size,
+                )
+                await conn.sendall(wire.encode_reply(wire.BAD_REQUEST, size))
+                return False
+            n = min(length, size - offset)
+            assert copy.view is not None  # held by reading()
+            view = copy.view[offset : offset + n]
+            try:
+                meta = copy.meta if offset == 0 else b""
+                crc = self._crc(copy.oid, offset, view)
+                await conn.sendall(wire.encode_reply(wire.OK, size, n, len(meta), crc) + meta)
+                if n:
+                    await conn.sendall(view)
+            finally:
+                view.release()
+        self.chunks_sent += 1
+        self.bytes_sent += n
+        self.relayed_chunks += 1
         return True
 
 

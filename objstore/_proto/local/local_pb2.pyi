@@ -303,7 +303,7 @@ class ContainsReply(_message.Message):
     def __init__(self, present: _Optional[bool] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted", "directory", "pulled", "bytes_pulled", "chunks_served", "bytes_served", "spilled_objects", "spilled_bytes", "spill_files", "bytes_spilled", "restored", "bytes_restored", "spill", "spill_write_errors", "restore_errors", "spill_files_deleted", "refused_clients", "refused_peers")
+    __slots__ = ("node_id", "capacity", "used", "fallback_used", "pinned_bytes", "objects", "sealed", "creating", "clients", "evictable_bytes", "evictions", "largest_free", "puts", "gets", "uptime_s", "prefaulted", "directory", "pulled", "bytes_pulled", "chunks_served", "bytes_served", "spilled_objects", "spilled_bytes", "spill_files", "bytes_spilled", "restored", "bytes_restored", "spill", "spill_write_errors", "restore_errors", "spill_files_deleted", "refused_clients", "refused_peers", "relayed_pulls", "relayed_from_partial", "relay_switches", "relayed_chunks")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,10 @@ class StatsReply(_message.Message):
     SPILL_FILES_DELETED_FIELD_NUMBER: _ClassVar[int]
     REFUSED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     REFUSED_PEERS_FIELD_NUMBER: _ClassVar[int]
+    RELAYED_PULLS_FIELD_NUMBER: _ClassVar[int]
+    RELAYED_FROM_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    RELAY_SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    RELAYED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     node_id: bytes
     capacity: int
     used: int
@@ -370,7 +374,11 @@ class StatsReply(_message.Message):
     spill_files_deleted: int
     refused_clients: int
     refused_peers: int
-    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ..., pulled: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., chunks_served: _Optional[int] = ..., bytes_served: _Optional[int] = ..., spilled_objects: _Optional[int] = ..., spilled_bytes: _Optional[int] = ..., spill_files: _Optional[int] = ..., bytes_spilled: _Optional[int] = ..., restored: _Optional[int] = ..., bytes_restored: _Optional[int] = ..., spill: _Optional[str] = ..., spill_write_errors: _Optional[int] = ..., restore_errors: _Optional[int] = ..., spill_files_deleted: _Optional[int] = ..., refused_clients: _Optional[int] = ..., refused_peers: _Optional[int] = ...) -> None: ...
+    relayed_pulls: int
+    relayed_from_partial: int
+    relay_switches: int
+    relayed_chunks: int
+    def __init__(self, node_id: _Optional[bytes] = ..., capacity: _Optional[int] = ..., used: _Optional[int] = ..., fallback_used: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., objects: _Optional[int] = ..., sealed: _Optional[int] = ..., creating: _Optional[int] = ..., clients: _Optional[int] = ..., evictable_bytes: _Optional[int] = ..., evictions: _Optional[int] = ..., largest_free: _Optional[int] = ..., puts: _Optional[int] = ..., gets: _Optional[int] = ..., uptime_s: _Optional[float] = ..., prefaulted: _Optional[int] = ..., directory: _Optional[str] = ..., pulled: _Optional[int] = ..., bytes_pulled: _Optional[int] = ..., chunks_served: _Optional[int] = ..., bytes_served: _Optional[int] = ..., spilled_objects: _Optional[int] = ..., spilled_bytes: _Optional[int] = ..., spill_files: _Optional[int] = ..., bytes_spilled: _Optional[int] = ..., restored: _Optional[int] = ..., bytes_restored: _Optional[int] = ..., spill: _Optional[str] = ..., spill_write_errors: _Optional[int] = ..., restore_errors: _Optional[int] = ..., spill_files_deleted: _Optional[int] = ..., refused_clients: _Optional[int] = ..., refused_peers: _Optional[int] = ..., relayed_pulls: _Optional[int] = ..., relayed_from_partial: _Optional[int] = ..., relay_switches: _Optional[int] = ..., relayed_chunks: _Optional[int] = ...) -> None: ...
 
 class ObjectSummary(_message.Message):
     __slots__ = ("object_id", "data_size", "state", "name", "primary", "pins", "segment", "metadata", "spill_url", "owner_pid", "holder_pids", "contained_in", "grace", "borrowed", "call_sites")

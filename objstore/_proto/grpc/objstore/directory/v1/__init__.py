@@ -22,6 +22,8 @@ __all__ = (
     "ObjectState",
     "RegisterReply",
     "RegisterRequest",
+    "RelayReply",
+    "RelayRequest",
     "ReportReply",
     "ReserveNameReply",
     "ReserveNameRequest",
@@ -488,6 +490,39 @@ default_message_pool.register_message("objstore.directory.v1", "RegisterRequest"
 
 
 @dataclass(eq=False, repr=False)
+class RelayReply(betterproto2.Message):
+    source: "bytes" = betterproto2.field(1, betterproto2.TYPE_BYTES)
+    """
+    The node to pull from, and its data plane address; empty when no copy
+    has room for another receiver (pull from a whole copy of your choosing).
+    """
+
+    address: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("objstore.directory.v1", "RelayReply", RelayReply)
+
+
+@dataclass(eq=False, repr=False)
+class RelayRequest(betterproto2.Message):
+    node_id: "bytes" = betterproto2.field(1, betterproto2.TYPE_BYTES)
+
+    session: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+
+    object_id: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+    exclude: "bytes" = betterproto2.field(4, betterproto2.TYPE_BYTES)
+    """
+    Senders the caller gave up on (node ids back to back).
+    """
+
+    detach: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("objstore.directory.v1", "RelayRequest", RelayRequest)
+
+
+@dataclass(eq=False, repr=False)
 class ReportReply(betterproto2.Message):
     pass
 
@@ -757,6 +792,31 @@ class DirectoryStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def relay(
+        self,
+        message: "RelayRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RelayReply":
+        """
+        A node starts (or, its sender having failed, resumes) receiving a large
+        object: which node to pull it from.  The directory records the caller as
+        a partial copy that later receivers may pull from in turn (chains, at
+        most `transfer.relay_fanout` receivers per sender).  `detach` says the
+        caller stopped receiving it instead.
+        """
+
+        return await self._unary_unary(
+            "/objstore.directory.v1.Directory/Relay",
+            message,
+            RelayReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class DirectoryBase(betterproto2_grpclib.ServiceBase):
     async def register(self, message: "RegisterRequest") -> "RegisterReply":
@@ -822,6 +882,17 @@ class DirectoryBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def list_objects(self, message: "ListObjectsRequest") -> "LocationTable":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def relay(self, message: "RelayRequest") -> "RelayReply":
+        """
+        A node starts (or, its sender having failed, resumes) receiving a large
+        object: which node to pull it from.  The directory records the caller as
+        a partial copy that later receivers may pull from in turn (chains, at
+        most `transfer.relay_fanout` receivers per sender).  `detach` says the
+        caller stopped receiving it instead.
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -907,6 +978,12 @@ class DirectoryBase(betterproto2_grpclib.ServiceBase):
         response = await self.list_objects(request)
         await stream.send_message(response)
 
+    async def __rpc_relay(self, stream: "grpclib.server.Stream[RelayRequest, RelayReply]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.relay(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/objstore.directory.v1.Directory/Register": grpclib.const.Handler(
@@ -968,5 +1045,11 @@ class DirectoryBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListObjectsRequest,
                 LocationTable,
+            ),
+            "/objstore.directory.v1.Directory/Relay": grpclib.const.Handler(
+                self.__rpc_relay,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RelayRequest,
+                RelayReply,
             ),
         }
